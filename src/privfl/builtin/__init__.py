@@ -1,0 +1,1 @@
+"""privfl's built-in plugins: ordinary plugin modules, listed in ``BUILTIN_PLUGINS``."""

@@ -1,0 +1,11 @@
+"""Built-in models: the McMahan et al. 2017 CNN and 2NN for MNIST."""
+
+from __future__ import annotations
+
+from privfl.models import CNN, TwoNN
+from privfl.plugins import hookimpl
+
+
+@hookimpl
+def privfl_register_models() -> list[type]:
+    return [CNN, TwoNN]

@@ -1,0 +1,59 @@
+"""Built-in partitioners: IID, McMahan shards and Dirichlet label skew.
+
+Thin classes around the seeded functions in :mod:`privfl.data.partition`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from privfl.components import Partitioner
+from privfl.data import partition
+from privfl.errors import ConfigError
+from privfl.plugins import hookimpl
+
+
+class IIDPartitioner(Partitioner):
+    """A uniformly random split into near-equal parts."""
+
+    name = "iid"
+
+    def split(self, targets: torch.Tensor, num_clients: int, *, seed: int) -> list[np.ndarray]:
+        return partition.iid(len(targets), num_clients, seed=seed)
+
+
+class ShardsPartitioner(Partitioner):
+    """Sort by label, cut into shards, deal ``shards_per_client`` shards to each client."""
+
+    name = "shards"
+
+    def __init__(self, shards_per_client: int = 2) -> None:
+        if not (isinstance(shards_per_client, int) and shards_per_client >= 1):
+            raise ConfigError("shards_per_client", shards_per_client, "an integer >= 1")
+        self.shards_per_client = shards_per_client
+
+    def split(self, targets: torch.Tensor, num_clients: int, *, seed: int) -> list[np.ndarray]:
+        return partition.shards(
+            targets.numpy(), num_clients, shards_per_client=self.shards_per_client, seed=seed
+        )
+
+
+class DirichletPartitioner(Partitioner):
+    """Per-class shares drawn from Dirichlet(``alpha``): small alpha, strong label skew."""
+
+    name = "dirichlet"
+    config_keys = ("alpha",)
+
+    def __init__(self, alpha: float = 0.5) -> None:
+        if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha > 0):
+            raise ConfigError("alpha", alpha, "a finite number > 0")
+        self.alpha = float(alpha)
+
+    def split(self, targets: torch.Tensor, num_clients: int, *, seed: int) -> list[np.ndarray]:
+        return partition.dirichlet(targets.numpy(), num_clients, alpha=self.alpha, seed=seed)
+
+
+@hookimpl
+def privfl_register_partitioners() -> list[type]:
+    return [IIDPartitioner, ShardsPartitioner, DirichletPartitioner]

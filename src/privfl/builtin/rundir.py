@@ -1,0 +1,93 @@
+"""Built-in run directory: history, checkpoints, status and the final model.
+
+Active when :meth:`privfl.Federation.run` is given a ``run_dir``. The folder holds:
+
+``history.jsonl``
+    one JSON record per round (:meth:`privfl.records.RoundRecord.to_json`);
+``checkpoint.safetensors``
+    the federation state after the last checkpointed round;
+``status.json``
+    ``running``, ``complete``, ``stopped`` or ``failed``, the last round and why it
+    stopped; only ``complete`` and ``stopped`` runs have a final model;
+``model.safetensors``
+    the final global model's state dict.
+
+Each file is replaced atomically. A resumed run cuts ``history.jsonl`` back to the
+checkpointed round, so a run killed at any point and resumed writes the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from privfl import __version__
+from privfl.checkpoint import save_checkpoint, save_model, write_atomic
+from privfl.plugins import hookimpl
+
+HISTORY = "history.jsonl"
+CHECKPOINT = "checkpoint.safetensors"
+STATUS = "status.json"
+MODEL = "model.safetensors"
+
+
+def write_status(run_dir: Path, status: str, round: int, stop_reason: str | None = None) -> None:
+    """Replace ``status.json``."""
+    record = {"status": status, "round": round, "stop_reason": stop_reason, "privfl": __version__}
+    write_atomic(run_dir / STATUS, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """Return the records of ``history.jsonl`` (empty if there is none)."""
+    path = run_dir / HISTORY
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+            # A run killed while appending leaves a partial last line: it is dropped,
+            # and that round is rerun from the checkpoint.
+    return records
+
+
+@hookimpl
+def privfl_session_start(federation, start_round: int) -> None:
+    run_dir = federation.run_dir
+    if run_dir is None:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kept = [r for r in read_history(run_dir) if r["round"] < start_round]
+    write_atomic(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    write_status(run_dir, "running", start_round - 1)
+
+
+@hookimpl(trylast=True)
+def privfl_round_finish(federation, record) -> None:
+    run_dir = federation.run_dir
+    if run_dir is None:
+        return
+    with (run_dir / HISTORY).open("a") as history:
+        history.write(json.dumps(record.to_json()) + "\n")
+        history.flush()
+        os.fsync(history.fileno())
+    last = record.round == federation.total_rounds
+    if record.round % federation.checkpoint_every == 0 or last:
+        save_checkpoint(run_dir / CHECKPOINT, federation.state_dict())
+    write_status(run_dir, "running", record.round)
+
+
+@hookimpl
+def privfl_session_finish(federation, status: str, stop_reason: str | None) -> None:
+    run_dir = federation.run_dir
+    if run_dir is None:
+        return
+    if status in ("complete", "stopped"):
+        save_checkpoint(run_dir / CHECKPOINT, federation.state_dict())
+        save_model(run_dir / MODEL, federation.global_model())
+    write_status(run_dir, status, federation.round, stop_reason)

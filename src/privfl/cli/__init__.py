@@ -1,0 +1,1 @@
+"""The privfl command line."""

@@ -1,0 +1,35 @@
+"""Exceptions that privfl raises on purpose.
+
+Every error a user can cause by a bad setting or bad input is a :class:`PrivflError`:
+the command line prints its message and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PrivflError(Exception):
+    """Base class of the errors that privfl reports to users as plain messages."""
+
+
+class ConfigError(PrivflError, ValueError):
+    """A setting has a value that cannot work.
+
+    The message names the setting (``key``), the value given and what is allowed, so
+    that the user can fix the call or the config file without reading the source.
+    """
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{key} = {value!r} is not allowed: {allowed}")
+
+
+class DataError(PrivflError):
+    """Input data is missing or malformed (for example a truncated IDX file)."""
+
+
+class PluginError(PrivflError):
+    """Plugins do not fit together: a misspelt hook or two components with one name."""

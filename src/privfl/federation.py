@@ -1,0 +1,298 @@
+"""The federation: the Python front door that runs rounds through the hooks.
+
+A :class:`Federation` is built from any ``torch.nn.Module``, training tensors with a
+partition (one index array per client), an optional test split, a loss, metrics, and
+components given by name or as instances. :meth:`Federation.run` calls the session
+and round hooks; everything that varies is a plugin.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from privfl.client import ClientWork, LocalTraining, Loss, flatten_parameters
+from privfl.components import (
+    Aggregator,
+    ClientSampler,
+    Evaluator,
+    Executor,
+    Metric,
+    PrivacyMechanism,
+    ServerOptimizer,
+    TensorPair,
+)
+from privfl.errors import ConfigError, PluginError
+from privfl.plugins import PluginManager, get_plugin_manager
+from privfl.records import RoundRecord
+from privfl.registry import ComponentRegistry
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example correctness of the arg-max prediction (1.0 or 0.0)."""
+    return (outputs.argmax(dim=1) == targets).float()
+
+
+ComponentSpec = str | Any
+"""A component given by registered name or as an instance."""
+
+
+class Federation:
+    """A federated-learning job: data split among clients, a global model, components.
+
+    :param model: The global model; its current weights are the starting point.
+    :param train: Training data as a :class:`TensorPair` or an ``(inputs, targets)``
+        pair of tensors (a ``TensorDataset``'s ``tensors`` works).
+    :param partition: One index array (numpy or tensor) per client into ``train``.
+    :param test: Optional test data, used by evaluators.
+    :param loss: Maps (outputs, targets) to a scalar mean loss.
+    :param metrics: Name -> per-example metric; defaults to ``{"accuracy": accuracy}``.
+    :param training: Local-training settings (epochs, batch size, learning rate).
+    :param sampler, aggregator, server_optimizer, executor: A registered name or an
+        instance. Names are built with ``options[name]`` as keyword options.
+    :param evaluators: Names or instances; run on evaluation rounds.
+    :param mechanisms: Privacy mechanisms, names or instances, applied in order.
+    :param options: Per-component keyword options, ``{name: {option: value}}``.
+    :param eval_every: Evaluate every this many rounds (and always after the last).
+    :param seed: Root seed of every random choice made during rounds.
+    :param plugins: A plugin manager; defaults to :func:`privfl.get_plugin_manager`.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        train: TensorPair | Sequence[torch.Tensor],
+        partition: Sequence[np.ndarray | torch.Tensor],
+        test: TensorPair | Sequence[torch.Tensor] | None = None,
+        loss: Loss = F.cross_entropy,
+        metrics: Mapping[str, Metric] | None = None,
+        training: LocalTraining | None = None,
+        sampler: ComponentSpec = "uniform",
+        aggregator: ComponentSpec = "fedavg",
+        server_optimizer: ComponentSpec = "sgd",
+        executor: ComponentSpec = "serial",
+        evaluators: Sequence[ComponentSpec] = ("plaintext",),
+        mechanisms: Sequence[ComponentSpec] = (),
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        eval_every: int = 1,
+        seed: int = 0,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self.plugins = plugins if plugins is not None else get_plugin_manager()
+        self.hook = self.plugins.hook
+        self.registry: ComponentRegistry = self.plugins.components
+        self._options = {name: dict(opts) for name, opts in (options or {}).items()}
+        self.train = _as_pair(train, "train")
+        self.test = _as_pair(test, "test") if test is not None else None
+        self.partition = _check_partition(partition, len(self.train))
+        self.num_examples = torch.tensor([len(p) for p in self.partition], dtype=torch.int64)
+        self.model = copy.deepcopy(model)
+        self._model_flat = flatten_parameters(self.model)
+        self.params = self._model_flat.clone()
+        self.loss = loss
+        self.metrics = dict(metrics) if metrics is not None else {"accuracy": accuracy}
+        self.training = training if training is not None else LocalTraining()
+        if not (isinstance(eval_every, int) and eval_every >= 1):
+            raise ConfigError("eval_every", eval_every, "an integer >= 1")
+        self.eval_every = eval_every
+        self.seed = seed
+        self.sampler: ClientSampler = self._component("sampler", sampler, ClientSampler)
+        self.expected_clients = self.sampler.expected_clients(self.num_clients)
+        self.aggregator: Aggregator = self._component("aggregator", aggregator, Aggregator)
+        self.server_optimizer: ServerOptimizer = self._component(
+            "server_optimizer", server_optimizer, ServerOptimizer
+        )
+        self.executor: Executor = self._component("executor", executor, Executor)
+        self.evaluators: list[Evaluator] = [
+            self._component("evaluator", e, Evaluator) for e in evaluators
+        ]
+        self.mechanisms: list[PrivacyMechanism] = [
+            self._component("mechanism", m, PrivacyMechanism) for m in mechanisms
+        ]
+        self.round = 0
+        self.total_rounds = 0
+        self.history: list[RoundRecord] = []
+        self.run_dir: Path | None = None
+        self.checkpoint_every = 1
+        self.console: Any = None
+        self._work: ClientWork | None = None
+        self.stash: dict[str, Any] = {}
+        """Per-federation state that plugins keep between hook calls, under their own keys."""
+        self.hook.privfl_configure(federation=self)
+
+    @property
+    def num_clients(self) -> int:
+        """The number of clients (length of the partition)."""
+        return len(self.partition)
+
+    @property
+    def client_work(self) -> ClientWork:
+        """The portable client-side work, built once and handed to the executor."""
+        if self._work is None:
+            self._work = ClientWork(
+                model=self.model,
+                train=self.train,
+                partition=self.partition,
+                loss=self.loss,
+                training=self.training,
+                mechanisms=self.mechanisms,
+            )
+        return self._work
+
+    def components(self) -> dict[str, Any]:
+        """Return the single components by kind (lists for evaluators and mechanisms)."""
+        return {
+            "sampler": self.sampler,
+            "aggregator": self.aggregator,
+            "server_optimizer": self.server_optimizer,
+            "executor": self.executor,
+            "evaluator": self.evaluators,
+            "mechanism": self.mechanisms,
+        }
+
+    def run(
+        self,
+        rounds: int,
+        *,
+        run_dir: str | Path | None = None,
+        console: Any = None,
+        checkpoint_every: int = 1,
+    ) -> list[RoundRecord]:
+        """Run rounds until round ``rounds`` (counting rounds already run) and return them.
+
+        :param rounds: The number of the last round, so ``run(50)`` after 20 rounds runs
+            30 more.
+        :param run_dir: A folder for the history, checkpoints and final model (the
+            built-in run-directory plugin writes them); ``None`` writes nothing.
+        :param console: A :class:`rich.console.Console` for the progress bar and the
+            per-round table; ``None`` runs quietly.
+        :param checkpoint_every: With a ``run_dir``, checkpoint every this many rounds
+            (and after the last).
+        :returns: The records of the rounds run in this call.
+        """
+        if not (isinstance(rounds, int) and rounds >= 1):
+            raise ConfigError("rounds", rounds, "an integer >= 1")
+        if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+            raise ConfigError("checkpoint_every", checkpoint_every, "an integer >= 1")
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.console = console
+        self.total_rounds = rounds
+        start = self.round + 1
+        first_new = len(self.history)
+        status, reason = "failed", None
+        self.hook.privfl_session_start(federation=self, start_round=start, total_rounds=rounds)
+        try:
+            for number in range(start, rounds + 1):
+                record = self.hook.privfl_round_protocol(federation=self, round=number)
+                if record is None:
+                    raise PluginError(
+                        "no plugin implements privfl_round_protocol (is privfl.builtin.protocol "
+                        "blocked in PRIVFL_BLOCK_PLUGINS?)"
+                    )
+                self.round = number
+                self.history.append(record)
+                self.hook.privfl_round_finish(federation=self, record=record)
+                reason = self.hook.privfl_should_stop(federation=self, record=record)
+                if reason is not None:
+                    status = "stopped"
+                    break
+            else:
+                status = "complete"
+        finally:
+            self.hook.privfl_session_finish(federation=self, status=status, stop_reason=reason)
+        return self.history[first_new:]
+
+    def is_eval_round(self, number: int) -> bool:
+        """True when round ``number`` ends with an evaluation."""
+        return number % self.eval_every == 0 or number == self.total_rounds
+
+    def evaluate(self) -> dict[str, float]:
+        """Score the current global parameters with every evaluator."""
+        if self.test is None:
+            return {}
+        model = self.global_model()
+        metrics: dict[str, float] = {}
+        for evaluator in self.evaluators:
+            metrics.update(
+                evaluator.evaluate(
+                    model=model, test=self.test, loss=self.loss, metrics=self.metrics
+                )
+            )
+        return metrics
+
+    def global_model(self) -> torch.nn.Module:
+        """Return the federation's model holding the current global parameters.
+
+        The module is the federation's own: copy it before changing it.
+        """
+        self._model_flat.copy_(self.params)
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return what a checkpoint needs: round, global parameters, component states."""
+        states = {}
+        for kind, value in self.components().items():
+            items = value if isinstance(value, list) else [value]
+            for position, component in enumerate(items):
+                state = component.state_dict()
+                if state:
+                    states[f"{kind}.{position}.{component.name}"] = state
+        return {"round": self.round, "params": self.params.clone(), "components": states}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; components must match by kind and name."""
+        params = state["params"]
+        if params.shape != self.params.shape:
+            raise ConfigError(
+                "checkpoint", f"{params.numel()} parameters", f"{self.params.numel()} parameters"
+            )
+        saved = dict(state["components"])
+        for kind, value in self.components().items():
+            items = value if isinstance(value, list) else [value]
+            for position, component in enumerate(items):
+                component_state = saved.pop(f"{kind}.{position}.{component.name}", {})
+                component.load_state_dict(component_state)
+        if saved:
+            raise ConfigError("checkpoint", sorted(saved), "component states of this federation")
+        self.params = params.clone()
+        self.round = int(state["round"])
+
+    def _component(self, kind: str, spec: ComponentSpec, base: type) -> Any:
+        if isinstance(spec, str):
+            return self.registry.create(kind, spec, self._options.get(spec))
+        if not isinstance(spec, base):
+            raise ConfigError(kind, spec, f"a registered name or a {base.__name__} instance")
+        return spec
+
+
+def _as_pair(data: TensorPair | Sequence[torch.Tensor], key: str) -> TensorPair:
+    if isinstance(data, TensorPair):
+        return data
+    if len(data) != 2:
+        raise ConfigError(key, type(data).__name__, "a TensorPair or (inputs, targets) tensors")
+    return TensorPair(*data)
+
+
+def _check_partition(
+    partition: Sequence[np.ndarray | torch.Tensor], num_examples: int
+) -> list[torch.Tensor]:
+    """Convert to int64 tensors and check each index lies in the dataset."""
+    if len(partition) == 0:
+        raise ConfigError("partition", "[]", "at least one client")
+    tensors = [torch.as_tensor(np.asarray(p), dtype=torch.int64) for p in partition]
+    for client, indices in enumerate(tensors):
+        if len(indices) == 0:
+            raise ConfigError(f"partition[{client}]", "[]", "at least one example per client")
+        if int(indices.min()) < 0 or int(indices.max()) >= num_examples:
+            raise ConfigError(
+                f"partition[{client}]", "out-of-range indices", f"indices in 0..{num_examples - 1}"
+            )
+    return tensors

@@ -1,0 +1,239 @@
+"""The hooks that privfl calls, grouped by phase: this module is the plugin contract.
+
+Every hook is an empty function whose docstring is its reference. Plugins implement a
+hook by defining a function of the same name decorated with :data:`privfl.hookimpl`;
+they may accept any subset of the hook's arguments (pluggy passes only the ones a
+function names), so hooks can gain arguments without breaking plugins. All arguments
+are keyword arguments.
+
+Built-in behaviour lives in ordinary plugins (the modules listed in
+:data:`privfl.plugins.BUILTIN_PLUGINS`), registered with the same call as third-party
+plugins from the ``privfl`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from privfl.federation import Federation
+    from privfl.records import ClientResult, RoundRecord
+
+hookspec = pluggy.HookspecMarker("privfl")
+
+# -------------------------------------------------------------------------
+# Registration hooks: each returns component classes, collected by name.
+# A class names itself with a ``name`` class attribute; two classes of one kind
+# with the same name are a start-up error that names both plugins.
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def privfl_register_samplers() -> list[type]:
+    """Return client sampler classes (subclasses of :class:`privfl.ClientSampler`).
+
+    A sampler picks the ids of the clients that take part in a round. The built-in
+    plugin registers ``uniform``, ``poisson`` and ``all``.
+    """
+
+
+@hookspec
+def privfl_register_aggregators() -> list[type]:
+    """Return aggregator classes (subclasses of :class:`privfl.Aggregator`).
+
+    An aggregator combines the stacked ``[n_clients, dim]`` updates of a round into
+    one update. The built-in plugin registers ``fedavg``.
+    """
+
+
+@hookspec
+def privfl_register_server_optimizers() -> list[type]:
+    """Return server optimizer classes (subclasses of :class:`privfl.ServerOptimizer`).
+
+    A server optimizer applies the aggregated update to the global parameters. The
+    built-in plugin registers ``sgd`` (plain step with a server learning rate).
+    """
+
+
+@hookspec
+def privfl_register_mechanisms() -> list[type]:
+    """Return privacy mechanism classes (subclasses of :class:`privfl.PrivacyMechanism`).
+
+    A mechanism transforms each update where the client runs (clipping, noise) and the
+    aggregate on the server. privfl itself registers none yet.
+    """
+
+
+@hookspec
+def privfl_register_accountants() -> list[type]:
+    """Return privacy accountant classes (subclasses of :class:`privfl.Accountant`).
+
+    An accountant turns the mechanisms' noise and the sampling scheme into a privacy
+    loss ``epsilon`` at a given ``delta``. privfl itself registers none yet.
+    """
+
+
+@hookspec
+def privfl_register_evaluators() -> list[type]:
+    """Return evaluator classes (subclasses of :class:`privfl.Evaluator`).
+
+    An evaluator scores global parameters on the test set and returns metrics. The
+    built-in plugin registers ``plaintext``.
+    """
+
+
+@hookspec
+def privfl_register_executors() -> list[type]:
+    """Return executor classes (subclasses of :class:`privfl.Executor`).
+
+    An executor runs the local training of a round's clients. The built-in plugin
+    registers ``serial``.
+    """
+
+
+@hookspec
+def privfl_register_datasets() -> list[type]:
+    """Return dataset classes (subclasses of :class:`privfl.DatasetSource`).
+
+    A dataset source loads train and test tensors by name for the command line. The
+    built-in plugin registers ``mnist`` (a folder of IDX files, or the bundled sample).
+    """
+
+
+@hookspec
+def privfl_register_models() -> list[type]:
+    """Return model classes (:class:`torch.nn.Module` subclasses with a ``name``).
+
+    The command line builds ``--model NAME`` by calling the class with no arguments.
+    The built-in plugin registers ``cnn`` and ``2nn`` (McMahan et al. 2017).
+    """
+
+
+@hookspec
+def privfl_register_partitioners() -> list[type]:
+    """Return partitioner classes (subclasses of :class:`privfl.Partitioner`).
+
+    A partitioner splits a dataset's examples among clients as index arrays. The
+    built-in plugin registers ``iid``, ``shards`` and ``dirichlet``.
+    """
+
+
+# -------------------------------------------------------------------------
+# Initialization hooks: called once, before the first round.
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def privfl_configure(federation: Federation) -> None:
+    """Check or adjust a federation once its components are built.
+
+    Called before anything is trained or written. Raise :class:`privfl.ConfigError`
+    to refuse a combination of components that cannot work together (for example an
+    aggregator that needs individual updates behind secure aggregation).
+
+    :param federation: The federation about to run.
+    """
+
+
+@hookspec
+def privfl_session_start(federation: Federation, start_round: int, total_rounds: int) -> None:
+    """Prepare for a session of rounds (open files, start progress bars).
+
+    Called once per :meth:`privfl.Federation.run`, before its first round; a resumed
+    run starts a new session at the round after its last checkpoint.
+
+    :param federation: The federation that runs.
+    :param start_round: The number of the first round of this session (1-based).
+    :param total_rounds: The number of the last round that the session will run.
+    """
+
+
+# -------------------------------------------------------------------------
+# Round hooks: called every round.
+# -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def privfl_round_protocol(federation: Federation, round: int) -> RoundRecord | None:
+    """Run one round and return its record.
+
+    The built-in implementation runs these steps, in order:
+
+    1. the sampler picks the round's client ids from a generator derived from
+       (seed, round);
+    2. the executor runs each client's work: load the global parameters, train
+       locally, compute ``update = local - global``, then apply every privacy
+       mechanism's ``client_step`` in order (all where the client runs);
+    3. :func:`privfl_update_received` is called for each update; rejected updates
+       are left out of the round and listed in the record;
+    4. the accepted updates are stacked into ``[n_clients, dim]`` and the aggregator
+       combines them, weighted by example counts;
+    5. every privacy mechanism's ``server_step`` is applied to the aggregate, in order;
+    6. the server optimizer applies the aggregate to the global parameters;
+    7. if the round is an evaluation round, every evaluator scores the new parameters;
+    8. the record (clients, example counts, training loss, metrics, seconds) is
+       returned.
+
+    Stops at first non-None result.
+
+    :param federation: The federation that runs; its ``params`` are updated in place.
+    :param round: The round number (1-based).
+    :returns: The round's record.
+    """
+
+
+@hookspec(firstresult=True)
+def privfl_update_received(federation: Federation, round: int, result: ClientResult) -> str | None:
+    """Inspect a client's update when it reaches the server; return a reason to reject it.
+
+    The built-in implementation rejects updates that hold NaN or infinite values or
+    whose shape differs from the global parameters. A rejected update is left out of
+    aggregation and the round goes on with the rest.
+
+    Stops at first non-None result.
+
+    :param federation: The federation that runs.
+    :param round: The round number.
+    :param result: The client's result: ``client_id``, ``update``, ``num_examples``.
+    :returns: ``None`` to accept, or a short reason to reject.
+    """
+
+
+@hookspec
+def privfl_round_finish(federation: Federation, record: RoundRecord) -> None:
+    """Record a finished round (history file, checkpoint, progress, table).
+
+    Plugins may add entries to ``record.values`` before the built-in history writer
+    runs (use ``tryfirst=True``).
+
+    :param federation: The federation that runs, with the round's new parameters.
+    :param record: The round's record.
+    """
+
+
+@hookspec(firstresult=True)
+def privfl_should_stop(federation: Federation, record: RoundRecord) -> str | None:
+    """Decide whether training stops after this round, and say why.
+
+    Called after :func:`privfl_round_finish`. Used, for example, to stop before a
+    privacy budget would be exceeded.
+
+    Stops at first non-None result.
+
+    :param federation: The federation that runs.
+    :param record: The record of the round just finished.
+    :returns: ``None`` to go on, or the reason to stop.
+    """
+
+
+@hookspec
+def privfl_session_finish(federation: Federation, status: str, stop_reason: str | None) -> None:
+    """Clean up after a session; always called, also when a round raised.
+
+    :param federation: The federation that ran.
+    :param status: ``"complete"`` (all rounds ran), ``"stopped"`` (a plugin asked to
+        stop) or ``"failed"`` (an exception is propagating).
+    :param stop_reason: Why the session stopped early, or ``None``.
+    """

@@ -1,0 +1,72 @@
+"""Plain data that travels through a round: client tasks, client results, round records.
+
+These are deliberately simple dataclasses of tensors and numbers, so that client work
+can be sent to another process or machine and results can be written as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """What one client is asked to do in one round.
+
+    ``seed`` is derived from (root seed, round, client id), never from the order in
+    which tasks run, so results do not depend on the executor.
+    """
+
+    client_id: int
+    round: int
+    seed: int
+
+
+@dataclass
+class ClientResult:
+    """What one client sends back: its update and how many examples produced it."""
+
+    client_id: int
+    update: torch.Tensor
+    num_examples: int
+    train_loss: float
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round, as written to ``history.jsonl``.
+
+    ``metrics`` holds the evaluators' results (empty on rounds without evaluation);
+    ``values`` holds anything plugins add (for example ``epsilon``); ``rejected`` maps
+    the ids of clients whose update was refused to the reason.
+    """
+
+    round: int
+    clients: list[int]
+    num_examples: int
+    train_loss: float
+    seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the record as one flat JSON object (metrics and values at top level)."""
+        record: dict[str, Any] = {"round": self.round}
+        record.update({k: _finite_or_none(v) for k, v in self.metrics.items()})
+        record.update(self.values)
+        record["train_loss"] = _finite_or_none(self.train_loss)
+        record["seconds"] = round(self.seconds, 6)
+        record["num_examples"] = self.num_examples
+        record["clients"] = self.clients
+        record["rejected"] = {str(k): v for k, v in self.rejected.items()}
+        return record
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or infinity: write them as null."""
+    return float(value) if math.isfinite(value) else None

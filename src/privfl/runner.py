@@ -1,0 +1,143 @@
+"""Runs described by a :class:`privfl.config.RunConfig`: build, run, resume, evaluate.
+
+The command line is a thin layer over these functions. Every setting is checked
+before anything is trained or written: unknown component names, impossible values
+and unreadable data fail first, and the run directory is created only afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from privfl.builtin.rundir import CHECKPOINT
+from privfl.checkpoint import load_checkpoint, write_atomic
+from privfl.client import LocalTraining
+from privfl.components import Datasets
+from privfl.config import RunConfig, load_toml, make_config
+from privfl.errors import ConfigError
+from privfl.federation import Federation
+from privfl.plugins import PluginManager, get_plugin_manager
+from privfl.records import RoundRecord
+from privfl.seeding import derive_seed
+
+CONFIG = "config.toml"
+
+SINGLE_KINDS = (
+    "dataset",
+    "model",
+    "partition",
+    "sampler",
+    "aggregator",
+    "server_optimizer",
+    "executor",
+)
+
+
+@dataclass
+class Run:
+    """A federation built from a config, with its data and run directory."""
+
+    config: RunConfig
+    federation: Federation
+    data: Datasets
+    run_dir: Path
+
+
+def build_federation(
+    config: RunConfig, *, plugins: PluginManager | None = None
+) -> tuple[Federation, Datasets]:
+    """Load the data and build the federation that ``config`` describes."""
+    pm = plugins if plugins is not None else get_plugin_manager()
+    registry = pm.components
+    chosen = [(kind, getattr(config, kind)) for kind in SINGLE_KINDS]
+    chosen += [("evaluator", name) for name in config.evaluators]
+    options = {
+        name: config.component_options(registry.get(kind, name), name) for kind, name in chosen
+    }
+
+    def create(kind: str, name: str) -> Any:
+        return registry.create(kind, name, options[name])
+
+    data = create("dataset", config.dataset).load()
+    if config.clients > len(data.train):
+        raise ConfigError("clients", config.clients, f"at most {len(data.train)} (the examples)")
+    partition = create("partition", config.partition).split(
+        data.train.targets, config.clients, seed=derive_seed(config.seed, "partition")
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.seed, "model"))
+        model = registry.get("model", config.model)()
+    federation = Federation(
+        model=model,
+        train=data.train,
+        test=data.test,
+        partition=partition,
+        training=LocalTraining(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr),
+        sampler=config.sampler,
+        aggregator=config.aggregator,
+        server_optimizer=config.server_optimizer,
+        executor=config.executor,
+        evaluators=config.evaluators,
+        options=options,
+        eval_every=config.eval_every,
+        seed=config.seed,
+        plugins=pm,
+    )
+    return federation, data
+
+
+def start_run(config: RunConfig, *, plugins: PluginManager | None = None) -> Run:
+    """Check everything, then create the run directory and write the resolved config."""
+    federation, data = build_federation(config, plugins=plugins)
+    run_dir = Path(config.run_dir) if config.run_dir else _new_run_dir(config)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            "run_dir", str(run_dir), "a new or empty folder (continue a run with `privfl resume`)"
+        )
+    config = replace(config, run_dir=str(run_dir))
+    write_atomic(run_dir / CONFIG, config.to_toml().encode())
+    return Run(config, federation, data, run_dir)
+
+
+def resume_run(run_dir: str | Path, *, plugins: PluginManager | None = None) -> Run:
+    """Rebuild a run from its folder and load its last checkpoint, if any."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise ConfigError("run_dir", str(run_dir), f"a run folder holding {CONFIG}")
+    config = make_config(load_toml(run_dir / CONFIG))
+    federation, data = build_federation(config, plugins=plugins)
+    if (run_dir / CHECKPOINT).exists():
+        federation.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
+    if federation.round >= config.rounds:
+        raise ConfigError("run_dir", str(run_dir), "a run that has rounds left to run")
+    return Run(config, federation, data, run_dir)
+
+
+def execute(run: Run, *, console: Any = None) -> list[RoundRecord]:
+    """Run the remaining rounds of ``run``, writing into its folder."""
+    return run.federation.run(
+        run.config.rounds,
+        run_dir=run.run_dir,
+        console=console,
+        checkpoint_every=run.config.checkpoint_every,
+    )
+
+
+def _new_run_dir(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{config.model}-{config.partition}"
+    candidate, number = base, 1
+    while candidate.exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
+def config_from_file_and_flags(path: str | None, flags: dict[str, Any]) -> RunConfig:
+    """Merge a TOML file (if given) and command-line values (which win)."""
+    return make_config(load_toml(path) if path else {}, flags)

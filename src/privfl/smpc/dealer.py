@@ -1,0 +1,117 @@
+"""The trusted dealer ("crypto provider"): correlated randomness for the online phase.
+
+The dealer never sees a secret. It draws Beaver triples for bilinear maps, binary AND
+triples and random bits shared both ways from its own ChaCha20 stream, and sends each
+compute party its shares; those bytes are counted as offline traffic. Material can be
+produced ahead of time (:meth:`Dealer.precompute`, fed by a plan recorded on meta tensors)
+and is then consumed in the same order online; if nothing was precomputed, it is produced
+on demand and its time is still counted as dealer (offline) time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from privfl.smpc.beaver import BilinearOp
+from privfl.smpc.prg import ChaChaPRG
+from privfl.smpc.ring_matmul import RingMatmul
+from privfl.smpc.shared import BinarySharedTensor, SharedTensor, share, share_binary
+from privfl.smpc.traffic import Traffic
+
+Material = tuple[SharedTensor | BinarySharedTensor, ...]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One piece of correlated randomness: its kind, the shapes it is for and the map."""
+
+    kind: str  # "triple", "binary_triple" or "random_bit"
+    shapes: tuple[tuple[int, ...], ...]
+    op: BilinearOp | None = None
+
+
+class Dealer:
+    """Produces correlated randomness, on demand or ahead of time (offline phase)."""
+
+    def __init__(self, prg: ChaChaPRG, traffic: Traffic, matmul: RingMatmul) -> None:
+        self._prg = prg
+        self._traffic = traffic
+        self._matmul = matmul
+        self._queue: deque[tuple[Request, Material]] = deque()
+        self.seconds = 0.0  # time spent generating material
+
+    def triple(self, op: BilinearOp, shape_x: torch.Size, shape_y: torch.Size) -> Material:
+        """Shared (a, b, c) with a, b uniform of the given shapes and c = op(a, b)."""
+        return self._serve(Request("triple", (tuple(shape_x), tuple(shape_y)), op))
+
+    def binary_triple(self, shape: torch.Size) -> Material:
+        """XOR-shared words (a, b, c) with a, b uniform and c = a & b."""
+        return self._serve(Request("binary_triple", (tuple(shape),)))
+
+    def random_bit(self, shape: torch.Size) -> Material:
+        """A uniform bit r, XOR-shared as 0/1 words and additively shared over Z_2^64."""
+        return self._serve(Request("random_bit", (tuple(shape),)))
+
+    def precompute(self, requests: Iterable[Request]) -> None:
+        """Offline phase: generate material for ``requests`` now, to be served in order."""
+        for request in requests:
+            self._queue.append((request, self._generate(request)))
+
+    def pending(self) -> int:
+        """Number of precomputed pieces not yet consumed."""
+        return len(self._queue)
+
+    def _serve(self, request: Request) -> Material:
+        if not self._queue:
+            return self._generate(request)
+        planned, material = self._queue.popleft()
+        if planned != request:
+            raise RuntimeError(
+                f"online phase asked for {request} but the offline plan has {planned}"
+            )
+        return material
+
+    def _generate(self, request: Request) -> Material:
+        start = time.perf_counter()
+        prg = self._prg
+        if request.kind == "triple":
+            assert request.op is not None
+            a = prg.ring(request.shapes[0])
+            b = prg.ring(request.shapes[1])
+            c = request.op(a, b, self._matmul)
+            material: Material = (share(a, prg), share(b, prg), share(c, prg))
+        elif request.kind == "binary_triple":
+            a = prg.ring(request.shapes[0])
+            b = prg.ring(request.shapes[0])
+            material = (share_binary(a, prg), share_binary(b, prg), share_binary(a & b, prg))
+        else:
+            r = prg.bits(request.shapes[0])
+            r0 = prg.bits(request.shapes[0])
+            material = (BinarySharedTensor(torch.stack([r0, r ^ r0])), share(r, prg))
+        self._traffic.offline_bytes += sum(8 * m.shares.numel() for m in material)
+        self.seconds += time.perf_counter() - start
+        return material
+
+
+class RecordingDealer(Dealer):
+    """Planning stand-in: records each request and returns shape-only (meta) material."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.seconds = 0.0
+
+    def _serve(self, request: Request) -> Material:
+        self.requests.append(request)
+        meta = [torch.empty(2, *s, dtype=torch.int64, device="meta") for s in request.shapes]
+        if request.kind == "triple":
+            assert request.op is not None
+            c = request.op(meta[0], meta[1])
+            return (SharedTensor(meta[0]), SharedTensor(meta[1]), SharedTensor(c))
+        if request.kind == "binary_triple":
+            return tuple(BinarySharedTensor(meta[0]) for _ in range(3))
+        return (BinarySharedTensor(meta[0]), SharedTensor(meta[0]))

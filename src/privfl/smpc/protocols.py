@@ -1,0 +1,172 @@
+"""Interactive secure operations on shared tensors (orchestration of the pure gates).
+
+Every function takes the :class:`~privfl.smpc.session.Session` first, asks its dealer for
+correlated randomness, opens only masked values through :meth:`Session.open`, and computes
+new shares with the pure formulas of :mod:`privfl.smpc.beaver`.
+
+Fixed-point error: one product followed by truncation is off by at most 1 ulp (2^-f) from
+the rounded product of the encodings, each encoding being within 2^-(f+1) of its real
+value, except with the truncation failure probability stated in :mod:`privfl.smpc.ring`.
+Comparisons (:func:`msb`, :func:`relu`, :func:`maximum`, :func:`argmax_one_hot`) are
+exact on the ring elements: sign extraction adds x_0 and x_1 with a Kogge-Stone adder
+over XOR sharings (the binary-circuit route of ABY, Demmler et al., NDSS 2015, and of
+CrypTen, Knott et al., NeurIPS 2021), so msb(x) is the true sign bit for all of Z_2^64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from privfl.smpc.beaver import (
+    BilinearOp,
+    beaver_and_shares,
+    beaver_product_shares,
+    bit_to_arithmetic_shares,
+    kogge_stone_msb,
+)
+from privfl.smpc.ring import truncate_shares
+from privfl.smpc.session import Session
+from privfl.smpc.shared import BinarySharedTensor, SharedTensor
+from privfl.smpc.traffic import OpeningKind
+
+_ELEMENTWISE = BilinearOp("mul")
+_MATMUL = BilinearOp("matmul")
+
+
+def _open_together(
+    session: Session, parts: Sequence[SharedTensor | BinarySharedTensor], kind: OpeningKind
+) -> list[torch.Tensor]:
+    """Open several sharings of one type in a single round; return them in their shapes."""
+    flat = type(parts[0]).cat([p.reshape(-1) for p in parts], dim=0)
+    opened = session.open(flat, kind)
+    sizes = [p.numel() for p in parts]
+    return [o.reshape(p.shape) for o, p in zip(opened.split(sizes), parts, strict=True)]
+
+
+def beaver_apply(
+    session: Session, op: BilinearOp, x: SharedTensor, y: SharedTensor
+) -> SharedTensor:
+    """Shares of op(x, y) for a bilinear ``op``, with no fixed-point rescaling."""
+    a, b, c = session.dealer.triple(op, x.shape, y.shape)
+    e, f = _open_together(session, [x - a, y - b], OpeningKind.BEAVER_MASKED)
+    return SharedTensor(
+        beaver_product_shares(op, e, f, a.shares, b.shares, c.shares, session.matmul)
+    )
+
+
+def truncate(session: Session, x: SharedTensor) -> SharedTensor:
+    """Divide by 2^f after a fixed-point product (local SecureML truncation)."""
+    return SharedTensor(truncate_shares(x.shares, session.frac_bits))
+
+
+def mul(session: Session, x: SharedTensor, y: SharedTensor) -> SharedTensor:
+    """Fixed-point elementwise product (broadcasting) of two sharings."""
+    return truncate(session, beaver_apply(session, _ELEMENTWISE, x, y))
+
+
+def matmul(session: Session, x: SharedTensor, y: SharedTensor) -> SharedTensor:
+    """Fixed-point matrix product x @ y of two sharings."""
+    return truncate(session, beaver_apply(session, _MATMUL, x, y))
+
+
+def conv2d(
+    session: Session,
+    x: SharedTensor,
+    weight: SharedTensor,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+) -> SharedTensor:
+    """Fixed-point convolution of x (N, C, H, W) with weight (OUT, C, KH, KW).
+
+    The triple is a convolution triple (c = conv(a, b)), so the opened mask has the size
+    of the image, not of its im2col patch matrix.
+    """
+    op = BilinearOp("conv2d", stride, padding)
+    return truncate(session, beaver_apply(session, op, x, weight))
+
+
+def add_public(session: Session, x: SharedTensor, value: torch.Tensor | float) -> SharedTensor:
+    """x + value for a public real ``value`` (encoded in fixed point)."""
+    return x.add_public(session.encoder.encode(value))
+
+
+def mul_public(session: Session, x: SharedTensor, value: torch.Tensor | float) -> SharedTensor:
+    """x * value for a public real ``value``: local product, then truncation."""
+    return truncate(session, x.mul_public(session.encoder.encode(value)))
+
+
+def and_gates(
+    session: Session, pairs: list[tuple[BinarySharedTensor, BinarySharedTensor]]
+) -> list[BinarySharedTensor]:
+    """Bitwise AND of each XOR-shared pair, all evaluated in one round."""
+    left = BinarySharedTensor.cat([x.reshape(-1) for x, _ in pairs])
+    right = BinarySharedTensor.cat([y.reshape(-1) for _, y in pairs])
+    a, b, c = session.dealer.binary_triple(left.shape)
+    d, e = _open_together(session, [left ^ a, right ^ b], OpeningKind.AND_MASKED)
+    z = BinarySharedTensor(beaver_and_shares(d, e, a.shares, b.shares, c.shares))
+    sizes = [x.numel() for x, _ in pairs]
+    return [
+        BinarySharedTensor(part).reshape(*x.shape)
+        for part, (x, _) in zip(z.shares.split(sizes, dim=1), pairs, strict=True)
+    ]
+
+
+def bit_to_arithmetic(session: Session, bit: BinarySharedTensor) -> SharedTensor:
+    """Convert a XOR sharing of 0/1 words into an additive sharing of the same bits."""
+    r_bin, r_arith = session.dealer.random_bit(bit.shape)
+    (c,) = _open_together(session, [bit ^ r_bin], OpeningKind.BIT_MASKED)
+    return SharedTensor(bit_to_arithmetic_shares(c, r_arith.shares))
+
+
+def msb(session: Session, x: SharedTensor) -> SharedTensor:
+    """Additive sharing of the sign bit of x (1 where x < 0 as a signed int64), exact."""
+    zeros = torch.zeros_like(x.shares[0])
+    u = BinarySharedTensor(torch.stack([x.shares[0], zeros]))  # party 0's share as a word
+    v = BinarySharedTensor(torch.stack([zeros, x.shares[1]]))  # party 1's share as a word
+    (g,) = and_gates(session, [(u, v)])
+    total = kogge_stone_msb(u ^ v, g, lambda pairs: and_gates(session, pairs))
+    return bit_to_arithmetic(session, total.bit(63))
+
+
+def relu(session: Session, x: SharedTensor) -> SharedTensor:
+    """max(x, 0) = x * (1 - msb(x)), exact up to the fixed-point encoding of x."""
+    keep = (-msb(session, x)).add_public(1)
+    return beaver_apply(session, _ELEMENTWISE, x, keep)
+
+
+def maximum(session: Session, x: SharedTensor, y: SharedTensor) -> SharedTensor:
+    """Elementwise max(x, y) = y + relu(x - y)."""
+    return y + relu(session, x - y)
+
+
+def max_pool2d(session: Session, x: SharedTensor) -> SharedTensor:
+    """2x2 max pooling with stride 2 of x (..., H, W); an odd last row or column is dropped."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    cols = maximum(session, x[..., 0::2], x[..., 1::2])
+    return maximum(session, cols[..., 0::2, :], cols[..., 1::2, :])
+
+
+def argmax_one_hot(session: Session, logits: SharedTensor) -> SharedTensor:
+    """Shared one-hot (integer 0/1) of the argmax of each row of ``logits`` (N, K).
+
+    A tournament of exact comparisons: each round pairs neighbouring candidates and keeps
+    the larger value and its one-hot with one multiplication by the shared comparison bit.
+    Ties keep the lower index, like ``torch.argmax``.
+    """
+    n, k = logits.shape
+    eye = torch.eye(k, dtype=torch.int64, device=logits.shares.device).expand(n, k, k)
+    candidates = SharedTensor.cat(
+        [logits.unsqueeze(2), SharedTensor(torch.stack([eye, torch.zeros_like(eye)]))], dim=2
+    )  # (N, m, 1 + K): value, then one-hot
+    while candidates.shape[1] > 1:
+        m = candidates.shape[1]
+        left, right = candidates[:, 0 : m - 1 : 2], candidates[:, 1:m:2]
+        right_wins = msb(session, left[:, :, 0] - right[:, :, 0])
+        winners = left + beaver_apply(session, _ELEMENTWISE, right_wins.unsqueeze(2), right - left)
+        if m % 2:
+            winners = SharedTensor.cat([winners, candidates[:, m - 1 :]], dim=1)
+        candidates = winners
+    return candidates[:, 0, 1:]

@@ -1,0 +1,131 @@
+"""Secure operations against their plaintext counterparts.
+
+Error bound for one fixed-point product: each encoding is within 2^-17 of its real value
+and the truncation adds at most 2^-16, so |secure - exact| <= 2^-16 + 2^-17 (|x| + |y|)
++ 2^-34 per product term. Sums of K products add up K such errors. The tests use these
+bounds with the actual sizes. Comparisons, ReLU, max and argmax are exact on ring values.
+"""
+
+import pytest
+import torch
+
+from privfl.smpc import (
+    OpeningKind,
+    Session,
+    SharedTensor,
+    add_public,
+    argmax_one_hot,
+    conv2d,
+    matmul,
+    max_pool2d,
+    maximum,
+    msb,
+    mul,
+    mul_public,
+    reconstruct,
+    relu,
+)
+
+ULP = 2.0**-16
+
+
+def _decode(session, x):
+    return session.encoder.decode(reconstruct(x))
+
+
+def _bound(x, y, k=1):
+    """Worst-case error of a k-term sum of products of values bounded by |x|, |y|."""
+    return k * (ULP / 2 * (x + y) + (ULP / 2) ** 2) + ULP
+
+
+def test_add_sub_and_public_ops():
+    s = Session(seed=1)
+    x, y = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    sx, sy = s.share_float(x), s.share_float(y)
+    assert torch.allclose(_decode(s, sx + sy), x + y, atol=ULP)
+    assert torch.allclose(_decode(s, sx - sy), x - y, atol=ULP)
+    assert torch.allclose(_decode(s, add_public(s, sx, 2.5)), x + 2.5, atol=ULP)
+    assert torch.allclose(_decode(s, mul_public(s, sx, -1.75)), -1.75 * x, atol=_bound(4, 1.75))
+
+
+def test_mul_matmul_conv_within_fixed_point_bound():
+    s = Session(seed=2)
+    x, y = (
+        torch.rand(200, dtype=torch.float64) * 8 - 4,
+        torch.rand(200, dtype=torch.float64) * 8 - 4,
+    )
+    assert (
+        (_decode(s, mul(s, s.share_float(x), s.share_float(y))) - x * y).abs() <= _bound(4, 4)
+    ).all()
+    a, b = (
+        torch.rand(8, 30, dtype=torch.float64) - 0.5,
+        torch.rand(30, 6, dtype=torch.float64) - 0.5,
+    )
+    out = _decode(s, matmul(s, s.share_float(a), s.share_float(b)))
+    assert ((out - a @ b).abs() <= _bound(0.5, 0.5, k=30)).all()
+    img, w = (
+        torch.rand(2, 3, 7, 7, dtype=torch.float64),
+        torch.rand(4, 3, 3, 3, dtype=torch.float64) - 0.5,
+    )
+    out = _decode(s, conv2d(s, s.share_float(img), s.share_float(w), (2, 2), (1, 1)))
+    expected = torch.nn.functional.conv2d(img, w, stride=2, padding=1)
+    assert ((out - expected).abs() <= _bound(1, 0.5, k=27)).all()
+
+
+def test_msb_and_relu_are_exact_on_a_grid_of_ring_values():
+    s = Session(seed=3)
+    ring = torch.tensor(
+        [0, 1, -1, 2, -2, 2**16, -(2**16), 2**62, -(2**62), 2**63 - 1, -(2**63), -(2**63) + 1],
+        dtype=torch.int64,
+    )
+    ring = torch.cat([ring, torch.randint(-(2**63), 2**63 - 1, (500,))])
+    shared = s.share_ring(ring)
+    assert torch.equal(reconstruct(msb(s, shared)), (ring < 0).long())
+    assert torch.equal(reconstruct(relu(s, shared)), torch.where(ring > 0, ring, 0))
+
+
+def test_relu_exact_near_encoding_limits():
+    s = Session(seed=4)
+    limit = s.encoder.max_abs * (1 - 1e-12)
+    x = torch.tensor([0.0, ULP, -ULP, 1.0, -1.0, limit, -limit, 1e6, -1e6], dtype=torch.float64)
+    encoded = s.encoder.encode(x)
+    out = reconstruct(relu(s, s.share_float(x)))
+    assert torch.equal(out, torch.clamp(encoded, min=0))
+
+
+def test_maximum_and_max_pool_match_torch():
+    s = Session(seed=5)
+    a = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    b = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    ea, eb = s.encoder.encode(a), s.encoder.encode(b)
+    out = reconstruct(maximum(s, s.share_float(a), s.share_float(b)))
+    assert torch.equal(out, torch.maximum(ea, eb))
+    pooled = reconstruct(max_pool2d(s, s.share_float(a)))
+    assert torch.equal(pooled, torch.nn.functional.max_pool2d(ea.double(), 2).long())
+
+
+def test_argmax_one_hot_matches_torch_argmax_including_ties():
+    s = Session(seed=6)
+    logits = torch.randn(40, 10, dtype=torch.float64)
+    logits[0] = 1.0  # all tied: torch picks index 0
+    logits[1, 3] = logits[1, 7] = 9.0  # tie between 3 and 7: torch picks 3
+    one_hot = reconstruct(argmax_one_hot(s, s.share_float(logits)))
+    assert torch.equal(one_hot.argmax(dim=1), logits.argmax(dim=1))
+    assert torch.equal(one_hot.sum(dim=1), torch.ones(40, dtype=torch.int64))
+
+
+def test_relu_opens_only_masked_values():
+    s = Session(seed=7)
+    x = torch.randn(300, dtype=torch.float64)
+    relu(s, s.share_float(x))
+    kinds = [e.kind for e in s.log.entries]
+    assert set(kinds) == {OpeningKind.AND_MASKED, OpeningKind.BIT_MASKED, OpeningKind.BEAVER_MASKED}
+    # 7 AND rounds (1 + 6 Kogge-Stone levels), 1 bit conversion, 1 Beaver product.
+    assert len(kinds) == 9 and s.traffic.rounds == 9
+    masks = torch.cat([e.values for e in s.log.entries if e.kind is not OpeningKind.BIT_MASKED])
+    assert (masks.abs() < 2**40).double().mean() < 1e-3
+
+
+def test_shared_tensor_rejects_bad_shares():
+    with pytest.raises(ValueError, match="two parties"):
+        SharedTensor(torch.zeros(3, 4, dtype=torch.int64))
