@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -59,7 +60,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
         tensors = load_safetensors(raw)
         meta = json.loads(_metadata(raw)["privfl"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise DataError(f"{path} is not a privfl checkpoint ({exc})") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{path} has checkpoint format {meta.get('format')!r}, need {FORMAT!r}")

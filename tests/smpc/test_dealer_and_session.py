@@ -46,9 +46,11 @@ def test_opening_counts_bytes_and_logs_values():
     x = session.share_float(torch.ones(3, 4))
     opened = session.open(x, OpeningKind.OUTPUT)
     assert torch.equal(opened, torch.full((3, 4), 2**16))
-    assert session.traffic.online_bytes == 2 * 8 * 12 and session.traffic.rounds == 1
+    assert session.traffic.online_bytes == 2 * 8 * 12
+    assert session.traffic.rounds == 1
     (entry,) = session.log.entries
-    assert entry.kind is OpeningKind.OUTPUT and entry.shape == (3, 4)
+    assert entry.kind is OpeningKind.OUTPUT
+    assert entry.shape == (3, 4)
     assert torch.equal(entry.values, opened)
 
 
@@ -64,7 +66,8 @@ def test_two_phase_run_precomputes_everything_and_matches_on_demand():
     assert session.log.entries == []  # planning opens nothing real
     result, times = session.run_two_phase(_square, x)
     assert session.dealer.pending() == 0
-    assert times.offline_s > 0 and times.online_s > 0
+    assert times.offline_s > 0
+    assert times.online_s > 0
     decoded = session.encoder.decode(reconstruct(result))
     assert torch.allclose(decoded, torch.linspace(-3, 3, 20, dtype=torch.float64) ** 2, atol=1e-4)
 

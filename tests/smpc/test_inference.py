@@ -106,7 +106,8 @@ def test_opening_log_holds_only_masked_values_and_predictions(make_model):
     allowed = {OpeningKind.BEAVER_MASKED, OpeningKind.AND_MASKED, OpeningKind.BIT_MASKED}
     *protocol, last = session.log.entries
     assert {e.kind for e in protocol} <= allowed
-    assert last.kind is OpeningKind.OUTPUT and torch.equal(last.values, predictions)
+    assert last.kind is OpeningKind.OUTPUT
+    assert torch.equal(last.values, predictions)
     bits = torch.cat([e.values for e in protocol if e.kind is OpeningKind.BIT_MASKED])
     assert set(bits.unique().tolist()) <= {0, 1}
     assert not _leaks(session, _hidden_activations(model, images))
@@ -135,9 +136,11 @@ def test_count_correct_reveals_only_the_count():
         session.share_float(images),
         share_labels(session, labels, 10),
     )
-    assert count.shape == () and count.item() == int((predicted == labels).sum())
+    assert count.shape == ()
+    assert count.item() == int((predicted == labels).sum())
     outputs = [e for e in session.log.entries if e.kind is OpeningKind.OUTPUT]
-    assert len(outputs) == 1 and outputs[0].shape == ()
+    assert len(outputs) == 1
+    assert outputs[0].shape == ()
 
 
 def test_unsupported_layer_is_rejected():

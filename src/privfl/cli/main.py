@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"run folder [bold]{run.run_dir}[/] · data {run.data.source}")
         return _execute(run, console)
     except PrivflError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
 
 
@@ -131,9 +131,6 @@ def _execute(run: Run, console: Console) -> int:
 def _plugins(console: Console) -> int:
     pm = get_plugin_manager()
     registry = pm.components
-    table = Table(title="privfl plugins")
-    for column in ("plugin", "from", "hooks", "components"):
-        table.add_column(column)
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
         registered = [
@@ -142,13 +139,10 @@ def _plugins(console: Console) -> int:
             for component, entry in registry.entries(kind).items()
             if entry.plugin == name
         ]
-        table.add_row(
-            name,
-            pm.distributions.get(name, "built-in"),
-            "\n".join(hooks),
-            "\n".join(registered) or "-",
-        )
-    console.print(table)
+        console.print(f"[bold]{name}[/] ({pm.distributions.get(name, 'built-in')})", soft_wrap=True)
+        console.print(f"  hooks: {', '.join(hooks)}", highlight=False, soft_wrap=True)
+        if registered:
+            console.print(f"  components: {', '.join(registered)}", highlight=False, soft_wrap=True)
     return 0
 
 

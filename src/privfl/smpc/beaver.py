@@ -100,14 +100,13 @@ class Word(Protocol):
 W = TypeVar("W", bound=Word)
 
 
-def kogge_stone_msb(p: W, g: W, and_gates: Callable[[list[tuple[W, W]]], list[W]]) -> W:
-    """Most significant bit of u + v (mod 2^64), given p = u ^ v and g = u & v.
+def kogge_stone_add(p: W, g: W, and_gates: Callable[[list[tuple[W, W]]], list[W]]) -> W:
+    """The sum word u + v (mod 2^64), whose bit 63 is the sign, from p = u ^ v and g = u & v.
 
     ``p`` and ``g`` may be plaintext words or XOR sharings; ``and_gates`` evaluates a list
     of (left, right) pairs in one round and returns their ANDs. Six prefix levels
-    (shifts 1, 2, 4, ..., 32) turn g into the carry-generate of every bit prefix; the sum
-    is p ^ (carries << 1), whose bit 63 is returned in place (callers shift by 63).
-    The result is exact for every pair of words: no probabilistic step is involved.
+    (shifts 1, 2, 4, ..., 32) turn g into the carry-generate of every bit prefix, and the
+    sum is p ^ (carries << 1). Exact for every pair of words: nothing is probabilistic.
     """
     prop, gen = p, g
     for level in range(6):

@@ -24,7 +24,7 @@ from privfl.smpc.beaver import (
     beaver_and_shares,
     beaver_product_shares,
     bit_to_arithmetic_shares,
-    kogge_stone_msb,
+    kogge_stone_add,
 )
 from privfl.smpc.ring import truncate_shares
 from privfl.smpc.session import Session
@@ -126,7 +126,7 @@ def msb(session: Session, x: SharedTensor) -> SharedTensor:
     u = BinarySharedTensor(torch.stack([x.shares[0], zeros]))  # party 0's share as a word
     v = BinarySharedTensor(torch.stack([zeros, x.shares[1]]))  # party 1's share as a word
     (g,) = and_gates(session, [(u, v)])
-    total = kogge_stone_msb(u ^ v, g, lambda pairs: and_gates(session, pairs))
+    total = kogge_stone_add(u ^ v, g, lambda pairs: and_gates(session, pairs))
     return bit_to_arithmetic(session, total.bit(63))
 
 

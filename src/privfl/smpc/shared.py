@@ -49,10 +49,6 @@ class _Shares:
         """Reshape the secret."""
         return self._new(self.shares.reshape(2, *shape))
 
-    def permute(self: S, *dims: int) -> S:
-        """Permute the secret's dimensions."""
-        return self._new(self.shares.permute(0, *(d + 1 for d in dims)))
-
     def unsqueeze(self: S, dim: int) -> S:
         """Insert a dimension of size one (``dim`` counted on the secret, >= 0)."""
         return self._new(self.shares.unsqueeze(dim + 1))
@@ -109,12 +105,6 @@ class BinarySharedTensor(_Shares):
 
     def __lshift__(self, bits: int) -> BinarySharedTensor:
         return BinarySharedTensor(self.shares << bits)
-
-    def xor_public(self, value: torch.Tensor | int) -> BinarySharedTensor:
-        """XOR a public word: only party 0 applies it."""
-        out = self.shares.clone()
-        out[0] ^= value
-        return BinarySharedTensor(out)
 
     def bit(self, position: int) -> BinarySharedTensor:
         """XOR sharing of bit ``position`` of every word, as 0/1 words (local)."""

@@ -1,0 +1,182 @@
+"""The ``privfl`` command: run folders, bad input, determinism, SIGKILL and resume."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from privfl.cli.main import main, parse_options
+from privfl.errors import ConfigError
+from privfl.models import TwoNN
+
+FAST = ["--model", "2nn", "--clients", "20", "--clients-per-round", "5", "--rounds", "3"]
+
+
+def privfl_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "privfl.cli.main", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_run_writes_a_complete_run_folder(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", *FAST, "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out
+    assert "final accuracy" in out
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint.safetensors",
+        "config.toml",
+        "history.jsonl",
+        "model.safetensors",
+        "status.json",
+    ]
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in history] == [1, 2, 3]
+    for record in history:
+        assert {"round", "accuracy", "loss", "seconds", "clients"} <= set(record)
+        assert len(record["clients"]) == 5
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
+    config = (run_dir / "config.toml").read_text()
+    assert 'model = "2nn"' in config
+    assert f'run_dir = "{run_dir}"' in config
+    TwoNN().load_state_dict(load_file(run_dir / "model.safetensors"))
+
+
+def test_same_seed_writes_identical_models(tmp_path, capsys):
+    for name in ("a", "b"):
+        assert main(["run", *FAST, "--seed", "3", "--run-dir", str(tmp_path / name)]) == 0
+    assert main(["run", *FAST, "--seed", "4", "--run-dir", str(tmp_path / "c")]) == 0
+    model = {n: (tmp_path / n / "model.safetensors").read_bytes() for n in "abc"}
+    assert model["a"] == model["b"]
+    assert model["a"] != model["c"]
+
+
+def test_config_file_with_flag_overrides(tmp_path, capsys):
+    config = tmp_path / "job.toml"
+    config.write_text(
+        'model = "2nn"\nclients = 20\nclients_per_round = 4\nrounds = 5\n'
+        "[options.plaintext]\nbatch_size = 128\n"
+    )
+    run_dir = tmp_path / "run"
+    assert main(["run", str(config), "--rounds", "2", "--run-dir", str(run_dir)]) == 0
+    written = (run_dir / "config.toml").read_text()
+    assert "rounds = 2" in written
+    assert "clients_per_round = 4" in written
+    assert "batch_size = 128" in written
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--aggregator", "fedavgg"], "aggregator = 'fedavgg' is not allowed: choose one of"),
+        (["--clients-per-round", "30"], "clients_per_round = 30 is not allowed: at most"),
+        (["--partition", "dirichlet", "--alpha", "0"], "alpha = 0.0 is not allowed"),
+        (["--partition", "dirichlet", "--alpha", "-1"], "alpha = -1.0 is not allowed"),
+        (["--rounds", "0"], "rounds = 0 is not allowed: an integer >= 1"),
+        (["--clients", "20000"], "clients = 20000 is not allowed: at most 10000"),
+        (["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
+        (["--option", "plaintext.bogus=1"], "options.plaintext.bogus = 1"),
+        (["--option", "nodot"], "NAME.KEY=VALUE"),
+    ],
+)
+def test_bad_input_exits_2_before_creating_the_run_folder(tmp_path, capsys, flags, message):
+    run_dir = tmp_path / "run"
+    argv = ["run", *FAST, *flags, "--run-dir", str(run_dir)]
+    assert main(argv) == 2
+    output = capsys.readouterr().out.replace("\n", " ")
+    assert "error:" in output
+    assert message in output
+    assert not run_dir.exists()
+
+
+def test_malformed_idx_file_is_reported_without_traceback(tmp_path):
+    data = tmp_path / "mnist"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (data / f"{name}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03garbage"))
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (data / name).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x02\x01")
+    proc = privfl_cli("run", "--data-dir", str(data), "--run-dir", "out", cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "error:" in out
+    assert "train-images-idx3-ubyte" in out
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "keep.txt").write_text("mine")
+    assert main(["run", *FAST, "--run-dir", str(run_dir)]) == 2
+    assert "privfl resume" in capsys.readouterr().out
+    assert (run_dir / "keep.txt").read_text() == "mine"
+
+
+def test_resuming_a_complete_run_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", *FAST, "--run-dir", str(run_dir)]) == 0
+    assert main(["resume", str(run_dir)]) == 2
+    assert "rounds left to run" in capsys.readouterr().out
+
+
+def test_sigkill_then_resume_writes_the_same_model(tmp_path):
+    flags = ["--model", "2nn", "--clients", "20", "--clients-per-round", "10", "--rounds", "40"]
+    straight = privfl_cli("run", *flags, "--run-dir", "straight", cwd=tmp_path)
+    killed = privfl_cli("run", *flags, "--run-dir", "killed", cwd=tmp_path)
+    history = tmp_path / "killed" / "history.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if history.exists() and len(history.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    status = json.loads((tmp_path / "killed" / "status.json").read_text())
+    assert status["status"] == "running"
+    assert 8 <= status["round"] < 40
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = privfl_cli("resume", "killed", cwd=tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming" in out
+    straight.communicate(timeout=300)
+    assert straight.returncode == 0
+    rounds = [json.loads(line)["round"] for line in history.read_text().splitlines()]
+    assert rounds == list(range(1, 41))
+    model = (tmp_path / "killed" / "model.safetensors").read_bytes()
+    assert model == (tmp_path / "straight" / "model.safetensors").read_bytes()
+
+
+def test_plugins_command_lists_hooks_and_components(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "privfl.builtin.aggregators" in out
+    assert "privfl_register_aggregators" in out
+    assert "aggregator fedavg" in out
+    assert "built-in" in out
+
+
+def test_parse_options_reads_toml_values():
+    assert parse_options(["plaintext.batch_size=500", "x.name=abc", "x.flag=true"]) == {
+        "plaintext": {"batch_size": 500},
+        "x": {"name": "abc", "flag": True},
+    }
+    with pytest.raises(ConfigError, match="NAME.KEY=VALUE"):
+        parse_options(["=3"])
