@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import privfl
-from privfl.seeding import derive_seed, torch_generator
 from privfl.client import ClientWork, LocalTraining, flatten_parameters
 from privfl.records import ClientTask
+from privfl.seeding import derive_seed, torch_generator
 from privfl.testing import tiny_dataset, tiny_federation
 
 
@@ -73,7 +73,7 @@ def test_client_work_is_independent_of_order_and_rebuildable():
         training=fed.training,
     )
     backward = [fresh(t, fed.params) for t in reversed(tasks)][::-1]
-    for one, other in zip(forward, backward):
+    for one, other in zip(forward, backward, strict=True):
         assert torch.equal(one.update, other.update)
         assert one.num_examples == len(fed.partition[one.client_id])
 
@@ -183,3 +183,15 @@ def test_tiny_dataset_is_learnable_and_balanced():
     train, test = tiny_dataset()
     assert 0.3 < float(train.targets.float().mean()) < 0.7
     assert len(train) == len(test) == 200
+
+
+def test_huge_but_finite_update_is_accepted():
+    class Huge(privfl.PrivacyMechanism):
+        name = "huge"
+
+        def client_step(self, update, *, generator):
+            return torch.full_like(update, 3e38)  # the sum overflows; every value is finite
+
+    fed = tiny_federation(mechanisms=[Huge()])
+    (record,) = fed.run(1)
+    assert record.rejected == {}

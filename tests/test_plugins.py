@@ -31,7 +31,7 @@ def test_block_plugins_env_blocks_builtins(monkeypatch):
     pm = get_plugin_manager(autoload=False)
     assert not pm.has_plugin("privfl.builtin.console")
     assert pm.components.names("aggregator") == []
-    with pytest.raises(privfl.ConfigError, match="aggregator = 'fedavg'.*nothing registered"):
+    with pytest.raises(privfl.ConfigError, match=r"aggregator = 'fedavg'.*nothing registered"):
         tiny_federation(plugins=[], aggregator="fedavg")
 
 
@@ -93,7 +93,7 @@ def test_misspelt_hook_is_a_startup_error():
         def privfl_round_finsh(self, record):
             pass
 
-    with pytest.raises(privfl.PluginError, match="privfl_round_finsh.*misspelt"):
+    with pytest.raises(privfl.PluginError, match=r"privfl_round_finsh.*misspelt"):
         make_plugin_manager([Typo()])
 
 
@@ -151,7 +151,7 @@ def test_unknown_component_name_suggests_the_close_one():
 
 
 def test_unknown_component_option_lists_accepted_ones():
-    with pytest.raises(privfl.ConfigError, match="options.uniform.per_round.*clients_per_round"):
+    with pytest.raises(privfl.ConfigError, match=r"options\.uniform\.per_round.*clients_per_round"):
         tiny_federation(sampler="uniform", options={"uniform": {"per_round": 2}})
 
 

@@ -15,7 +15,9 @@ from privfl.seeding import derive_seed, torch_generator
 
 def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "client", 1, 2) == derive_seed(0, "client", 1, 2)
-    seeds = {derive_seed(root, "client", r, c) for root in (0, 1) for r in range(20) for c in range(50)}
+    seeds = {
+        derive_seed(root, "client", r, c) for root in (0, 1) for r in range(20) for c in range(50)
+    }
     assert len(seeds) == 2 * 20 * 50
     assert derive_seed(0, "sample", 1) != derive_seed(0, "client", 1)
     assert 0 <= derive_seed(123, "x") < 2**63

@@ -54,8 +54,11 @@ class Federation:
     :param loss: Maps (outputs, targets) to a scalar mean loss.
     :param metrics: Name -> per-example metric; defaults to ``{"accuracy": accuracy}``.
     :param training: Local-training settings (epochs, batch size, learning rate).
-    :param sampler, aggregator, server_optimizer, executor: A registered name or an
-        instance. Names are built with ``options[name]`` as keyword options.
+    :param sampler: The client sampler, a registered name or an instance. Names are
+        built with ``options[name]`` as keyword options, like the other components.
+    :param aggregator: The aggregator, a registered name or an instance.
+    :param server_optimizer: The server optimizer, a registered name or an instance.
+    :param executor: The executor, a registered name or an instance.
     :param evaluators: Names or instances; run on evaluation rounds.
     :param mechanisms: Privacy mechanisms, names or instances, applied in order.
     :param options: Per-component keyword options, ``{name: {option: value}}``.
@@ -188,8 +191,8 @@ class Federation:
         start = self.round + 1
         first_new = len(self.history)
         status, reason = "failed", None
-        self.hook.privfl_session_start(federation=self, start_round=start, total_rounds=rounds)
         try:
+            self.hook.privfl_session_start(federation=self, start_round=start, total_rounds=rounds)
             for number in range(start, rounds + 1):
                 record = self.hook.privfl_round_protocol(federation=self, round=number)
                 if record is None:

@@ -62,16 +62,8 @@ def privfl_register_mechanisms() -> list[type]:
     """Return privacy mechanism classes (subclasses of :class:`privfl.PrivacyMechanism`).
 
     A mechanism transforms each update where the client runs (clipping, noise) and the
-    aggregate on the server. privfl itself registers none yet.
-    """
-
-
-@hookspec
-def privfl_register_accountants() -> list[type]:
-    """Return privacy accountant classes (subclasses of :class:`privfl.Accountant`).
-
-    An accountant turns the mechanisms' noise and the sampling scheme into a privacy
-    loss ``epsilon`` at a given ``delta``. privfl itself registers none yet.
+    aggregate on the server (clipping, noise, secure aggregation). privfl itself
+    registers none yet.
     """
 
 
@@ -167,7 +159,7 @@ def privfl_round_protocol(federation: Federation, round: int) -> RoundRecord | N
        locally, compute ``update = local - global``, then apply every privacy
        mechanism's ``client_step`` in order (all where the client runs);
     3. :func:`privfl_update_received` is called for each update; rejected updates
-       are left out of the round and listed in the record;
+       are left out of aggregation and listed in the record's ``rejected``;
     4. the accepted updates are stacked into ``[n_clients, dim]`` and the aggregator
        combines them, weighted by example counts;
     5. every privacy mechanism's ``server_step`` is applied to the aggregate, in order;

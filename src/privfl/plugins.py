@@ -34,6 +34,7 @@ from privfl.errors import PluginError
 from privfl.registry import ComponentRegistry, collect_components
 
 ENTRY_POINT_GROUP = "privfl"
+"""The entry-point group that third-party plugin distributions declare."""
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "privfl.builtin.samplers",
@@ -75,10 +76,12 @@ class PluginManager(pluggy.PluginManager):
         self._components: ComponentRegistry | None = None
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin`` (see :meth:`pluggy.PluginManager.register`); resets components."""
         self._components = None
         return super().register(plugin, name)
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        """Unregister a plugin (see pluggy); resets the collected components."""
         self._components = None
         return super().unregister(plugin, name)
 

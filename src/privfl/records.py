@@ -58,7 +58,9 @@ class RoundRecord:
         """Return the record as one flat JSON object (metrics and values at top level)."""
         record: dict[str, Any] = {"round": self.round}
         record.update({k: _finite_or_none(v) for k, v in self.metrics.items()})
-        record.update(self.values)
+        record.update(
+            {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in self.values.items()}
+        )
         record["train_loss"] = _finite_or_none(self.train_loss)
         record["seconds"] = round(self.seconds, 6)
         record["num_examples"] = self.num_examples

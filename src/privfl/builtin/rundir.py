@@ -12,8 +12,10 @@ Active when :meth:`privfl.Federation.run` is given a ``run_dir``. The folder hol
 ``model.safetensors``
     the final global model's state dict.
 
-Each file is replaced atomically. A resumed run cuts ``history.jsonl`` back to the
-checkpointed round, so a run killed at any point and resumed writes the same model.
+``history.jsonl`` is appended and flushed to disk after each round; the other files
+are replaced atomically (write, flush, rename). A resumed run rewrites
+``history.jsonl`` without the rounds after its checkpoint, so a run killed at any
+point and resumed writes the same model.
 """
 
 from __future__ import annotations

@@ -44,8 +44,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     The array has the shape the header declares and the native-endian version of the
     declared element type; it is writable, so ``torch.from_numpy`` can share it.
 
-    Raises:
-        DataError: the file is missing or unreadable, or is not a well-formed IDX file.
+    :raises DataError: the file is missing or unreadable, or is not a well-formed IDX file.
     """
     try:
         with open(path, "rb") as f:
@@ -68,8 +67,7 @@ def parse_idx(raw: bytes, *, source: str) -> np.ndarray:
     This is :func:`read_idx` without the file system, for data that does not live in a
     plain file (for example a package resource inside a wheel).
 
-    Raises:
-        DataError: the bytes are not a well-formed IDX file.
+    :raises DataError: the bytes are not a well-formed IDX file.
     """
     if raw[:2] == _GZIP_MAGIC:
         raw = _gunzip(raw, source)

@@ -40,8 +40,9 @@ FILE_NAMES: dict[str, str] = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-#: Mean and standard deviation of MNIST training pixels scaled to [0, 1].
+#: Mean of MNIST training pixels scaled to [0, 1].
 MNIST_MEAN = 0.1307
+#: Standard deviation of MNIST training pixels scaled to [0, 1].
 MNIST_STD = 0.3081
 
 _NUM_CLASSES = 10
@@ -79,8 +80,7 @@ def load_mnist(directory: str | os.PathLike[str]) -> MNIST:
     exist. The files may lie in ``directory`` itself or in ``directory/MNIST/raw/``,
     where ``torchvision.datasets.MNIST(directory)`` keeps them.
 
-    Raises:
-        DataError: the directory or a file is missing, or a file is malformed.
+    :raises DataError: the directory or a file is missing, or a file is malformed.
     """
     root = Path(directory)
     if not root.is_dir():
