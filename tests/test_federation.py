@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import privfl
-from privfl.client import ClientWork, LocalTraining, flatten_parameters
+from privfl.client import ClientWork, LocalTraining, flatten_gradients, flatten_parameters
 from privfl.records import ClientTask
 from privfl.seeding import derive_seed, torch_generator
 from privfl.testing import tiny_dataset, tiny_federation
@@ -195,3 +195,26 @@ def test_huge_but_finite_update_is_accepted():
     fed = tiny_federation(mechanisms=[Huge()])
     (record,) = fed.run(1)
     assert record.rejected == {}
+
+
+def test_flat_gradients_hold_the_whole_gradient():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    flatten_parameters(model)
+    flat_grad = flatten_gradients(model)
+    inputs, targets = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert float(flat_grad.abs().sum()) > 0
+    assert torch.equal(flat_grad, expected)
+
+
+def test_replaced_gradients_are_detected_not_ignored():
+    fed = tiny_federation()
+
+    def drop_gradients(module, args):
+        for p in module.parameters():
+            p.grad = None
+
+    fed.client_work.model.register_forward_pre_hook(drop_gradients)
+    with pytest.raises(RuntimeError, match="not accumulated into the flat gradient"):
+        fed.run(1)

@@ -6,9 +6,10 @@ the loss, the local-training settings and the mechanisms. It can be built in ano
 process from plain data, so executors can run clients anywhere.
 
 Speed by design: clients hold index arrays into one dataset tensor (no per-client
-DataLoader or copy); the model's parameters are views into one flat float32 vector
-(:func:`flatten_parameters`), so loading the global model is one copy and reading
-the result is one subtraction.
+DataLoader or copy); the model's parameters and their gradients are views into two
+flat float32 vectors (:func:`flatten_parameters`, :func:`flatten_gradients`), so
+loading the global model is one copy, clearing the gradients one fill, an SGD step
+one fused multiply-add, and reading the result one subtraction.
 """
 
 from __future__ import annotations
@@ -72,6 +73,23 @@ def flatten_parameters(model: torch.nn.Module) -> torch.Tensor:
     return flat
 
 
+def flatten_gradients(model: torch.nn.Module) -> torch.Tensor:
+    """Give ``model``'s parameters gradients that are views into one zero vector; return it.
+
+    Autograd accumulates into an existing ``.grad`` in place when nothing else holds
+    it, so after ``backward()`` the vector holds the whole gradient.
+    :meth:`ClientWork.__call__` checks that this held, since an out-of-place
+    accumulation would leave the vector silently stale.
+    """
+    params = list(model.parameters())
+    flat = torch.zeros(sum(p.numel() for p in params))
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
 class ClientWork:
     """The work of one client in one round, callable with a task and the global model.
 
@@ -95,12 +113,13 @@ class ClientWork:
     ) -> None:
         self.model = copy.deepcopy(model)
         self.flat = flatten_parameters(self.model)
+        self.flat_grad = flatten_gradients(self.model)
+        self._grad_pointers = [p.grad.data_ptr() for p in self.model.parameters()]
         self.train = train
         self.partition = partition
         self.loss = loss
         self.training = training
         self.mechanisms = tuple(mechanisms)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=training.lr)
 
     def __call__(self, task: ClientTask, global_params: torch.Tensor) -> ClientResult:
         """Train from ``global_params`` on the task's client and return its update."""
@@ -108,21 +127,20 @@ class ClientWork:
         generator = torch_generator(task.seed, "shuffle")
         self.flat.copy_(global_params)
         self.model.train()
-        total_loss = torch.zeros(())
-        steps = 0
-        size = self.training.batch_size
+        losses: list[torch.Tensor] = []
+        size, lr = self.training.batch_size, self.training.lr
         for _ in range(self.training.epochs):
             order = indices[torch.randperm(len(indices), generator=generator)]
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
                 inputs = self.train.inputs.index_select(0, batch)
                 targets = self.train.targets.index_select(0, batch)
-                self.optimizer.zero_grad(set_to_none=True)
+                self.flat_grad.zero_()
                 loss = self.loss(self.model(inputs), targets)
                 loss.backward()
-                self.optimizer.step()
-                total_loss += loss.detach()
-                steps += 1
+                self.flat.add_(self.flat_grad, alpha=-lr)  # plain SGD on all parameters
+                losses.append(loss.detach())
+        self._check_gradient_views()
         update = self.flat - global_params
         for position, mechanism in enumerate(self.mechanisms):
             update = mechanism.client_step(
@@ -132,5 +150,14 @@ class ClientWork:
             client_id=task.client_id,
             update=update,
             num_examples=len(indices),
-            train_loss=float(total_loss) / max(steps, 1),
+            train_loss=float(torch.stack(losses).mean()) if losses else float("nan"),
         )
+
+    def _check_gradient_views(self) -> None:
+        pointers = [p.grad.data_ptr() if p.grad is not None else 0 for p in self.model.parameters()]
+        if pointers != self._grad_pointers:
+            raise RuntimeError(
+                "gradients were not accumulated into the flat gradient vector (was .grad "
+                "replaced, e.g. by a hook or zero_grad(set_to_none=True)?); local training "
+                "would not have moved the parameters"
+            )
