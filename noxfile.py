@@ -25,7 +25,7 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Run the test suite (arguments after -- go to pytest)."""
-    session.install(*CONSTRAINTS, "-e", ".[test]")
+    session.install(*CONSTRAINTS, "-e", ".[test,docs]")
     session.run("python", "-m", "pytest", *session.posargs)
 
 

@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import docutils.core
 import pytest
-from docutils import nodes
 
 from privfl import hookspecs
 from privfl.cli.main import build_parser
@@ -143,6 +141,9 @@ def test_tutorial_script_runs():
 
 
 def test_config_reference_lists_every_key(docs_ext):
+    import docutils.core
+    from docutils import nodes
+
     text = docs_ext.render_config_reference()
     fields = config_fields()
     run_parser = docs_ext._subparsers(build_parser())["run"]

@@ -121,6 +121,9 @@ class Executor(Component):
 class Evaluator(Component):
     """Scores global parameters on a test set."""
 
+    final_only: ClassVar[bool] = False
+    """True for expensive evaluators that run only after the last round of a run."""
+
     @abstractmethod
     def evaluate(
         self,

@@ -126,6 +126,8 @@ class Federation:
         self.checkpoint_every = 1
         self.console: Any = None
         self._work: ClientWork | None = None
+        self.evaluations: dict[str, dict[str, float]] = {}
+        """The latest scores of each evaluator, by evaluator name."""
         self.stash: dict[str, Any] = {}
         """Per-federation state that plugins keep between hook calls, under their own keys."""
         self.hook.privfl_configure(federation=self)
@@ -217,18 +219,24 @@ class Federation:
         """True when round ``number`` ends with an evaluation."""
         return number % self.eval_every == 0 or number == self.total_rounds
 
-    def evaluate(self) -> dict[str, float]:
-        """Score the current global parameters with every evaluator."""
+    def evaluate(self, *, final: bool = True) -> dict[str, float]:
+        """Score the current global parameters with the evaluators.
+
+        :param final: Whether this is the evaluation after the last round; evaluators
+            marked ``final_only`` run only then.
+        """
         if self.test is None:
             return {}
         model = self.global_model()
         metrics: dict[str, float] = {}
         for evaluator in self.evaluators:
-            metrics.update(
-                evaluator.evaluate(
-                    model=model, test=self.test, loss=self.loss, metrics=self.metrics
-                )
+            if evaluator.final_only and not final:
+                continue
+            scores = evaluator.evaluate(
+                model=model, test=self.test, loss=self.loss, metrics=self.metrics
             )
+            self.evaluations[evaluator.name] = scores
+            metrics.update(scores)
         return metrics
 
     def global_model(self) -> torch.nn.Module:

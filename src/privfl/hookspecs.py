@@ -164,7 +164,8 @@ def privfl_round_protocol(federation: Federation, round: int) -> RoundRecord | N
        combines them, weighted by example counts;
     5. every privacy mechanism's ``server_step`` is applied to the aggregate, in order;
     6. the server optimizer applies the aggregate to the global parameters;
-    7. if the round is an evaluation round, every evaluator scores the new parameters;
+    7. if the round is an evaluation round, the evaluators score the new parameters
+       (those marked ``final_only`` only after the last round);
     8. the record (clients, example counts, training loss, metrics, seconds) is
        returned.
 

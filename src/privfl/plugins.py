@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "privfl.builtin.server_optimizers",
     "privfl.builtin.executors",
     "privfl.builtin.evaluators",
+    "privfl.builtin.smpc_evaluator",
     "privfl.builtin.datasets",
     "privfl.builtin.models",
     "privfl.builtin.partitioners",

@@ -7,20 +7,24 @@ and unreadable data fail first, and the run directory is created only afterwards
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from privfl.builtin.rundir import CHECKPOINT
+from privfl.builtin.rundir import CHECKPOINT, MODEL
 from privfl.checkpoint import load_checkpoint, write_atomic
 from privfl.client import LocalTraining
 from privfl.components import Datasets
 from privfl.config import RunConfig, load_toml, make_config
 from privfl.errors import ConfigError
-from privfl.federation import Federation
+from privfl.federation import Federation, accuracy
 from privfl.plugins import PluginManager, get_plugin_manager
 from privfl.records import RoundRecord
 from privfl.seeding import derive_seed
@@ -119,13 +123,71 @@ def resume_run(run_dir: str | Path, *, plugins: PluginManager | None = None) -> 
 
 
 def execute(run: Run, *, console: Any = None) -> list[RoundRecord]:
-    """Run the remaining rounds of ``run``, writing into its folder."""
-    return run.federation.run(
+    """Run the remaining rounds of ``run``, writing into its folder.
+
+    Evaluators marked ``final_only`` (such as ``smpc``) also get their scores written
+    to ``evaluation-NAME.json`` when the last round has run.
+    """
+    records = run.federation.run(
         run.config.rounds,
         run_dir=run.run_dir,
         console=console,
         checkpoint_every=run.config.checkpoint_every,
     )
+    if run.federation.round == run.config.rounds:
+        for evaluator in run.federation.evaluators:
+            scores = run.federation.evaluations.get(evaluator.name)
+            if evaluator.final_only and scores is not None:
+                write_evaluation(run.run_dir, evaluator.name, scores)
+    return records
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    backend: str,
+    *,
+    limit: int = 0,
+    plugins: PluginManager | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """Score a finished run's final model with evaluator ``backend``; write the JSON.
+
+    The scores go to ``RUN_DIR/evaluation-BACKEND.json``.
+
+    :param limit: Use only the first ``limit`` test examples (0: all).
+    :param on_progress: Passed to evaluators that report progress (``on_progress``).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists() or not (run_dir / MODEL).exists():
+        raise ConfigError(
+            "run_dir", str(run_dir), f"a finished run folder holding {CONFIG} and {MODEL}"
+        )
+    config = make_config(load_toml(run_dir / CONFIG))
+    registry = (plugins if plugins is not None else get_plugin_manager()).components
+    options = dict(config.options.get(backend, {}))
+    if limit:
+        options["limit"] = limit
+    evaluator = registry.create("evaluator", backend, options)
+    if on_progress is not None and hasattr(evaluator, "on_progress"):
+        evaluator.on_progress = on_progress
+    source_cls = registry.get("dataset", config.dataset)
+    data = registry.create(
+        "dataset", config.dataset, config.component_options(source_cls, config.dataset)
+    ).load()
+    model = registry.get("model", config.model)()
+    model.load_state_dict(load_file(run_dir / MODEL))
+    scores = evaluator.evaluate(
+        model=model, test=data.test, loss=F.cross_entropy, metrics={"accuracy": accuracy}
+    )
+    write_evaluation(run_dir, backend, scores)
+    return scores
+
+
+def write_evaluation(run_dir: Path, backend: str, scores: Mapping[str, float]) -> Path:
+    """Write ``scores`` to ``RUN_DIR/evaluation-BACKEND.json`` (atomically); return the path."""
+    path = run_dir / f"evaluation-{backend}.json"
+    write_atomic(path, (json.dumps({"backend": backend, **scores}, indent=2) + "\n").encode())
+    return path
 
 
 def _new_run_dir(config: RunConfig) -> Path:

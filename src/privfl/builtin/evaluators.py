@@ -15,14 +15,18 @@ class PlaintextEvaluator(Evaluator):
     """Mean loss and metrics of the global model over the whole test set.
 
     :param batch_size: Test examples per forward pass.
+    :param limit: Evaluate on the first ``limit`` test examples (0: all of them).
     """
 
     name = "plaintext"
 
-    def __init__(self, batch_size: int = 1000) -> None:
+    def __init__(self, batch_size: int = 1000, limit: int = 0) -> None:
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ConfigError("options.plaintext.batch_size", batch_size, "an integer >= 1")
+        if not (isinstance(limit, int) and limit >= 0):
+            raise ConfigError("options.plaintext.limit", limit, "an integer >= 0 (0: all)")
         self.batch_size = batch_size
+        self.limit = limit
 
     def evaluate(
         self,
@@ -32,6 +36,8 @@ class PlaintextEvaluator(Evaluator):
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         metrics: Mapping[str, Metric],
     ) -> dict[str, float]:
+        if self.limit:
+            test = TensorPair(test.inputs[: self.limit], test.targets[: self.limit])
         totals = {name: 0.0 for name in ("loss", *metrics)}
         was_training = model.training
         model.eval()

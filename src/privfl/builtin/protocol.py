@@ -52,7 +52,7 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
         # 6. server update
         fed.params = fed.server_optimizer.step(fed.params, aggregate)
     # 7. evaluation
-    metrics = fed.evaluate() if fed.is_eval_round(round) else {}
+    metrics = fed.evaluate(final=round == fed.total_rounds) if fed.is_eval_round(round) else {}
     # 8. the record
     num_examples = sum(r.num_examples for r in accepted)
     train_loss = (

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from privfl import __version__
@@ -20,7 +22,14 @@ from privfl.config import config_fields, tomllib
 from privfl.errors import ConfigError, PrivflError
 from privfl.plugins import get_plugin_manager
 from privfl.registry import KINDS
-from privfl.runner import Run, config_from_file_and_flags, execute, resume_run, start_run
+from privfl.runner import (
+    Run,
+    config_from_file_and_flags,
+    evaluate_run,
+    execute,
+    resume_run,
+    start_run,
+)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -45,6 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its folder")
     resume.add_argument("run_dir", metavar="RUN_DIR")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a finished run's model, in the clear or on an encrypted test set",
+        description="Score RUN_DIR's final model on its test set and write "
+        "RUN_DIR/evaluation-BACKEND.json.",
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument(
+        "--backend",
+        default="plaintext",
+        help="evaluator name: plaintext or smpc (default: plaintext)",
+    )
+    evaluate.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="only the first N test images (0: all)"
+    )
 
     commands.add_parser("plugins", help="list plugins, their hooks and their components")
     return parser
@@ -95,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return _plugins(console)
+        if args.command == "evaluate":
+            return _evaluate(args.run_dir, args.backend, args.limit, console)
         if args.command == "resume":
             run = resume_run(args.run_dir)
             console.print(f"resuming [bold]{run.run_dir}[/] after round {run.federation.round}")
@@ -121,11 +148,41 @@ def _execute(run: Run, console: Console) -> int:
     table.add_row("rounds", str(run.federation.round))
     if evaluated:
         for name, value in evaluated[-1].metrics.items():
-            table.add_row(f"final {name}", f"{value:.4f}")
+            table.add_row(f"final {name}", _number(value))
     table.add_row("seconds", f"{sum(r.seconds for r in records):.1f}")
     table.add_row("run folder", str(run.run_dir))
     console.print(table)
     return 0
+
+
+def _evaluate(run_dir: str, backend: str, limit: int, console: Console) -> int:
+    if limit < 0:
+        raise ConfigError("limit", limit, "an integer >= 0 (0: all test images)")
+    with Progress(
+        TextColumn(f"[bold]{backend} evaluation"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("images", total=None)
+        scores = evaluate_run(
+            run_dir,
+            backend,
+            limit=limit,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    table = Table(title=f"privfl evaluate ({backend})", show_header=False)
+    for name, value in scores.items():
+        table.add_row(name, _number(value))
+    table.add_row("written to", str(Path(run_dir) / f"evaluation-{backend}.json"))
+    console.print(table)
+    return 0
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"
 
 
 def _plugins(console: Console) -> int:
