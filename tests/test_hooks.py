@@ -305,3 +305,24 @@ def test_hook_session_finish():
     # Round 2 was recorded before its round_finish failed, so the next run goes on at 3.
     assert [r.round for r in fed.run(3)] == [3]
     assert finished == ["failed", "complete"]
+
+
+def test_hook_register_attacks():
+    class Zeroing(privfl.Attack):
+        name = "zeroing"
+
+        def poison_updates(self, malicious, benign, *, generator):
+            return torch.zeros_like(malicious)
+
+    class Plugin:
+        @hookimpl
+        def privfl_register_attacks(self):
+            return [Zeroing]
+
+    fed = tiny_federation(plugins=[Plugin()], attack="zeroing", malicious_fraction=0.5)
+    assert len(fed.malicious) == 2
+    before = fed.params.clone()
+    (record,) = fed.run(1)
+    assert sorted(record.values["malicious"]) == sorted(fed.malicious)
+    # Two of four updates are zero: the FedAvg step is half the honest clients' mean.
+    assert not torch.equal(fed.params, before)

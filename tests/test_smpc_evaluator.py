@@ -60,7 +60,7 @@ def test_progress_is_reported_per_batch():
 
 def test_non_sequential_models_are_refused_with_the_reason():
     fed = tiny_federation(evaluators=["smpc"])  # a bare Linear, not a Sequential
-    with pytest.raises(privfl.ConfigError, match="torch.nn.Sequential model"):
+    with pytest.raises(privfl.ConfigError, match=r"torch\.nn\.Sequential model"):
         fed.run(1)
 
 
@@ -152,6 +152,7 @@ def _train_on_real_mnist(model, rounds, lr):
     return fed
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST.exists(), reason="real MNIST not beside the repository")
 def test_encrypted_accuracy_of_a_privfl_2nn_on_the_full_mnist_test_set():
     torch.manual_seed(0)
@@ -164,6 +165,7 @@ def test_encrypted_accuracy_of_a_privfl_2nn_on_the_full_mnist_test_set():
     assert abs(scores["smpc_accuracy"] - scores["smpc_plaintext_accuracy"]) <= 0.005
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST.exists(), reason="real MNIST not beside the repository")
 def test_encrypted_accuracy_of_a_privfl_cnn_on_1000_mnist_test_images():
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ subclass the base classes exported here.
 from privfl.client import ClientWork, LocalTraining
 from privfl.components import (
     Aggregator,
+    Attack,
     ClientSampler,
     Component,
     Datasets,
@@ -29,6 +30,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Aggregator",
+    "Attack",
     "ClientResult",
     "ClientSampler",
     "ClientTask",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from privfl.components import PrivacyMechanism, TensorPair
+from privfl.components import Attack, PrivacyMechanism, TensorPair
 from privfl.errors import ConfigError
 from privfl.records import ClientResult, ClientTask
 from privfl.seeding import torch_generator
@@ -31,11 +31,17 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class LocalTraining:
-    """Settings of local training: epochs over the client's data, batch size, step size."""
+    """Settings of local training: epochs over the client's data, batch size, step size.
+
+    ``proximal_mu > 0`` adds FedProx's proximal term ``mu / 2 * ||w - w_global||^2`` to
+    each client's objective (Li et al. 2020, "Federated Optimization in Heterogeneous
+    Networks", MLSys), which keeps local models near the global one on non-IID data.
+    """
 
     epochs: int = 1
     batch_size: int = 10
     lr: float = 0.1
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -44,6 +50,8 @@ class LocalTraining:
             raise ConfigError("batch_size", self.batch_size, "an integer >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError("lr", self.lr, "a finite number > 0")
+        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
+            raise ConfigError("proximal_mu", self.proximal_mu, "a finite number >= 0")
 
 
 def flatten_parameters(model: torch.nn.Module) -> torch.Tensor:
@@ -99,6 +107,8 @@ class ClientWork:
     :param loss: Maps (outputs, targets) to a scalar mean loss.
     :param training: Local-training settings.
     :param mechanisms: Privacy mechanisms whose ``client_step`` runs on each update.
+    :param attack: The simulated attack, whose ``poison_targets`` malicious clients use.
+    :param malicious: Ids of the malicious clients.
     """
 
     def __init__(
@@ -110,6 +120,8 @@ class ClientWork:
         loss: Loss,
         training: LocalTraining,
         mechanisms: Sequence[PrivacyMechanism] = (),
+        attack: Attack | None = None,
+        malicious: frozenset[int] = frozenset(),
     ) -> None:
         self.model = copy.deepcopy(model)
         self.flat = flatten_parameters(self.model)
@@ -120,6 +132,9 @@ class ClientWork:
         self.loss = loss
         self.training = training
         self.mechanisms = tuple(mechanisms)
+        self.attack = attack
+        self.malicious = malicious
+        self.num_classes = int(train.targets.max()) + 1 if attack is not None else 0
 
     def __call__(self, task: ClientTask, global_params: torch.Tensor) -> ClientResult:
         """Train from ``global_params`` on the task's client and return its update."""
@@ -128,16 +143,21 @@ class ClientWork:
         self.flat.copy_(global_params)
         self.model.train()
         losses: list[torch.Tensor] = []
-        size, lr = self.training.batch_size, self.training.lr
+        size, lr, mu = self.training.batch_size, self.training.lr, self.training.proximal_mu
+        poisoned = self.attack is not None and task.client_id in self.malicious
         for _ in range(self.training.epochs):
             order = indices[torch.randperm(len(indices), generator=generator)]
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
                 inputs = self.train.inputs.index_select(0, batch)
                 targets = self.train.targets.index_select(0, batch)
+                if poisoned:
+                    targets = self.attack.poison_targets(targets, num_classes=self.num_classes)
                 self.flat_grad.zero_()
                 loss = self.loss(self.model(inputs), targets)
                 loss.backward()
+                if mu:  # FedProx: the gradient of mu / 2 * ||w - w_global||^2
+                    self.flat_grad.add_(self.flat - global_params, alpha=mu)
                 self.flat.add_(self.flat_grad, alpha=-lr)  # plain SGD on all parameters
                 losses.append(loss.detach())
         self._check_gradient_views()

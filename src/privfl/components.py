@@ -108,6 +108,32 @@ class PrivacyMechanism(Component):
         return aggregate
 
 
+class Attack(Component):
+    """What simulated malicious clients do instead of honest work.
+
+    A seeded fraction of the clients is malicious for the whole run. Data poisoning
+    (:meth:`poison_targets`) runs where the client trains; update poisoning
+    (:meth:`poison_updates`) runs when the round's updates are in, so that attacks
+    from colluding clients that know the benign updates (such as "A Little Is
+    Enough") can be simulated.
+    """
+
+    def poison_targets(self, targets: torch.Tensor, *, num_classes: int) -> torch.Tensor:
+        """Return the labels a malicious client trains on; default: unchanged."""
+        return targets
+
+    def poison_updates(
+        self, malicious: torch.Tensor, benign: torch.Tensor, *, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Return the updates the malicious clients send instead of ``malicious``.
+
+        :param malicious: ``[m, dim]`` updates the malicious clients computed honestly.
+        :param benign: ``[b, dim]`` updates of the round's other clients (may be empty).
+        :param generator: Randomness for the attack, derived from (seed, round).
+        """
+        return malicious
+
+
 class Executor(Component):
     """Runs the local training of a round's clients."""
 

@@ -52,11 +52,32 @@ class RunConfig:
     epochs: int = _key(1, "Local epochs per round on each client.", minimum=1)
     batch_size: int = _key(10, "Local minibatch size.", minimum=1)
     lr: float = _key(0.1, "Local SGD learning rate.")
-    aggregator: str = _key("fedavg", "Registered aggregator that combines the updates.")
-    server_optimizer: str = _key(
-        "sgd", "Server optimizer that applies the aggregate.", flag="--server-opt"
+    proximal_mu: float = _key(
+        0.0, "FedProx proximal term weight mu on the clients (Li et al. 2020); 0: plain FedAvg."
     )
-    server_lr: float = _key(1.0, "Server learning rate (server optimizer sgd).")
+    aggregator: str = _key(
+        "fedavg", "Aggregator: fedavg, trimmed-mean, median, krum, multi-krum, or a plugin's."
+    )
+    trim_fraction: float = _key(
+        0.1, "Fraction trimmed at each end per coordinate (aggregator trimmed-mean)."
+    )
+    byzantine: int = _key(
+        1, "Number of Byzantine clients tolerated (aggregators krum, multi-krum).", minimum=0
+    )
+    server_optimizer: str = _key(
+        "sgd",
+        "Server optimizer: sgd, fedavgm, fedadam, fedyogi, fedadagrad (Reddi et al. 2021).",
+        flag="--server-opt",
+    )
+    server_lr: float | None = _key(
+        None, "Server learning rate; unset: the server optimizer's default (sgd: 1.0)."
+    )
+    attack: str | None = _key(
+        None, "Simulated attack by malicious clients: label-flip, sign-flip, gaussian, alie."
+    )
+    malicious_fraction: float = _key(
+        0.2, "Fraction of clients that are malicious, chosen with the seed (with --attack)."
+    )
     executor: str = _key("serial", "Executor that runs the clients' local training.")
     threads: int = _key(0, "torch threads for local training; 0 chooses by the work.", minimum=0)
     evaluators: tuple[str, ...] = _key(
@@ -86,8 +107,12 @@ class RunConfig:
             _check_value(spec, getattr(self, spec.name))
 
     def component_options(self, cls: type, name: str) -> dict[str, Any]:
-        """Return the keyword options for component ``cls`` registered as ``name``."""
+        """Return the keyword options for component ``cls`` registered as ``name``.
+
+        Keys that are unset (``None``) are left out, so the class's default applies.
+        """
         options = {key: getattr(self, key) for key in getattr(cls, "config_keys", ())}
+        options = {key: value for key, value in options.items() if value is not None}
         options.update(self.options.get(name, {}))
         return options
 

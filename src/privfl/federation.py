@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from privfl.client import ClientWork, LocalTraining, Loss, flatten_parameters
 from privfl.components import (
     Aggregator,
+    Attack,
     ClientSampler,
     Evaluator,
     Executor,
@@ -32,6 +33,7 @@ from privfl.errors import ConfigError, PluginError
 from privfl.plugins import PluginManager, get_plugin_manager
 from privfl.records import RoundRecord
 from privfl.registry import ComponentRegistry
+from privfl.seeding import torch_generator
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -61,6 +63,9 @@ class Federation:
     :param executor: The executor, a registered name or an instance.
     :param evaluators: Names or instances; run on evaluation rounds.
     :param mechanisms: Privacy mechanisms, names or instances, applied in order.
+    :param attack: A simulated attack (name or instance) by malicious clients, or None.
+    :param malicious_fraction: With an attack, the fraction of clients that are
+        malicious, chosen once with the seed.
     :param options: Per-component keyword options, ``{name: {option: value}}``.
     :param eval_every: Evaluate every this many rounds (and always after the last).
     :param seed: Root seed of every random choice made during rounds.
@@ -83,6 +88,8 @@ class Federation:
         executor: ComponentSpec = "serial",
         evaluators: Sequence[ComponentSpec] = ("plaintext",),
         mechanisms: Sequence[ComponentSpec] = (),
+        attack: ComponentSpec | None = None,
+        malicious_fraction: float = 0.2,
         options: Mapping[str, Mapping[str, Any]] | None = None,
         eval_every: int = 1,
         seed: int = 0,
@@ -119,6 +126,10 @@ class Federation:
         self.mechanisms: list[PrivacyMechanism] = [
             self._component("mechanism", m, PrivacyMechanism) for m in mechanisms
         ]
+        self.attack: Attack | None = (
+            None if attack is None else self._component("attack", attack, Attack)
+        )
+        self.malicious = self._choose_malicious(malicious_fraction) if attack else frozenset()
         self.round = 0
         self.total_rounds = 0
         self.history: list[RoundRecord] = []
@@ -148,6 +159,8 @@ class Federation:
                 loss=self.loss,
                 training=self.training,
                 mechanisms=self.mechanisms,
+                attack=self.attack,
+                malicious=self.malicious,
             )
         return self._work
 
@@ -275,6 +288,14 @@ class Federation:
             raise ConfigError("checkpoint", sorted(saved), "component states of this federation")
         self.params = params.clone()
         self.round = int(state["round"])
+
+    def _choose_malicious(self, fraction: float) -> frozenset[int]:
+        """The ids of ``round(fraction * clients)`` clients drawn with the seed."""
+        if not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
+            raise ConfigError("malicious_fraction", fraction, "a number in [0, 1)")
+        count = round(fraction * self.num_clients)
+        order = torch.randperm(self.num_clients, generator=torch_generator(self.seed, "malicious"))
+        return frozenset(order[:count].tolist())
 
     def _component(self, kind: str, spec: ComponentSpec, base: type) -> Any:
         if isinstance(spec, str):

@@ -112,6 +112,16 @@ def privfl_register_partitioners() -> list[type]:
     """
 
 
+@hookspec
+def privfl_register_attacks() -> list[type]:
+    """Return attack classes (subclasses of :class:`privfl.Attack`).
+
+    An attack says what simulated malicious clients do: poison their labels, or
+    replace their updates. The built-in plugin registers ``label-flip``,
+    ``sign-flip``, ``gaussian`` and ``alie``.
+    """
+
+
 # -------------------------------------------------------------------------
 # Initialization hooks: called once, before the first round.
 # -------------------------------------------------------------------------
@@ -156,18 +166,21 @@ def privfl_round_protocol(federation: Federation, round: int) -> RoundRecord | N
     1. the sampler picks the round's client ids from a generator derived from
        (seed, round);
     2. the executor runs each client's work: load the global parameters, train
-       locally, compute ``update = local - global``, then apply every privacy
-       mechanism's ``client_step`` in order (all where the client runs);
-    3. :func:`privfl_update_received` is called for each update; rejected updates
+       locally (malicious clients on labels poisoned by the attack, if any), compute
+       ``update = local - global``, then apply every privacy mechanism's
+       ``client_step`` in order (all where the client runs);
+    3. with an attack, its ``poison_updates`` replaces the malicious clients'
+       updates, knowing the benign ones (colluding attackers, simulated);
+    4. :func:`privfl_update_received` is called for each update; rejected updates
        are left out of aggregation and listed in the record's ``rejected``;
-    4. the accepted updates are stacked into ``[n_clients, dim]`` and the aggregator
+    5. the accepted updates are stacked into ``[n_clients, dim]`` and the aggregator
        combines them, weighted by example counts;
-    5. every privacy mechanism's ``server_step`` is applied to the aggregate, in order;
-    6. the server optimizer applies the aggregate to the global parameters;
-    7. if the round is an evaluation round, the evaluators score the new parameters
+    6. every privacy mechanism's ``server_step`` is applied to the aggregate, in order;
+    7. the server optimizer applies the aggregate to the global parameters;
+    8. if the round is an evaluation round, the evaluators score the new parameters
        (those marked ``final_only`` only after the last round);
-    8. the record (clients, example counts, training loss, metrics, seconds) is
-       returned.
+    9. the record (clients, example counts, training loss, metrics, seconds, and the
+       malicious clients among the sampled ones) is returned.
 
     Stops at first non-None result.
 

@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "privfl.builtin.datasets",
     "privfl.builtin.models",
     "privfl.builtin.partitioners",
+    "privfl.builtin.attacks",
     "privfl.builtin.protocol",
     "privfl.builtin.screening",
     "privfl.builtin.rundir",

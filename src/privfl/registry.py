@@ -29,6 +29,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "dataset": ("privfl_register_datasets", components.DatasetSource),
     "model": ("privfl_register_models", torch.nn.Module),
     "partition": ("privfl_register_partitioners", components.Partitioner),
+    "attack": ("privfl_register_attacks", components.Attack),
 }
 """Component kind -> (registration hook, required base class)."""
 

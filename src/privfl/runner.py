@@ -60,6 +60,8 @@ def build_federation(
     registry = pm.components
     chosen = [(kind, getattr(config, kind)) for kind in SINGLE_KINDS]
     chosen += [("evaluator", name) for name in config.evaluators]
+    if config.attack is not None:
+        chosen.append(("attack", config.attack))
     options = {
         name: config.component_options(registry.get(kind, name), name) for kind, name in chosen
     }
@@ -81,12 +83,19 @@ def build_federation(
         train=data.train,
         test=data.test,
         partition=partition,
-        training=LocalTraining(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr),
+        training=LocalTraining(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            proximal_mu=config.proximal_mu,
+        ),
         sampler=config.sampler,
         aggregator=config.aggregator,
         server_optimizer=config.server_optimizer,
         executor=config.executor,
         evaluators=config.evaluators,
+        attack=config.attack,
+        malicious_fraction=config.malicious_fraction,
         options=options,
         eval_every=config.eval_every,
         seed=config.seed,

@@ -28,7 +28,18 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
     ]
     # 2. local training and client-side mechanisms, wherever the executor runs them
     results = fed.executor.run(fed.client_work, tasks, fed.params) if tasks else []
-    # 3. screening
+    # 3. simulated attack on the updates
+    malicious = [r for r in results if r.client_id in fed.malicious]
+    if malicious and fed.attack is not None:
+        benign = [r.update for r in results if r.client_id not in fed.malicious]
+        poisoned = fed.attack.poison_updates(
+            torch.stack([r.update for r in malicious]),
+            torch.stack(benign) if benign else fed.params.new_empty((0, fed.params.numel())),
+            generator=torch_generator(fed.seed, "attack", round),
+        )
+        for result, update in zip(malicious, poisoned, strict=True):
+            result.update = update
+    # 4. screening
     accepted: list[ClientResult] = []
     rejected: dict[int, str] = {}
     for result in results:
@@ -38,22 +49,22 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
         else:
             rejected[result.client_id] = reason
     if accepted:
-        # 4. aggregation over the stacked [n_clients, dim] updates
+        # 5. aggregation over the stacked [n_clients, dim] updates
         updates = torch.stack([r.update for r in accepted])
         weights = torch.tensor([r.num_examples for r in accepted], dtype=torch.float32)
         aggregate = fed.aggregator.aggregate(updates, weights)
-        # 5. server-side mechanisms
+        # 6. server-side mechanisms
         for position, mechanism in enumerate(fed.mechanisms):
             aggregate = mechanism.server_step(
                 aggregate,
                 expected_clients=fed.expected_clients,
                 generator=torch_generator(fed.seed, "server-mechanism", round, position),
             )
-        # 6. server update
+        # 7. server update
         fed.params = fed.server_optimizer.step(fed.params, aggregate)
-    # 7. evaluation
+    # 8. evaluation
     metrics = fed.evaluate(final=round == fed.total_rounds) if fed.is_eval_round(round) else {}
-    # 8. the record
+    # 9. the record
     num_examples = sum(r.num_examples for r in accepted)
     train_loss = (
         sum(r.train_loss * r.num_examples for r in accepted) / num_examples
@@ -68,4 +79,5 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
         seconds=time.perf_counter() - started,
         metrics=metrics,
         rejected=rejected,
+        values={"malicious": [r.client_id for r in malicious]} if fed.attack else {},
     )

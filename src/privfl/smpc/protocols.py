@@ -1,8 +1,9 @@
 """Interactive secure operations on shared tensors (orchestration of the pure gates).
 
 Every function takes the :class:`~privfl.smpc.session.Session` first, asks its dealer for
-correlated randomness, opens only masked values through :meth:`Session.open`, and computes
-new shares with the pure formulas of :mod:`privfl.smpc.beaver`.
+correlated randomness, opens only masked values through
+:meth:`~privfl.smpc.session.Session.open`, and computes new shares with the pure
+formulas of :mod:`privfl.smpc.beaver`.
 
 Fixed-point error: one product followed by truncation is off by at most 1 ulp (2^-f) from
 the rounded product of the encodings, each encoding being within 2^-(f+1) of its real

@@ -5,7 +5,8 @@ additive shares; a trusted dealer that colludes with neither hands out correlate
 randomness and never receives a share of a secret. The model owner and the data owner
 share their inputs and see only the agreed outputs. All parties run in this process; the
 simulation keeps each party's view separable (shares stacked on dimension 0) and routes
-every reconstruction through :meth:`Session.open`, which logs it and counts its bytes.
+every reconstruction through :meth:`~privfl.smpc.session.Session.open`, which logs it
+and counts its bytes.
 
 :meth:`Session.run_two_phase` separates the offline phase (the dealer's work, planned by
 running the protocol once on shape-only meta tensors) from the online phase.
@@ -86,8 +87,8 @@ class Session:
     def open(self, x: SharedTensor | BinarySharedTensor, kind: OpeningKind) -> torch.Tensor:
         """Reconstruct ``x``: the only place any secret-shared value becomes public.
 
-        Each party sends its share to the other (counted in :attr:`traffic`), and the
-        opened values are recorded in :attr:`log` under ``kind``.
+        Each party sends its share to the other (counted in ``traffic``), and the
+        opened values are recorded in ``log`` under ``kind``.
         """
         values = reconstruct(x)
         self.traffic.count_opening(x.numel())
