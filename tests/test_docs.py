@@ -197,7 +197,7 @@ def test_howto_plugin_works():
     from privfl.testing import tiny_federation
 
     plugin = _load(DOCS / "how-to" / "privfl_median.py", "privfl_median")
-    fed = tiny_federation(plugins=[plugin], aggregator="median", num_clients=5)
+    fed = tiny_federation(plugins=[plugin], aggregator="lower-median", num_clients=5)
     assert type(fed.aggregator).__name__ == "CoordinateMedian"
     records = fed.run(40)
     assert len(records) < 40, "the early-stopping hook never stopped the run"

@@ -20,7 +20,21 @@ def test_builtins_are_registered_by_module_name():
 def test_builtin_components_are_registered_by_name():
     registry = get_plugin_manager(autoload=False).components
     assert registry.names("sampler") == ["all", "poisson", "uniform"]
-    assert registry.names("aggregator") == ["fedavg"]
+    assert registry.names("aggregator") == [
+        "fedavg",
+        "krum",
+        "median",
+        "multi-krum",
+        "trimmed-mean",
+    ]
+    assert registry.names("server_optimizer") == [
+        "fedadagrad",
+        "fedadam",
+        "fedavgm",
+        "fedyogi",
+        "sgd",
+    ]
+    assert registry.names("attack") == ["alie", "gaussian", "label-flip", "sign-flip"]
     assert registry.names("model") == ["2nn", "cnn"]
     assert registry.names("partition") == ["dirichlet", "iid", "shards"]
     assert registry.entries("executor")["serial"].plugin == "privfl.builtin.executors"

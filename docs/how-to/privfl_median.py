@@ -13,18 +13,20 @@ import privfl
 
 
 class CoordinateMedian(privfl.Aggregator):
-    """Coordinate-wise median of the updates (Yin et al. 2018); ignores the weights.
+    """Coordinate-wise lower median of the updates (Yin et al. 2018); ignores the weights.
 
     :param min_clients: Fewest accepted updates a round needs; fewer is an error.
     """
 
-    name = "median"
+    name = "lower-median"
     # The median needs every update on its own: it cannot run on a secure sum.
     works_on_secure_sum = False
 
     def __init__(self, min_clients: int = 1) -> None:
         if not (isinstance(min_clients, int) and min_clients >= 1):
-            raise privfl.ConfigError("options.median.min_clients", min_clients, "an integer >= 1")
+            raise privfl.ConfigError(
+                "options.lower-median.min_clients", min_clients, "an integer >= 1"
+            )
         self.min_clients = min_clients
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

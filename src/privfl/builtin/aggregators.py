@@ -1,10 +1,26 @@
-"""Built-in aggregators: thin classes around the rules in :mod:`privfl.aggregation`."""
+"""Built-in aggregators: thin classes around the rules in :mod:`privfl.aggregation`.
+
+FedAvg (McMahan et al. 2017) needs only the weighted sum of the updates, so it can run
+behind secure aggregation. The Byzantine-robust rules look at every update on its
+own: coordinate-wise trimmed mean and median (Yin et al. 2018), Krum and Multi-Krum
+(Blanchard et al. 2017). They ignore the clients' weights, and check their bounds
+against the number of updates actually received in each round.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from privfl.aggregation import fedavg
+from privfl.aggregation import (
+    check_byzantine,
+    check_selected,
+    check_trim_fraction,
+    coordinate_median,
+    fedavg,
+    krum,
+    multi_krum,
+    trimmed_mean,
+)
 from privfl.components import Aggregator
 from privfl.plugins import hookimpl
 
@@ -23,6 +39,67 @@ class FedAvg(Aggregator):
         return fedavg(updates, weights)
 
 
+class TrimmedMean(Aggregator):
+    """Coordinate-wise trimmed mean (Yin et al. 2018).
+
+    :param trim_fraction: ``beta`` in ``[0, 0.5)``: ``floor(beta * n)`` values are cut
+        at each end of every coordinate; tolerates that many Byzantine updates.
+    """
+
+    name = "trimmed-mean"
+    config_keys = ("trim_fraction",)
+
+    def __init__(self, trim_fraction: float = 0.1) -> None:
+        self.trim_fraction = check_trim_fraction(trim_fraction)
+
+    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return trimmed_mean(updates, self.trim_fraction)
+
+
+class Median(Aggregator):
+    """Coordinate-wise median (Yin et al. 2018); even counts average the two middle values."""
+
+    name = "median"
+
+    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return coordinate_median(updates)
+
+
+class Krum(Aggregator):
+    """Krum (Blanchard et al. 2017): the update closest to its ``n - f - 2`` neighbours.
+
+    :param byzantine: ``f``, the Byzantine updates to tolerate; each round needs
+        ``2 * f + 2 <`` updates received.
+    """
+
+    name = "krum"
+    config_keys = ("byzantine",)
+
+    def __init__(self, byzantine: int = 1) -> None:
+        self.byzantine = check_byzantine(byzantine)
+
+    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return krum(updates, self.byzantine)
+
+
+class MultiKrum(Aggregator):
+    """Multi-Krum (Blanchard et al. 2017): mean of the ``selected`` best Krum scores.
+
+    :param byzantine: ``f``, as for Krum; each round needs ``2 * f + 2 <`` updates.
+    :param selected: ``m``, the updates averaged; 0 means updates received - ``f``.
+    """
+
+    name = "multi-krum"
+    config_keys = ("byzantine",)
+
+    def __init__(self, byzantine: int = 1, selected: int = 0) -> None:
+        self.byzantine = check_byzantine(byzantine)
+        self.selected = check_selected(selected)
+
+    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return multi_krum(updates, self.byzantine, self.selected)
+
+
 @hookimpl
 def privfl_register_aggregators() -> list[type]:
-    return [FedAvg]
+    return [FedAvg, TrimmedMean, Median, Krum, MultiKrum]
