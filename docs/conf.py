@@ -56,8 +56,9 @@ nitpick_ignore_regex = [
     ("py:class", r"numpy\.(ndarray|random\.SeedSequence)"),
     ("py:class", r"pluggy\.(_manager\.)?PluginManager"),
     ("py:class", r"rich\.console\.Console"),
-    # Type variables and a private base class in signatures have no page of their own.
-    ("py:class", r"privfl\.smpc\.\w+\.(T|W|_Shares)"),
+    # Type variables and private base classes in signatures have no page of their own.
+    ("py:class", r"privfl\.smpc\.\w+\.(T|W)"),
+    ("py:class", r"privfl\.[\w.]+\._\w+"),
 ]
 
 

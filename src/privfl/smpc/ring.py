@@ -8,7 +8,7 @@ Ring arithmetic
 
 Fixed point
     A real number x is encoded as round(x * 2^f) with ``f`` fractional bits (default 16).
-    The representable range is |x| < 2^(62 - f) (about 7.0e13 for f = 16): one bit of
+    The representable range is ``|x| < 2^(62 - f)`` (about 7.0e13 for f = 16): one bit of
     headroom below the int64 limit keeps a sum of two encodings from wrapping. A product of
     two encodings carries 2f fractional bits and must itself stay far below 2^63, see
     :func:`truncate_shares` for the probability that truncation fails.
@@ -16,8 +16,8 @@ Fixed point
 Truncation (Mohassel & Zhang, "SecureML", IEEE S&P 2017, section 4.1)
     After multiplying two fixed-point values their shares must be divided by 2^f. Party 0
     shifts its share arithmetically, party 1 negates, shifts and negates again. If the true
-    value satisfies |x| < 2^l_x, the result is off by at most one unit in the last place
-    except with probability about 2^(l_x + 1 - 64) (for a fixed x it is |x| / 2^64 with a
+    value satisfies ``|x| < 2^l_x``, the result is off by at most one unit in the last place
+    except with probability about 2^(l_x + 1 - 64) (for a fixed x it is ``|x| / 2^64`` with a
     uniform share of party 0): the failure happens when x_0 + x_1 wraps around the ring, and
     then the result is off by about 2^(64 - f). ``tests/smpc`` measures this rate.
 """
@@ -51,7 +51,7 @@ class FixedPoint:
 
     @property
     def max_abs(self) -> float:
-        """Exclusive bound on |x| that :meth:`encode` accepts: 2^(62 - f)."""
+        """Exclusive bound on ``|x|`` that :meth:`encode` accepts: 2^(62 - f)."""
         return float(2 ** (RING_BITS - 2 - self.frac_bits))
 
     def encode(self, x: torch.Tensor | float) -> torch.Tensor:
@@ -79,7 +79,7 @@ def truncate_shares(shares: torch.Tensor, frac_bits: int) -> torch.Tensor:
     """Divide a two-party sharing by 2^frac_bits locally (SecureML truncation).
 
     ``shares`` has the two parties' shares stacked on dimension 0. Party 0 computes
-    ``x0 >> f``; party 1 computes ``-((-x1) >> f)``. With |x| < 2^l_x the reconstruction is
+    ``x0 >> f``; party 1 computes ``-((-x1) >> f)``. With ``|x| < 2^l_x`` the reconstruction is
     floor-or-ceil of x / 2^f (error at most 1 ulp) except with probability about
     2^(l_x + 1 - 64), when it is off by about 2^(64 - f); see the module docstring.
     """
