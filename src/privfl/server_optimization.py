@@ -91,7 +91,8 @@ def fedyogi_step(
     """One FedYogi step (Reddi et al. 2021, Algorithm 2).
 
     "Adaptive Federated Optimization" (ICLR 2021): as
-    :func:`~privfl.server_optimization.fedadam_step` but with Yogi's additive second moment, ``v' = v - (1 - beta2) update^2 sign(v - update^2)``.
+    :func:`~privfl.server_optimization.fedadam_step` but with Yogi's additive second
+    moment, ``v' = v - (1 - beta2) update^2 sign(v - update^2)``.
 
     :returns: ``(params', m', v')``.
     """
