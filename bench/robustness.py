@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--malicious-fraction", type=float, default=0.2)
     parser.add_argument("--byzantine", type=int, default=10, help="f for krum / multi-krum")
-    parser.add_argument("--sigma", type=float, default=1.0, help="gaussian attack std")
+    parser.add_argument("--sigma", type=float, default=10.0, help="gaussian attack std")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     parser.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS))
     args = parser.parse_args()
