@@ -102,7 +102,6 @@ class Federation:
         self.train = _as_pair(train, "train")
         self.test = _as_pair(test, "test") if test is not None else None
         self.partition = _check_partition(partition, len(self.train))
-        self.num_examples = torch.tensor([len(p) for p in self.partition], dtype=torch.int64)
         self.model = copy.deepcopy(model)
         self._model_flat = flatten_parameters(self.model)
         self.params = self._model_flat.clone()

@@ -27,6 +27,7 @@ from privfl.errors import ConfigError
 from privfl.federation import Federation, accuracy
 from privfl.plugins import PluginManager, get_plugin_manager
 from privfl.records import RoundRecord
+from privfl.registry import ComponentRegistry
 from privfl.seeding import derive_seed
 
 CONFIG = "config.toml"
@@ -65,14 +66,10 @@ def build_federation(
     options = {
         name: config.component_options(registry.get(kind, name), name) for kind, name in chosen
     }
-
-    def create(kind: str, name: str) -> Any:
-        return registry.create(kind, name, options[name])
-
-    data = create("dataset", config.dataset).load()
+    data = _create(registry, config, "dataset", config.dataset).load()
     if config.clients > len(data.train):
         raise ConfigError("clients", config.clients, f"at most {len(data.train)} (the examples)")
-    partition = create("partition", config.partition).split(
+    partition = _create(registry, config, "partition", config.partition).split(
         data.train.targets, config.clients, seed=derive_seed(config.seed, "partition")
     )
     with torch.random.fork_rng(devices=[]):
@@ -179,10 +176,7 @@ def evaluate_run(
     evaluator = registry.create("evaluator", backend, options)
     if on_progress is not None and hasattr(evaluator, "on_progress"):
         evaluator.on_progress = on_progress
-    source_cls = registry.get("dataset", config.dataset)
-    data = registry.create(
-        "dataset", config.dataset, config.component_options(source_cls, config.dataset)
-    ).load()
+    data = _create(registry, config, "dataset", config.dataset).load()
     model = registry.get("model", config.model)()
     model.load_state_dict(load_file(run_dir / MODEL))
     scores = evaluator.evaluate(
@@ -197,6 +191,11 @@ def write_evaluation(run_dir: Path, backend: str, scores: Mapping[str, float]) -
     path = run_dir / f"evaluation-{backend}.json"
     write_atomic(path, (json.dumps({"backend": backend, **scores}, indent=2) + "\n").encode())
     return path
+
+
+def _create(registry: ComponentRegistry, config: RunConfig, kind: str, name: str) -> Any:
+    """Build component ``name`` of ``kind`` with the options ``config`` gives it."""
+    return registry.create(kind, name, config.component_options(registry.get(kind, name), name))
 
 
 def _new_run_dir(config: RunConfig) -> Path:
