@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -121,23 +119,15 @@ def test_plugin_hooks_have_tests():
     assert not untested, "hooks without a test_hook_<name> test: " + ", ".join(untested)
 
 
-def test_tutorial_script_runs():
-    done = subprocess.run(
-        [sys.executable, str(TUTORIAL)],
-        cwd=DOCS,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+def test_tutorial_script_runs(run_tutorial):
+    stdout = run_tutorial(TUTORIAL.stem)
     accuracy = {
         int(match.group(1)): float(match.group(2))
-        for match in re.finditer(r"^round\s+(\d+)\b.*accuracy (\d\.\d+)$", done.stdout, re.M)
+        for match in re.finditer(r"^round\s+(\d+)\b.*accuracy (\d\.\d+)$", stdout, re.M)
     }
-    assert sorted(accuracy) == list(range(1, TUTORIAL_ROUNDS + 1)), done.stdout
-    assert accuracy[TUTORIAL_ROUNDS] > TUTORIAL_MIN_ACCURACY, done.stdout
-    assert accuracy[TUTORIAL_ROUNDS] > accuracy[1] + 0.2, done.stdout
+    assert sorted(accuracy) == list(range(1, TUTORIAL_ROUNDS + 1)), stdout
+    assert accuracy[TUTORIAL_ROUNDS] > TUTORIAL_MIN_ACCURACY, stdout
+    assert accuracy[TUTORIAL_ROUNDS] > accuracy[1] + 0.2, stdout
 
 
 def test_config_reference_lists_every_key(docs_ext):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,17 +24,8 @@ ALLOWED_KINDS = {"beaver-masked", "and-masked", "bit-masked", "output"}
 
 
 @pytest.fixture(scope="module")
-def output() -> str:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        cwd=DOCS,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+def output(run_tutorial) -> str:
+    return run_tutorial(SCRIPT.stem)
 
 
 def _number(pattern: str, text: str) -> float:
