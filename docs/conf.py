@@ -53,7 +53,7 @@ nitpicky = True
 # Third-party types with no offline inventory (intersphinx is off on purpose).
 nitpick_ignore_regex = [
     ("py:class", r"torch\.(Tensor|(_C\.)?Generator|nn\.(modules\.\w+\.)?(Module|Sequential))"),
-    ("py:class", r"numpy\.(ndarray|random\.SeedSequence)"),
+    ("py:class", r"numpy\.(ndarray|dtype|random\.SeedSequence)"),
     ("py:class", r"pluggy\.(_manager\.)?PluginManager"),
     ("py:class", r"rich\.console\.Console"),
     # Type variables and private base classes in signatures have no page of their own.

@@ -99,7 +99,7 @@ def test_rejected_nan_update_leaves_round_going():
     class NaNClientZero(privfl.PrivacyMechanism):
         name = "nan-zero"
 
-        def client_step(self, update, *, generator):
+        def client_step(self, update, *, generator, statistics):
             return update * float("nan") if float(update.abs().sum()) > 0 else update
 
     fed = tiny_federation(mechanisms=[NaNClientZero()])
@@ -113,7 +113,7 @@ def test_wrong_shape_update_is_rejected():
     class Truncate(privfl.PrivacyMechanism):
         name = "truncate"
 
-        def client_step(self, update, *, generator):
+        def client_step(self, update, *, generator, statistics):
             return update[:-1]
 
     fed = tiny_federation(mechanisms=[Truncate()])
@@ -189,7 +189,7 @@ def test_huge_but_finite_update_is_accepted():
     class Huge(privfl.PrivacyMechanism):
         name = "huge"
 
-        def client_step(self, update, *, generator):
+        def client_step(self, update, *, generator, statistics):
             return torch.full_like(update, 3e38)  # the sum overflows; every value is finite
 
     fed = tiny_federation(mechanisms=[Huge()])
@@ -218,3 +218,44 @@ def test_replaced_gradients_are_detected_not_ignored():
     fed.client_work.model.register_forward_pre_hook(drop_gradients)
     with pytest.raises(RuntimeError, match="not accumulated into the flat gradient"):
         fed.run(1)
+
+
+class _PlainSum(privfl.PrivacyMechanism):
+    """A stand-in for secure aggregation that sums in the clear."""
+
+    name = "plain-sum"
+    sums_securely = True
+
+    def secure_sum(self, contributions, *, client_ids, round):
+        return privfl.SecureSum(total=contributions.sum(dim=0), contributors=list(client_ids))
+
+
+def test_fedavg_from_sums_equals_fedavg_on_stacked_updates():
+    stacked = tiny_federation(num_clients=6)
+    summed = tiny_federation(num_clients=6, mechanisms=[_PlainSum()])
+    stacked.run(2)
+    summed.run(2)
+    assert torch.allclose(stacked.params, summed.params, atol=1e-6)
+    assert not torch.equal(stacked.params, tiny_federation(num_clients=6).params)
+
+
+def test_a_sum_mechanism_with_a_robust_aggregator_is_refused_at_configuration():
+    with pytest.raises(privfl.ConfigError, match="reveals only their sum"):
+        tiny_federation(mechanisms=[_PlainSum()], aggregator="median")
+
+
+def test_two_secure_sum_mechanisms_are_refused():
+    with pytest.raises(privfl.ConfigError, match="at most one secure-aggregation"):
+        tiny_federation(mechanisms=[_PlainSum(), _PlainSum()])
+
+
+def test_aborted_round_keeps_the_model_and_says_why():
+    class Abort(_PlainSum):
+        def secure_sum(self, contributions, *, client_ids, round):
+            raise privfl.RoundAborted("only 1 of 4 clients left, threshold 3")
+
+    fed = tiny_federation(mechanisms=[Abort()])
+    before = fed.params.clone()
+    (record,) = fed.run(1)
+    assert torch.equal(fed.params, before)
+    assert record.values["aborted"] == "only 1 of 4 clients left, threshold 3"

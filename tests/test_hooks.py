@@ -79,12 +79,12 @@ def test_hook_register_mechanisms():
     class Clip(privfl.PrivacyMechanism):
         name = "clip-to-zero"
 
-        def client_step(self, update, *, generator):
+        def client_step(self, update, *, generator, statistics):
             calls.append("client")
             return torch.zeros_like(update)
 
-        def server_step(self, aggregate, *, expected_clients, generator):
-            calls.append(("server", expected_clients))
+        def server_step(self, aggregate, *, expected_clients, contributors, statistics, generator):
+            calls.append(("server", expected_clients, contributors))
             return aggregate
 
     class Plugin:
@@ -95,8 +95,38 @@ def test_hook_register_mechanisms():
     fed = tiny_federation(plugins=[Plugin()], mechanisms=["clip-to-zero"])
     before = fed.params.clone()
     fed.run(1)
-    assert calls == ["client"] * 4 + [("server", 4.0)]
+    assert calls == ["client"] * 4 + [("server", 4.0, 4)]
     assert torch.equal(fed.params, before)
+
+
+def test_hook_register_accountants():
+    class Counting(privfl.Accountant):
+        name = "counting"
+
+        def __init__(self):
+            self.rounds = 0
+
+        def compose(self, *, sampling, noise_multiplier, rounds=1):
+            self.rounds += rounds
+
+        def epsilon(self, delta):
+            return float(self.rounds)
+
+        def epsilon_after(self, *, sampling, noise_multiplier, rounds, delta):
+            return float(self.rounds + rounds)
+
+    class Plugin:
+        @hookimpl
+        def privfl_register_accountants(self):
+            return [Counting]
+
+    fed = tiny_federation(
+        plugins=[Plugin()],
+        mechanisms=["dp"],
+        options={"dp": {"accountant": "counting", "secure_noise": True}},
+    )
+    records = fed.run(3)
+    assert [r.values["epsilon"] for r in records] == [1.0, 2.0, 3.0]
 
 
 def test_hook_register_evaluators():

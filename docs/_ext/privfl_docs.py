@@ -121,6 +121,7 @@ def component_option_rows() -> list[dict[str, str]]:
     Only built-in plugins are listed (entry points are not loaded), so the page does
     not depend on what happens to be installed where the docs are built.
     """
+    from privfl.config import config_key_options
     from privfl.plugins import get_plugin_manager
     from privfl.registry import KINDS
 
@@ -128,7 +129,7 @@ def component_option_rows() -> list[dict[str, str]]:
     rows = []
     for kind in KINDS:
         for name, entry in registry.entries(kind).items():
-            config_keys = set(getattr(entry.cls, "config_keys", ()))
+            config_keys = {option: key for key, option in config_key_options(entry.cls).items()}
             for param in inspect.signature(entry.cls).parameters.values():
                 if param.kind not in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
                     continue
@@ -140,7 +141,7 @@ def component_option_rows() -> list[dict[str, str]]:
                         "class": f"{entry.cls.__module__}.{entry.cls.__qualname__}",
                         "option": param.name,
                         "default": default,
-                        "config_key": param.name if param.name in config_keys else "",
+                        "config_key": config_keys.get(param.name, ""),
                     }
                 )
     return rows

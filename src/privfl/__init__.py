@@ -8,6 +8,7 @@ subclass the base classes exported here.
 
 from privfl.client import ClientWork, LocalTraining
 from privfl.components import (
+    Accountant,
     Aggregator,
     Attack,
     ClientSampler,
@@ -18,10 +19,19 @@ from privfl.components import (
     Executor,
     Partitioner,
     PrivacyMechanism,
+    Sampling,
+    SecureSum,
     ServerOptimizer,
     TensorPair,
 )
-from privfl.errors import ConfigError, DataError, PluginError, PrivflError
+from privfl.errors import (
+    ConfigError,
+    DataError,
+    PluginError,
+    PrivacyWarning,
+    PrivflError,
+    RoundAborted,
+)
 from privfl.federation import Federation, accuracy
 from privfl.plugins import get_plugin_manager, hookimpl
 from privfl.records import ClientResult, ClientTask, RoundRecord
@@ -29,6 +39,7 @@ from privfl.records import ClientResult, ClientTask, RoundRecord
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Accountant",
     "Aggregator",
     "Attack",
     "ClientResult",
@@ -47,8 +58,12 @@ __all__ = [
     "Partitioner",
     "PluginError",
     "PrivacyMechanism",
+    "PrivacyWarning",
     "PrivflError",
+    "RoundAborted",
     "RoundRecord",
+    "Sampling",
+    "SecureSum",
     "ServerOptimizer",
     "TensorPair",
     "__version__",

@@ -162,15 +162,19 @@ class ClientWork:
                 losses.append(loss.detach())
         self._check_gradient_views()
         update = self.flat - global_params
+        statistics: dict[str, float] = {}
         for position, mechanism in enumerate(self.mechanisms):
             update = mechanism.client_step(
-                update, generator=torch_generator(task.seed, "mechanism", position)
+                update,
+                generator=torch_generator(task.seed, "mechanism", position),
+                statistics=statistics,
             )
         return ClientResult(
             client_id=task.client_id,
             update=update,
             num_examples=len(indices),
             train_loss=float(torch.stack(losses).mean()) if losses else float("nan"),
+            statistics=statistics,
         )
 
     def _check_gradient_views(self) -> None:

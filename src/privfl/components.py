@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -34,8 +34,9 @@ class Component(ABC):
     """Common ground of all components: a name, config keys and checkpointable state."""
 
     name: ClassVar[str]
-    config_keys: ClassVar[tuple[str, ...]] = ()
-    """Top-level config keys passed to the constructor as keyword options."""
+    config_keys: ClassVar[tuple[str, ...] | Mapping[str, str]] = ()
+    """Top-level config keys passed to the constructor as keyword options: a tuple of
+    keys named like the options, or a mapping from config key to option name."""
 
     def state_dict(self) -> dict[str, Any]:
         """Return the state to checkpoint: tensors and JSON-serialisable values."""
@@ -47,8 +48,44 @@ class Component(ABC):
             raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How a sampler chooses each round's clients, in the terms privacy accounting needs.
+
+    ``kind`` is ``"poisson"`` (each of ``population`` clients joins independently with
+    probability ``rate``), ``"fixed"`` (a uniformly random cohort of exactly ``size``
+    distinct clients out of ``population``) or ``"all"`` (every client every round).
+    """
+
+    kind: Literal["poisson", "fixed", "all"]
+    population: int
+    rate: float | None = None
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "poisson" and not (self.rate is not None and 0 < self.rate <= 1):
+            raise ValueError(f"Poisson sampling needs a rate in (0, 1], got {self.rate}")
+        if self.kind == "fixed" and not (
+            self.size is not None and 1 <= self.size <= self.population
+        ):
+            raise ValueError(
+                f"fixed-size sampling needs 1 <= size <= population, got {self.size} "
+                f"of {self.population}"
+            )
+        if self.kind not in ("poisson", "fixed", "all"):
+            raise ValueError(f"unknown sampling kind {self.kind!r}")
+
+
 class ClientSampler(Component):
     """Chooses the clients of each round."""
+
+    def sampling(self, num_clients: int) -> Sampling | None:
+        """Describe how clients are drawn, for privacy accounting; None if it cannot be said.
+
+        Client-level differential privacy refuses samplers that return None, since
+        the privacy of a round depends on how its clients were chosen.
+        """
+        return None
 
     @abstractmethod
     def sample(self, *, num_clients: int, generator: torch.Generator) -> torch.Tensor:
@@ -67,8 +104,10 @@ class Aggregator(Component):
     """Combines a round's updates into one."""
 
     works_on_secure_sum: ClassVar[bool] = False
-    """True when the rule needs only the (weighted) sum of updates, so it can run
-    behind secure aggregation; rules that look at individual updates say False."""
+    """True when the rule is a weighted mean, ``sum_k w_k * update_k / sum_k w_k`` with
+    ``w_k = client_weight(n_k)``, so privfl can compute it from sums alone: behind
+    secure aggregation, or with client-level DP's fixed denominator. Rules that look
+    at individual updates (trimmed mean, median, Krum) say False."""
 
     @abstractmethod
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -76,6 +115,14 @@ class Aggregator(Component):
 
         ``weights`` are the clients' example counts; rules that ignore them may.
         """
+
+    def client_weight(self, num_examples: int) -> float:
+        """A client's weight ``w_k`` in the sum, for rules that work on a secure sum.
+
+        The default weights by examples, as FedAvg does; a rule that gives every
+        client one vote returns 1.
+        """
+        return float(num_examples)
 
 
 class ServerOptimizer(Component):
@@ -91,21 +138,107 @@ class ServerOptimizer(Component):
 
 
 class PrivacyMechanism(Component):
-    """Transforms updates where the client runs, and the aggregate on the server.
+    """Transforms updates where the client runs, sums them, and transforms the aggregate.
 
     Client steps run inside :class:`privfl.client.ClientWork`, which can be rebuilt in
     another process from plain data, so they must not reach the server's state.
+    A mechanism is one or more of: a client-side transform (:meth:`client_step`: clip,
+    noise), a secure summation (:attr:`sums_securely` and :meth:`secure_sum`), and a
+    server-side transform (:meth:`server_step`: central noise, accounting).
     """
 
-    def client_step(self, update: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        """Transform one client's update (clip, noise, encode); default: unchanged."""
+    fixed_denominator: ClassVar[bool] = False
+    """True for mechanisms that bound each client's share of the sum (client-level DP):
+    clients then contribute with weight 1, and the server divides the sum by the
+    expected number of clients instead of the weight received (McMahan et al. 2018).
+    Needs an aggregator that works on a sum."""
+
+    sums_securely: ClassVar[bool] = False
+    """True for secure aggregation: the server learns the sum of the clients'
+    contributions through :meth:`secure_sum`, never a single one. At most one mechanism
+    of a federation may say so, and its aggregator must work on a secure sum."""
+
+    def client_step(
+        self, update: torch.Tensor, *, generator: torch.Generator, statistics: dict[str, float]
+    ) -> torch.Tensor:
+        """Transform one client's update (clip, noise); default: unchanged.
+
+        A mechanism may also put scalars in ``statistics`` (such as whether the update
+        was below the clip norm); privfl sums them with the updates, under secure
+        aggregation too, and hands their mean to :meth:`server_step`.
+        """
         return update
 
+    def secure_sum(
+        self, contributions: torch.Tensor, *, client_ids: list[int], round: int
+    ) -> SecureSum:
+        """Sum the rows of ``contributions`` (one per client) so that only the sum is revealed.
+
+        Called only when :attr:`sums_securely` is True. Raises
+        :class:`privfl.RoundAborted` when too few clients remain to finish the round.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not sum securely")
+
     def server_step(
-        self, aggregate: torch.Tensor, *, expected_clients: float, generator: torch.Generator
+        self,
+        aggregate: torch.Tensor,
+        *,
+        expected_clients: float,
+        contributors: int,
+        statistics: Mapping[str, float],
+        generator: torch.Generator,
     ) -> torch.Tensor:
-        """Transform the aggregated update (central noise); default: unchanged."""
+        """Transform the aggregated update (central noise, accounting); default: unchanged.
+
+        :param expected_clients: The sampler's expected clients per round.
+        :param contributors: How many clients' contributions are in the aggregate.
+        :param statistics: Mean of the clients' statistics (see :meth:`client_step`).
+        """
         return aggregate
+
+    def round_values(self) -> dict[str, Any]:
+        """Values to add to the round's record (such as ``epsilon``); default: none."""
+        return {}
+
+
+@dataclass(frozen=True)
+class SecureSum:
+    """The result of a secure summation: the sum and whose contributions it holds."""
+
+    total: torch.Tensor
+    contributors: list[int]
+
+
+class Accountant(Component):
+    """Tracks the privacy spent by a sequence of subsampled Gaussian rounds.
+
+    ``neighbouring`` states the neighbouring relation the guarantee is for (adding or
+    removing one client's data, or replacing it), since it differs between sampling
+    schemes. The state (the rounds composed so far) is checkpointed, so a resumed run
+    reports the same epsilon.
+    """
+
+    @property
+    def neighbouring(self) -> str:
+        """The neighbouring relation of the guarantee, in words."""
+        return "add or remove one client"
+
+    @abstractmethod
+    def compose(self, *, sampling: Sampling, noise_multiplier: float, rounds: int = 1) -> None:
+        """Account ``rounds`` more rounds of the Gaussian mechanism with ``noise_multiplier``.
+
+        Raises :class:`privfl.ConfigError` for a sampling scheme it cannot account.
+        """
+
+    @abstractmethod
+    def epsilon(self, delta: float) -> float:
+        """Return epsilon at ``delta`` for the rounds composed so far (0 before any)."""
+
+    @abstractmethod
+    def epsilon_after(
+        self, *, sampling: Sampling, noise_multiplier: float, rounds: int, delta: float
+    ) -> float:
+        """Return epsilon at ``delta`` if ``rounds`` more rounds were composed (no change)."""
 
 
 class Attack(Component):

@@ -78,6 +78,37 @@ class RunConfig:
     malicious_fraction: float = _key(
         0.2, "Fraction of clients that are malicious, chosen with the seed (with --attack)."
     )
+    dp: bool = _key(
+        False, "Client-level differential privacy: DP-FedAvg (McMahan et al. 2018), accounted."
+    )
+    dp_clip: float = _key(
+        1.0, "L2 clip norm C of each client's update (with --dp; the start with adaptive)."
+    )
+    dp_noise: float = _key(
+        1.0, "DP noise multiplier z: the noise on the sum of clipped updates has std z * C."
+    )
+    dp_mode: str = _key(
+        "central",
+        "Who adds DP noise: central (the server), local (each client, all of it), "
+        "distributed (each client a 1/n share; use with --secagg).",
+    )
+    dp_adaptive_quantile: float | None = _key(
+        None, "Clip norm tracks this quantile of update norms (Andrew et al. 2021); unset: fixed."
+    )
+    accountant: str = _key("rdp", "Privacy accountant (dp-accounting): rdp, or pld (tighter).")
+    delta: float = _key(1e-5, "The delta at which epsilon is reported (with --dp).")
+    target_epsilon: float | None = _key(
+        None, "Stop before the round that would take epsilon above this (with --dp)."
+    )
+    secure_noise: bool = _key(
+        False, "Draw DP noise from a cryptographically secure generator (not reproducible)."
+    )
+    secagg: str | None = _key(
+        None, "Secure aggregation: secagg (Bonawitz et al. 2017) or secagg+ (Bell et al. 2020)."
+    )
+    dropout: float = _key(
+        0.0, "Fraction of clients dropping out during secure aggregation (seeded simulation)."
+    )
     executor: str = _key("serial", "Executor that runs the clients' local training.")
     threads: int = _key(0, "torch threads for local training; 0 chooses by the work.", minimum=0)
     evaluators: tuple[str, ...] = _key(
@@ -111,7 +142,7 @@ class RunConfig:
 
         Keys that are unset (``None``) are left out, so the class's default applies.
         """
-        options = {key: getattr(self, key) for key in getattr(cls, "config_keys", ())}
+        options = {option: getattr(self, key) for key, option in config_key_options(cls).items()}
         options = {key: value for key, value in options.items() if value is not None}
         options.update(self.options.get(name, {}))
         return options
@@ -121,6 +152,16 @@ class RunConfig:
         values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         values["evaluators"] = list(self.evaluators)
         return tomli_w.dumps(values)
+
+
+def config_key_options(cls: type) -> dict[str, str]:
+    """Return config key -> constructor option for component class ``cls``.
+
+    ``config_keys`` lists keys whose option has the same name, or maps keys to option
+    names (``{"dp_clip": "clip"}``) where a key needs a prefix on the command line.
+    """
+    keys = getattr(cls, "config_keys", ())
+    return dict(keys) if isinstance(keys, Mapping) else {key: key for key in keys}
 
 
 def config_fields() -> list[dataclasses.Field]:
@@ -166,6 +207,8 @@ def _check_value(spec: dataclasses.Field, value: Any) -> None:
     kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
     if value is None and "None" in kind:
         return
+    if kind.startswith("bool") and not isinstance(value, bool):
+        raise ConfigError(spec.name, value, "true or false")
     if kind.startswith("int") and not (isinstance(value, int) and not isinstance(value, bool)):
         raise ConfigError(spec.name, value, "an integer")
     if kind.startswith("float") and (

@@ -33,3 +33,15 @@ class DataError(PrivflError):
 
 class PluginError(PrivflError):
     """Plugins do not fit together: a misspelt hook or two components with one name."""
+
+
+class RoundAborted(PrivflError):  # noqa: N818 -- names an event, not a bug
+    """A round could not finish (for example too few clients left for secure aggregation).
+
+    The round protocol catches it: the global model stays as it was and the round's
+    record says why (``aborted``).
+    """
+
+
+class PrivacyWarning(UserWarning):
+    """A setting weakens a privacy guarantee (such as DP noise from a non-secure generator)."""

@@ -128,6 +128,11 @@ class Federation:
         self.attack: Attack | None = (
             None if attack is None else self._component("attack", attack, Attack)
         )
+        self.secure_mechanism: PrivacyMechanism | None = self._check_mechanisms()
+        self.fixed_denominator = any(m.fixed_denominator for m in self.mechanisms)
+        """True when a mechanism (client-level DP) needs sums divided by expected clients."""
+        self.sums_only = self.fixed_denominator or self.secure_mechanism is not None
+        """True when the round aggregates from sums of contributions, not stacked updates."""
         self.malicious = self._choose_malicious(malicious_fraction) if attack else frozenset()
         self.round = 0
         self.total_rounds = 0
@@ -135,6 +140,8 @@ class Federation:
         self.run_dir: Path | None = None
         self.checkpoint_every = 1
         self.console: Any = None
+        self.stop_reason: str | None = None
+        """Why the last :meth:`run` stopped early (a ``privfl_should_stop`` reason), or None."""
         self._work: ClientWork | None = None
         self.evaluations: dict[str, dict[str, float]] = {}
         """The latest scores of each evaluator, by evaluator name."""
@@ -205,6 +212,7 @@ class Federation:
         start = self.round + 1
         first_new = len(self.history)
         status, reason = "failed", None
+        self.stop_reason = None
         try:
             self.hook.privfl_session_start(federation=self, start_round=start, total_rounds=rounds)
             for number in range(start, rounds + 1):
@@ -219,7 +227,7 @@ class Federation:
                 self.hook.privfl_round_finish(federation=self, record=record)
                 reason = self.hook.privfl_should_stop(federation=self, record=record)
                 if reason is not None:
-                    status = "stopped"
+                    status, self.stop_reason = "stopped", reason
                     break
             else:
                 status = "complete"
@@ -288,6 +296,24 @@ class Federation:
         self.params = params.clone()
         self.round = int(state["round"])
 
+    def _check_mechanisms(self) -> PrivacyMechanism | None:
+        """Check that the mechanisms fit the aggregator; return the secure-sum one, if any."""
+        secure = [m for m in self.mechanisms if m.sums_securely]
+        if len(secure) > 1:
+            raise ConfigError(
+                "mechanisms", [m.name for m in secure], "at most one secure-aggregation mechanism"
+            )
+        needs_sum = [m.name for m in self.mechanisms if m.fixed_denominator or m.sums_securely]
+        if needs_sum and not self.aggregator.works_on_secure_sum:
+            raise ConfigError(
+                "aggregator",
+                self.aggregator.name,
+                f"an aggregator that works on a sum, such as fedavg, with {', '.join(needs_sum)}: "
+                f"{self.aggregator.name} must see every client's update, but secure aggregation "
+                "reveals only their sum and client-level DP bounds each client's share of a sum",
+            )
+        return secure[0] if secure else None
+
     def _choose_malicious(self, fraction: float) -> frozenset[int]:
         """The ids of ``round(fraction * clients)`` clients drawn with the seed."""
         if not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
@@ -296,9 +322,13 @@ class Federation:
         order = torch.randperm(self.num_clients, generator=torch_generator(self.seed, "malicious"))
         return frozenset(order[:count].tolist())
 
+    def options_for(self, name: str) -> dict[str, Any]:
+        """Return the keyword options given for the component registered as ``name``."""
+        return dict(self._options.get(name, {}))
+
     def _component(self, kind: str, spec: ComponentSpec, base: type) -> Any:
         if isinstance(spec, str):
-            return self.registry.create(kind, spec, self._options.get(spec))
+            return self.registry.create(kind, spec, self.options_for(spec))
         if not isinstance(spec, base):
             raise ConfigError(kind, spec, f"a registered name or a {base.__name__} instance")
         return spec

@@ -68,6 +68,16 @@ def privfl_register_mechanisms() -> list[type]:
 
 
 @hookspec
+def privfl_register_accountants() -> list[type]:
+    """Return privacy accountant classes (subclasses of :class:`privfl.Accountant`).
+
+    An accountant tracks the privacy that client-level DP spends round after round.
+    The built-in plugin registers ``rdp`` and ``pld``, both from Google's
+    dp-accounting library.
+    """
+
+
+@hookspec
 def privfl_register_evaluators() -> list[type]:
     """Return evaluator classes (subclasses of :class:`privfl.Evaluator`).
 
@@ -173,14 +183,25 @@ def privfl_round_protocol(federation: Federation, round: int) -> RoundRecord | N
        updates, knowing the benign ones (colluding attackers, simulated);
     4. :func:`privfl_update_received` is called for each update; rejected updates
        are left out of aggregation and listed in the record's ``rejected``;
-    5. the accepted updates are stacked into ``[n_clients, dim]`` and the aggregator
-       combines them, weighted by example counts;
-    6. every privacy mechanism's ``server_step`` is applied to the aggregate, in order;
+    5. aggregation. Rules that look at every update (``works_on_secure_sum`` False)
+       get the accepted updates stacked into ``[n_clients, dim]`` with their example
+       counts. Weighted-mean rules are computed from sums: each client contributes
+       ``w_k * update_k`` and ``w_k = aggregator.client_weight(n_k)`` (with a
+       ``fixed_denominator`` mechanism, client-level DP: ``w_k = 1``), plus its
+       mechanisms' statistics; a ``sums_securely`` mechanism sums them so that only
+       the sum is revealed (clients may drop out; too few left raises
+       :class:`privfl.RoundAborted`, which ends the round with the global model
+       unchanged and ``aborted`` in the record); the sum is divided by the sum of
+       the weights received (or, with a fixed denominator, the expected number of
+       clients);
+    6. every privacy mechanism's ``server_step`` is applied to the aggregate, in
+       order (central noise, clip-norm adaptation, accounting);
     7. the server optimizer applies the aggregate to the global parameters;
     8. if the round is an evaluation round, the evaluators score the new parameters
        (those marked ``final_only`` only after the last round);
-    9. the record (clients, example counts, training loss, metrics, seconds, and the
-       malicious clients among the sampled ones) is returned.
+    9. the record (clients, example counts, training loss, metrics, seconds, the
+       malicious clients among the sampled ones, and every mechanism's
+       ``round_values()`` such as ``epsilon``) is returned.
 
     Stops at first non-None result.
 

@@ -28,12 +28,17 @@ class ClientTask:
 
 @dataclass
 class ClientResult:
-    """What one client sends back: its update and how many examples produced it."""
+    """What one client sends back: its update and how many examples produced it.
+
+    ``statistics`` holds scalars that the client's privacy mechanisms report (see
+    :meth:`privfl.PrivacyMechanism.client_step`); they are summed like updates.
+    """
 
     client_id: int
     update: torch.Tensor
     num_examples: int
     train_loss: float
+    statistics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -24,6 +24,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "aggregator": ("privfl_register_aggregators", components.Aggregator),
     "server_optimizer": ("privfl_register_server_optimizers", components.ServerOptimizer),
     "mechanism": ("privfl_register_mechanisms", components.PrivacyMechanism),
+    "accountant": ("privfl_register_accountants", components.Accountant),
     "evaluator": ("privfl_register_evaluators", components.Evaluator),
     "executor": ("privfl_register_executors", components.Executor),
     "dataset": ("privfl_register_datasets", components.DatasetSource),

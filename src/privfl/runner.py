@@ -63,6 +63,10 @@ def build_federation(
     chosen += [("evaluator", name) for name in config.evaluators]
     if config.attack is not None:
         chosen.append(("attack", config.attack))
+    mechanisms = (["dp"] if config.dp else []) + ([config.secagg] if config.secagg else [])
+    chosen += [("mechanism", name) for name in mechanisms]
+    if config.dp:
+        chosen.append(("accountant", config.accountant))
     options = {
         name: config.component_options(registry.get(kind, name), name) for kind, name in chosen
     }
@@ -91,6 +95,7 @@ def build_federation(
         server_optimizer=config.server_optimizer,
         executor=config.executor,
         evaluators=config.evaluators,
+        mechanisms=mechanisms,
         attack=config.attack,
         malicious_fraction=config.malicious_fraction,
         options=options,

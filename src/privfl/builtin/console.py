@@ -48,7 +48,7 @@ def privfl_round_finish(federation, record) -> None:
         _cell(record.metrics.get("accuracy")),
         _cell(record.metrics.get("loss")),
         f"{record.seconds:>12.2f}",
-        *(_cell(values.get(name)) for name in state["extra"]),
+        *(_cell(values.get(name), ".4g") for name in state["extra"]),
     ]
     console.print("".join(cells), highlight=False)
     state["progress"].advance(state["task"])
@@ -61,5 +61,5 @@ def privfl_session_finish(federation) -> None:
         state["progress"].stop()
 
 
-def _cell(value: float | None) -> str:
-    return f"{value:>12.4f}" if value is not None else f"{'-':>12}"
+def _cell(value: float | None, style: str = ".4f") -> str:
+    return f"{value:>12{style}}" if value is not None else f"{'-':>12}"

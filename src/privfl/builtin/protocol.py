@@ -6,9 +6,11 @@ It is registered ``trylast`` so that a plugin's own protocol, if any, runs inste
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
+from privfl.errors import RoundAborted
 from privfl.plugins import hookimpl
 from privfl.records import ClientResult, ClientTask, RoundRecord
 from privfl.seeding import derive_seed, torch_generator
@@ -48,20 +50,28 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
             accepted.append(result)
         else:
             rejected[result.client_id] = reason
+    values: dict[str, Any] = {"malicious": [r.client_id for r in malicious]} if fed.attack else {}
     if accepted:
-        # 5. aggregation over the stacked [n_clients, dim] updates
-        updates = torch.stack([r.update for r in accepted])
-        weights = torch.tensor([r.num_examples for r in accepted], dtype=torch.float32)
-        aggregate = fed.aggregator.aggregate(updates, weights)
-        # 6. server-side mechanisms
-        for position, mechanism in enumerate(fed.mechanisms):
-            aggregate = mechanism.server_step(
-                aggregate,
-                expected_clients=fed.expected_clients,
-                generator=torch_generator(fed.seed, "server-mechanism", round, position),
-            )
-        # 7. server update
-        fed.params = fed.server_optimizer.step(fed.params, aggregate)
+        try:
+            # 5. aggregation
+            aggregate, contributors, statistics = _aggregate(fed, accepted, round)
+        except RoundAborted as exc:
+            values["aborted"] = str(exc)
+        else:
+            # 6. server-side mechanisms
+            for position, mechanism in enumerate(fed.mechanisms):
+                aggregate = mechanism.server_step(
+                    aggregate,
+                    expected_clients=fed.expected_clients,
+                    contributors=len(contributors),
+                    statistics=statistics,
+                    generator=torch_generator(fed.seed, "server-mechanism", round, position),
+                )
+            # 7. server update
+            fed.params = fed.server_optimizer.step(fed.params, aggregate)
+            accepted = [r for r in accepted if r.client_id in contributors]
+    for mechanism in fed.mechanisms:
+        values.update(mechanism.round_values())
     # 8. evaluation
     metrics = fed.evaluate(final=round == fed.total_rounds) if fed.is_eval_round(round) else {}
     # 9. the record
@@ -79,5 +89,38 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
         seconds=time.perf_counter() - started,
         metrics=metrics,
         rejected=rejected,
-        values={"malicious": [r.client_id for r in malicious]} if fed.attack else {},
+        values=values,
     )
+
+
+def _aggregate(
+    fed, accepted: list[ClientResult], round: int
+) -> tuple[torch.Tensor, set[int], dict[str, float]]:
+    """Step 5: return the aggregate, the ids it holds and the clients' mean statistics."""
+    names = sorted(accepted[0].statistics)
+    ids = [r.client_id for r in accepted]
+    stats = torch.tensor([[r.statistics[n] for n in names] for r in accepted]).reshape(
+        len(accepted), len(names)
+    )
+    updates = torch.stack([r.update for r in accepted])
+    if not fed.sums_only:
+        weights = torch.tensor([r.num_examples for r in accepted], dtype=torch.float32)
+        mean_stats = stats.mean(dim=0).tolist()
+        aggregate = fed.aggregator.aggregate(updates, weights)
+        return aggregate, set(ids), dict(zip(names, mean_stats, strict=True))
+    # Weighted means from sums: columns [w_k * update_k, w_k * statistics_k, w_k].
+    fixed = fed.fixed_denominator
+    weights = torch.tensor(
+        [1.0 if fixed else fed.aggregator.client_weight(r.num_examples) for r in accepted]
+    ).unsqueeze(1)
+    contributions = torch.cat([updates * weights, stats * weights, weights], dim=1)
+    if fed.secure_mechanism is not None:
+        summed = fed.secure_mechanism.secure_sum(contributions, client_ids=ids, round=round)
+        total, contributors = summed.total, set(summed.contributors)
+    else:
+        total, contributors = contributions.sum(dim=0), set(ids)
+    denominator = fed.expected_clients if fixed else float(total[-1])
+    dim = updates.shape[1]
+    aggregate = total[:dim] / denominator
+    mean_stats = (total[dim : dim + len(names)] / denominator).tolist()
+    return aggregate.to(updates.dtype), contributors, dict(zip(names, mean_stats, strict=True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from privfl.components import ClientSampler
+from privfl.components import ClientSampler, Sampling
 from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
 
@@ -35,6 +35,9 @@ class UniformSampler(ClientSampler):
             )
         return float(self.clients_per_round)
 
+    def sampling(self, num_clients: int) -> Sampling:
+        return Sampling("fixed", num_clients, size=self.clients_per_round)
+
     def sample(self, *, num_clients: int, generator: torch.Generator) -> torch.Tensor:
         chosen = torch.randperm(num_clients, generator=generator)[: self.clients_per_round]
         return chosen.sort().values
@@ -54,6 +57,9 @@ class PoissonSampler(ClientSampler):
     def expected_clients(self, num_clients: int) -> float:
         return self.sample_rate * num_clients
 
+    def sampling(self, num_clients: int) -> Sampling:
+        return Sampling("poisson", num_clients, rate=self.sample_rate)
+
     def sample(self, *, num_clients: int, generator: torch.Generator) -> torch.Tensor:
         draws = torch.rand(num_clients, generator=generator, dtype=torch.float64)
         return torch.nonzero(draws < self.sample_rate).reshape(-1)
@@ -66,6 +72,9 @@ class AllSampler(ClientSampler):
 
     def expected_clients(self, num_clients: int) -> float:
         return float(num_clients)
+
+    def sampling(self, num_clients: int) -> Sampling:
+        return Sampling("all", num_clients)
 
     def sample(self, *, num_clients: int, generator: torch.Generator) -> torch.Tensor:
         return torch.arange(num_clients)

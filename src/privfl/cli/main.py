@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from privfl import __version__
 from privfl.config import config_fields, tomllib
-from privfl.errors import ConfigError, PrivflError
+from privfl.errors import ConfigError, PrivacyWarning, PrivflError
 from privfl.plugins import get_plugin_manager
 from privfl.registry import KINDS
 from privfl.runner import (
@@ -84,6 +85,8 @@ def _add_config_flag(parser: argparse.ArgumentParser, spec: Any) -> None:
         parser.add_argument(
             flag, action="append", metavar="NAME.KEY=VALUE", help=help_text, **common
         )
+    elif kind.startswith("bool"):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **common)
     elif kind.startswith("tuple"):
         parser.add_argument(flag, action="append", metavar="NAME", help=help_text, **common)
     else:
@@ -122,15 +125,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plugins(console)
         if args.command == "evaluate":
             return _evaluate(args.run_dir, args.backend, args.limit, console)
-        if args.command == "resume":
-            run = resume_run(args.run_dir)
-            console.print(f"resuming [bold]{run.run_dir}[/] after round {run.federation.round}")
-        else:
-            flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-            if "options" in flags:
-                flags["options"] = parse_options(flags["options"])
-            run = start_run(config_from_file_and_flags(args.config, flags))
-            console.print(f"run folder [bold]{run.run_dir}[/] · data {run.data.source}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PrivacyWarning)
+            if args.command == "resume":
+                run = resume_run(args.run_dir)
+                console.print(f"resuming [bold]{run.run_dir}[/] after round {run.federation.round}")
+            else:
+                flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+                if "options" in flags:
+                    flags["options"] = parse_options(flags["options"])
+                run = start_run(config_from_file_and_flags(args.config, flags))
+                console.print(f"run folder [bold]{run.run_dir}[/] · data {run.data.source}")
+        for warning in caught:
+            console.print(f"[bold yellow]warning:[/] {warning.message}", highlight=False)
         return _execute(run, console)
     except PrivflError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -149,6 +156,11 @@ def _execute(run: Run, console: Console) -> int:
     if evaluated:
         for name, value in evaluated[-1].metrics.items():
             table.add_row(f"final {name}", _number(value))
+    epsilons = [r.values["epsilon"] for r in records if "epsilon" in r.values]
+    if epsilons:
+        table.add_row("epsilon", f"{epsilons[-1]:.4g} (delta {run.config.delta:g})")
+    if run.federation.stop_reason:
+        table.add_row("stopped", run.federation.stop_reason)
     table.add_row("seconds", f"{sum(r.seconds for r in records):.1f}")
     table.add_row("run folder", str(run.run_dir))
     console.print(table)

@@ -16,10 +16,13 @@ class UnweightedMean(privfl.Aggregator):
     """The plain mean of the updates, ignoring example counts."""
 
     name = "unweighted-mean"
-    works_on_secure_sum = True  # the mean needs only the sum and the number of clients
+    works_on_secure_sum = True  # a weighted mean with weight 1: sums are enough
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return updates.mean(dim=0)
+
+    def client_weight(self, num_examples: int) -> float:
+        return 1.0
 
 
 @privfl.hookimpl

@@ -1,0 +1,298 @@
+"""Built-in client-level differential privacy: DP-FedAvg with an accountant and a budget.
+
+DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Language
+Models", ICLR): every sampled client clips its update to L2 norm ``C`` where it runs;
+the server adds Gaussian noise of standard deviation ``z * C`` to the sum of clipped
+updates and divides by the expected number of clients (a fixed denominator, so that
+one client's influence on the average is bounded by ``C / expected``). The noise can
+instead be added by each client: all of it (local DP), or a ``1 / n`` share of its
+variance (distributed DP, meant for secure aggregation, which then reveals only the
+noised sum).
+
+With ``adaptive_quantile`` the clip norm follows a quantile of the clients' update
+norms (Andrew et al. 2021, "Differentially Private Learning with Adaptive Clipping",
+NeurIPS): each client also reports whether its update was below the clip norm, that
+count is noised and summed like the updates, and part of the noise budget pays for
+it, so the accounted noise multiplier stays ``z``.
+
+The accountant (a component registered through ``privfl_register_accountants``) is
+chosen by name and composes one subsampled Gaussian per round, under the sampler's
+own sampling scheme. Its state and the clip norm are part of the mechanism's state,
+so checkpoints carry them and a resumed run reports the same epsilon.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from privfl.components import Accountant, PrivacyMechanism, Sampling
+from privfl.dp import (
+    ADAPTIVE_LEARNING_RATE,
+    centred_unclipped,
+    clip_to_norm,
+    default_count_stddev,
+    gaussian_noise,
+    realized_noise_multiplier,
+    unclipped_fraction,
+    update_clip_norm,
+    update_noise_multiplier,
+)
+from privfl.errors import ConfigError, PrivacyWarning
+from privfl.plugins import hookimpl
+
+MODES = ("central", "local", "distributed")
+UNCLIPPED = "dp.unclipped"
+"""The statistic each client reports under adaptive clipping: +1/2 if its update's
+norm is at most C, else -1/2 (Andrew et al. 2021's centred bit)."""
+
+
+class DPFedAvg(PrivacyMechanism):
+    """Client-level DP-FedAvg: clipping where clients run, Gaussian noise, accounting.
+
+    :param clip: The L2 clip norm ``C`` (the starting one with adaptive clipping).
+    :param noise_multiplier: ``z``: the noise on the sum has standard deviation ``z * C``.
+    :param mode: ``central`` (the server noises the sum), ``local`` (each client adds
+        all the noise to its own update) or ``distributed`` (each client adds noise of
+        variance ``(z * C)^2 / n`` for ``n`` expected clients, so the sum carries
+        ``(z * C)^2``; use it with secure aggregation).
+    :param adaptive_quantile: With a value in (0, 1), the clip norm tracks this
+        quantile of the update norms (Andrew et al. 2021); unset: a fixed clip norm.
+    :param adaptive_lr: Learning rate ``eta`` of the geometric clip-norm update.
+    :param count_stddev: Noise standard deviation of the clipped-count sum; unset:
+        expected clients / 20, the choice of Andrew et al.
+    :param delta: The ``delta`` at which epsilon is reported.
+    :param target_epsilon: Stop before the round that would take epsilon above this.
+    :param accountant: Name of a registered accountant, ``rdp`` or ``pld``.
+    :param secure_noise: Draw noise from a cryptographically secure generator (not
+        reproducible); otherwise from the seeded generators, with a warning.
+    """
+
+    name = "dp"
+    fixed_denominator = True
+    config_keys = MappingProxyType(
+        {
+            "dp_clip": "clip",
+            "dp_noise": "noise_multiplier",
+            "dp_mode": "mode",
+            "dp_adaptive_quantile": "adaptive_quantile",
+            "delta": "delta",
+            "target_epsilon": "target_epsilon",
+            "accountant": "accountant",
+            "secure_noise": "secure_noise",
+        }
+    )
+
+    def __init__(
+        self,
+        clip: float = 1.0,
+        noise_multiplier: float = 1.0,
+        mode: str = "central",
+        adaptive_quantile: float | None = None,
+        adaptive_lr: float = ADAPTIVE_LEARNING_RATE,
+        count_stddev: float | None = None,
+        delta: float = 1e-5,
+        target_epsilon: float | None = None,
+        accountant: str = "rdp",
+        secure_noise: bool = False,
+    ) -> None:
+        _check(clip > 0 and math.isfinite(clip), "dp_clip", clip, "a finite number > 0")
+        _check(noise_multiplier > 0, "dp_noise", noise_multiplier, "a number > 0")
+        _check(mode in MODES, "dp_mode", mode, f"one of {', '.join(MODES)}")
+        _check(
+            adaptive_quantile is None or 0 < adaptive_quantile < 1,
+            "dp_adaptive_quantile",
+            adaptive_quantile,
+            "a number in (0, 1), or unset for a fixed clip norm",
+        )
+        _check(adaptive_lr > 0, "adaptive_lr", adaptive_lr, "a number > 0")
+        _check(
+            count_stddev is None or count_stddev > 0, "count_stddev", count_stddev, "a number > 0"
+        )
+        _check(0 < delta < 1, "delta", delta, "a number in (0, 1)")
+        _check(
+            target_epsilon is None or target_epsilon > 0,
+            "target_epsilon",
+            target_epsilon,
+            "a number > 0, or unset for no budget",
+        )
+        self.clip = float(clip)
+        self.noise_multiplier = float(noise_multiplier)
+        self.mode = mode
+        self.adaptive_quantile = adaptive_quantile
+        self.adaptive_lr = float(adaptive_lr)
+        self.count_stddev = count_stddev
+        self.delta = float(delta)
+        self.target_epsilon = target_epsilon
+        self.accountant_name = accountant
+        self.secure_noise = bool(secure_noise)
+        if not self.secure_noise:
+            warnings.warn(
+                "DP noise comes from torch's seeded generator, which is not "
+                "cryptographically secure: fine for experiments, not for a deployment "
+                "(set secure_noise = true, `--secure-noise`)",
+                PrivacyWarning,
+                stacklevel=2,
+            )
+        # Bound by bind() when the federation is configured.
+        self.accountant: Accountant | None = None
+        self.sampling: Sampling | None = None
+        self.expected_clients = 0.0
+        self._update_noise = self.noise_multiplier
+        self._count_noise = 0.0
+        self._values: dict[str, Any] = {}
+
+    def bind(self, *, accountant: Accountant, sampling: Sampling, expected_clients: float) -> None:
+        """Attach the accountant and the sampler's scheme; split the noise budget."""
+        self.accountant = accountant
+        self.sampling = sampling
+        self.expected_clients = expected_clients
+        if self.adaptive_quantile is not None:
+            self._count_noise = self.count_stddev or default_count_stddev(expected_clients)
+            self._update_noise = update_noise_multiplier(self.noise_multiplier, self._count_noise)
+        first = self.epsilon_after(1)  # also refuses a scheme the accountant cannot account
+        if self.target_epsilon is not None and first > self.target_epsilon:
+            raise ConfigError(
+                "target_epsilon",
+                self.target_epsilon,
+                f"at least {first:.4g}, the epsilon of one round at dp_noise "
+                f"{self.noise_multiplier} (or raise dp_noise)",
+            )
+
+    def client_step(
+        self, update: torch.Tensor, *, generator: torch.Generator, statistics: dict[str, float]
+    ) -> torch.Tensor:
+        try:
+            clipped, norm = clip_to_norm(update, self.clip)
+        except ValueError:  # NaN or infinite values: the screening rejects the update
+            return update
+        if self.adaptive_quantile is not None:
+            statistics[UNCLIPPED] = float(centred_unclipped(norm, self.clip))
+        shares = {"central": 0.0, "local": 1.0, "distributed": 1 / self.expected_clients}
+        share = shares[self.mode]  # this client's share of the noise variance
+        if share:
+            std = self._update_noise * self.clip * math.sqrt(share)
+            clipped = clipped + self._noise(clipped.numel(), std, generator)
+            if self.adaptive_quantile is not None:
+                count_std = self._count_noise * math.sqrt(share)
+                statistics[UNCLIPPED] += float(self._noise(1, count_std, generator))
+        return clipped
+
+    def server_step(
+        self,
+        aggregate: torch.Tensor,
+        *,
+        expected_clients: float,
+        contributors: int,
+        statistics: Mapping[str, float],
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        if self.accountant is None or self.sampling is None:
+            raise RuntimeError("DPFedAvg.bind() was not called (privfl_configure does it)")
+        if self.mode == "central":
+            std = self._update_noise * self.clip / expected_clients
+            aggregate = aggregate + self._noise(aggregate.numel(), std, generator)
+        noise_multiplier = self.noise_multiplier
+        if self.mode == "distributed":
+            noise_multiplier = realized_noise_multiplier(
+                self.noise_multiplier, expected_clients, contributors
+            )
+        self.accountant.compose(sampling=self.sampling, noise_multiplier=noise_multiplier)
+        self._values = {
+            "epsilon": self.accountant.epsilon(self.delta),
+            "delta": self.delta,
+            "clip": self.clip,
+        }
+        if self.adaptive_quantile is not None:
+            # The protocol divided the sum of centred bits by the expected clients.
+            noisy_sum = statistics[UNCLIPPED] * expected_clients
+            if self.mode == "central":
+                noisy_sum += float(self._noise(1, self._count_noise, generator))
+            fraction = unclipped_fraction(noisy_sum, expected_clients)
+            self.clip = update_clip_norm(
+                self.clip, fraction, self.adaptive_quantile, self.adaptive_lr
+            )
+        return aggregate
+
+    def round_values(self) -> dict[str, Any]:
+        values, self._values = self._values, {}
+        return values
+
+    def epsilon_after(self, rounds: int) -> float:
+        """Epsilon at ``delta`` if ``rounds`` more rounds ran at the nominal noise."""
+        assert self.accountant is not None
+        assert self.sampling is not None
+        return self.accountant.epsilon_after(
+            sampling=self.sampling,
+            noise_multiplier=self.noise_multiplier,
+            rounds=rounds,
+            delta=self.delta,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.accountant is not None
+        return {"clip": self.clip, "accountant": self.accountant.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        assert self.accountant is not None
+        self.clip = float(state["clip"])
+        self.accountant.load_state_dict(state["accountant"])
+
+    def _noise(self, numel: int, std: float, generator: torch.Generator) -> torch.Tensor:
+        return gaussian_noise(
+            numel, std, generator=None if self.secure_noise else generator, secure=self.secure_noise
+        )
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+@hookimpl
+def privfl_register_mechanisms() -> list[type]:
+    return [DPFedAvg]
+
+
+@hookimpl
+def privfl_configure(federation) -> None:
+    """Bind every DP mechanism to an accountant and the federation's sampling scheme."""
+    for mechanism in federation.mechanisms:
+        if not isinstance(mechanism, DPFedAvg):
+            continue
+        sampling = federation.sampler.sampling(federation.num_clients)
+        if sampling is None:
+            raise ConfigError(
+                "sampler",
+                federation.sampler.name,
+                "a sampler that states how it samples (uniform, poisson or all): client-level "
+                "DP is accounted for the sampling scheme actually used",
+            )
+        accountant = federation.registry.create(
+            "accountant",
+            mechanism.accountant_name,
+            federation.options_for(mechanism.accountant_name),
+        )
+        mechanism.bind(
+            accountant=accountant, sampling=sampling, expected_clients=federation.expected_clients
+        )
+
+
+@hookimpl
+def privfl_should_stop(federation, record) -> str | None:
+    """Stop before the round that would take epsilon above a DP mechanism's target."""
+    for mechanism in federation.mechanisms:
+        if isinstance(mechanism, DPFedAvg) and mechanism.target_epsilon is not None:
+            following = mechanism.epsilon_after(1)
+            if following > mechanism.target_epsilon:
+                return (
+                    f"privacy budget: one more round would take epsilon to {following:.4g}, "
+                    f"above the target {mechanism.target_epsilon:g} (delta {mechanism.delta:g}); "
+                    f"epsilon now {mechanism.accountant.epsilon(mechanism.delta):.4g}"
+                )
+    return None

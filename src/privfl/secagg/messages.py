@@ -1,0 +1,284 @@
+"""The messages of one secure-aggregation round and their byte format.
+
+Clients and the server exchange nothing but these messages, as ``bytes``, so a server
+object cannot reach a client's secrets and the bytes can travel over any transport. The
+format is explicit and versioned (no pickle): one version byte, one kind byte, then
+fixed-width big-endian fields, with a ``u32`` count before every list and a ``u32``
+length before every ciphertext. Vectors travel as little-endian ring words. Decoding
+checks every length and rejects trailing bytes.
+
+The rounds of Bonawitz et al. 2017 (CCS) without the consistency check and the
+signatures of their actively secure variant:
+
+=========================  ====  ===============================================
+message                    way   content
+=========================  ====  ===============================================
+:class:`AdvertiseKeys`     up    the client's c-key and s-key X25519 public keys
+:class:`KeyBroadcast`      down  the public keys of the client's live neighbours
+:class:`ShareKeys`         up    one encrypted pair of shares per neighbour
+:class:`ShareRelay`        down  the encrypted shares addressed to the client
+:class:`MaskedInput`       up    the client's input plus its masks
+:class:`UnmaskRequest`     down  whose seed shares and whose key shares to reveal
+:class:`UnmaskResponse`    up    those shares
+=========================  ====  ===============================================
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from privfl.errors import PrivflError
+from privfl.secagg import shamir
+
+VERSION = 1
+_KEY = 32  # raw X25519 public key bytes
+_RING_DTYPES = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+
+
+class ProtocolError(PrivflError):
+    """A party received a malformed, forged or forbidden message, and refuses to go on.
+
+    Clients raise it when a share fails authentication (the message names the sender),
+    when the server asks them for both shares of one client, or when the server's
+    messages contradict the round; the server raises it for malformed client messages.
+    """
+
+
+class _Reader:
+    """Reads big-endian fields off a message and fails with :class:`ProtocolError`."""
+
+    def __init__(self, data: bytes, kind: str) -> None:
+        self._data = memoryview(data)
+        self._at = 0
+        self._kind = kind
+
+    def view(self, size: int) -> memoryview:
+        if self._at + size > len(self._data):
+            raise ProtocolError(f"{self._kind} message is truncated")
+        self._at += size
+        return self._data[self._at - size : self._at]
+
+    def take(self, size: int) -> bytes:
+        return bytes(self.view(size))
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def finish(self) -> None:
+        if self._at != len(self._data):
+            raise ProtocolError(
+                f"{self._kind} message has {len(self._data) - self._at} extra bytes"
+            )
+
+
+def _header(kind: int) -> bytes:
+    return bytes((VERSION, kind))
+
+
+def _open(data: bytes, cls: type) -> _Reader:
+    reader = _Reader(data, cls.__name__)
+    version, kind = reader.take(2)
+    if version != VERSION or kind != cls.KIND:
+        raise ProtocolError(
+            f"expected a {cls.__name__} message (version {VERSION}, kind {cls.KIND}), "
+            f"got version {version}, kind {kind}"
+        )
+    return reader
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Round 0, client to server: the two public keys of ``sender``."""
+
+    KIND: ClassVar[int] = 1
+    sender: int
+    c_public: bytes
+    s_public: bytes
+
+    def to_bytes(self) -> bytes:
+        return _header(self.KIND) + _u32(self.sender) + self.c_public + self.s_public
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AdvertiseKeys:
+        reader = _open(data, cls)
+        message = cls(reader.u32(), reader.take(_KEY), reader.take(_KEY))
+        reader.finish()
+        return message
+
+
+@dataclass(frozen=True)
+class KeyBroadcast:
+    """Round 0, server to client: ``(id, c_public, s_public)`` of each live neighbour."""
+
+    KIND: ClassVar[int] = 2
+    keys: tuple[tuple[int, bytes, bytes], ...]
+
+    def to_bytes(self) -> bytes:
+        body = b"".join(_u32(u) + c + s for u, c, s in self.keys)
+        return _header(self.KIND) + _u32(len(self.keys)) + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KeyBroadcast:
+        reader = _open(data, cls)
+        keys = tuple(
+            (reader.u32(), reader.take(_KEY), reader.take(_KEY)) for _ in range(reader.u32())
+        )
+        reader.finish()
+        return cls(keys)
+
+
+def _write_ciphertexts(items: tuple[tuple[int, bytes], ...]) -> bytes:
+    return _u32(len(items)) + b"".join(_u32(u) + _u32(len(c)) + c for u, c in items)
+
+
+def _read_ciphertexts(reader: _Reader) -> tuple[tuple[int, bytes], ...]:
+    items = []
+    for _ in range(reader.u32()):
+        peer = reader.u32()
+        items.append((peer, reader.take(reader.u32())))
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    """Round 1, client to server: ``(recipient, ciphertext)`` for each neighbour."""
+
+    KIND: ClassVar[int] = 3
+    sender: int
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def to_bytes(self) -> bytes:
+        return _header(self.KIND) + _u32(self.sender) + _write_ciphertexts(self.ciphertexts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ShareKeys:
+        reader = _open(data, cls)
+        message = cls(reader.u32(), _read_ciphertexts(reader))
+        reader.finish()
+        return message
+
+
+@dataclass(frozen=True)
+class ShareRelay:
+    """Round 1, server to client: ``(sender, ciphertext)`` of each share for the client."""
+
+    KIND: ClassVar[int] = 4
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def to_bytes(self) -> bytes:
+        return _header(self.KIND) + _write_ciphertexts(self.ciphertexts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ShareRelay:
+        reader = _open(data, cls)
+        message = cls(_read_ciphertexts(reader))
+        reader.finish()
+        return message
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Round 2, client to server: the masked ring vector of ``sender``."""
+
+    KIND: ClassVar[int] = 5
+    sender: int
+    vector: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        bits = self.vector.dtype.itemsize * 8
+        words = np.ascontiguousarray(self.vector, dtype=_RING_DTYPES[bits])
+        header = _header(self.KIND) + _u32(self.sender) + bytes((bits,)) + _u32(words.size)
+        return b"".join((header, memoryview(words).cast("B")))  # one copy of the vector
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MaskedInput:
+        reader = _open(data, cls)
+        sender = reader.u32()
+        (bits,) = reader.take(1)
+        if bits not in _RING_DTYPES:
+            raise ProtocolError(f"MaskedInput ring of {bits} bits: only 32 and 64 exist")
+        dtype = _RING_DTYPES[bits]
+        length = reader.u32()
+        vector = np.frombuffer(reader.view(length * dtype.itemsize), dtype=dtype)
+        reader.finish()  # the vector is a read-only view of ``data``, not a copy
+        return cls(sender, vector.astype(dtype.newbyteorder("="), copy=False))
+
+
+def _write_ids(ids: tuple[int, ...]) -> bytes:
+    return _u32(len(ids)) + b"".join(_u32(u) for u in ids)
+
+
+def _read_ids(reader: _Reader) -> tuple[int, ...]:
+    return tuple(reader.u32() for _ in range(reader.u32()))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Round 3, server to client: reveal seed shares of ``seed_ids``, key shares of ``key_ids``.
+
+    ``seed_ids`` are the client's neighbours whose masked input arrived (the server
+    removes their self-masks); ``key_ids`` those that dropped after sharing their keys
+    (the server recomputes their pairwise masks with the survivors).
+    """
+
+    KIND: ClassVar[int] = 6
+    seed_ids: tuple[int, ...]
+    key_ids: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        return _header(self.KIND) + _write_ids(self.seed_ids) + _write_ids(self.key_ids)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UnmaskRequest:
+        reader = _open(data, cls)
+        message = cls(_read_ids(reader), _read_ids(reader))
+        reader.finish()
+        return message
+
+
+def _write_shares(shares: tuple[tuple[int, int], ...]) -> bytes:
+    return _u32(len(shares)) + b"".join(_u32(u) + shamir.to_bytes(s) for u, s in shares)
+
+
+def _read_shares(reader: _Reader) -> tuple[tuple[int, int], ...]:
+    shares = []
+    for _ in range(reader.u32()):
+        owner = reader.u32()
+        try:
+            shares.append((owner, shamir.from_bytes(reader.take(shamir.SHARE_BYTES))))
+        except ValueError as error:
+            raise ProtocolError(f"bad share of client {owner}: {error}") from error
+    return tuple(shares)
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Round 3, client to server: ``(owner, share)`` pairs of seed shares and key shares."""
+
+    KIND: ClassVar[int] = 7
+    sender: int
+    seed_shares: tuple[tuple[int, int], ...]
+    key_shares: tuple[tuple[int, int], ...]
+
+    def to_bytes(self) -> bytes:
+        return (
+            _header(self.KIND)
+            + _u32(self.sender)
+            + _write_shares(self.seed_shares)
+            + _write_shares(self.key_shares)
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UnmaskResponse:
+        reader = _open(data, cls)
+        message = cls(reader.u32(), _read_shares(reader), _read_shares(reader))
+        reader.finish()
+        return message

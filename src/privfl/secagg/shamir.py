@@ -1,0 +1,124 @@
+"""Shamir secret sharing over the prime field of the Mersenne prime 2^521 - 1.
+
+A secret ``s`` is hidden as the constant term of a random polynomial ``f`` of degree
+``t - 1``; holder ``x`` gets ``f(x)``. Any ``t`` shares give ``s`` by Lagrange
+interpolation at 0, and any ``t - 1`` shares are consistent with every secret, so they
+reveal nothing about it (Shamir 1979, "How to Share a Secret", CACM 22(11)).
+
+Secure aggregation (Bonawitz et al. 2017) shares two 256-bit secrets per client; the
+field of 2^521 - 1 holds them with room to spare, and Python integers do its arithmetic
+exactly. This is the one primitive of :mod:`privfl.secagg` written by hand: ``cryptography``
+has no secret sharing, and no well-kept Python library provides it (the few packages on
+PyPI are unmaintained or use ``random`` for coefficients). Coefficients come from
+:mod:`secrets`, the operating system's CSPRNG.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+
+PRIME = 2**521 - 1
+"""The field modulus, a Mersenne prime larger than any 256-bit secret."""
+
+SHARE_BYTES = 66
+"""Bytes of a share in big-endian form (521 bits round up to 66 bytes)."""
+
+
+def split(secret: int, *, threshold: int, xs: Sequence[int]) -> list[int]:
+    """Shares of ``secret`` at the points ``xs``, any ``threshold`` of which recover it.
+
+    :param secret: An integer in ``[0, PRIME)``.
+    :param threshold: The number ``t`` of shares needed; the polynomial has degree t - 1.
+    :param xs: Distinct nonzero evaluation points in ``[1, PRIME)``, one per holder.
+    :returns: ``f(x)`` for each ``x`` in ``xs``, in the same order.
+    :raises ValueError: for a secret out of range, ``threshold`` outside
+        ``[1, len(xs)]``, or repeated or out-of-range points.
+    """
+    if not 0 <= secret < PRIME:
+        raise ValueError("the secret must be an integer in [0, 2^521 - 1)")
+    _check_points(xs)
+    if not 1 <= threshold <= len(xs):
+        raise ValueError(f"threshold {threshold} must be between 1 and {len(xs)} (the holders)")
+    # f(x) = secret + sum_j c_j x^j by Horner's rule, highest degree first. The points are
+    # small (client ids), so reducing once at the end is faster than at every step.
+    highest_first = [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    shares = []
+    for x in xs:
+        value = 0
+        for coefficient in highest_first:
+            value = (value + coefficient) * x
+        shares.append((value + secret) % PRIME)
+    return shares
+
+
+def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
+    """Coefficients ``l_i`` with ``f(0) = sum_i l_i f(x_i)`` for any ``f`` of degree < len(xs).
+
+    ``l_i = prod_{j != i} x_j / (x_j - x_i)``. The denominators are inverted together with
+    one modular inversion (Montgomery's batch-inversion trick).
+    """
+    _check_points(xs)
+    numerator = math.prod(xs)
+    numerators = [numerator // x % PRIME for x in xs]
+    # Products of small differences are exact integers; reduce each once.
+    denominators = [math.prod(xj - xi for xj in xs if xj != xi) % PRIME for xi in xs]
+    prefix = [1]
+    for d in denominators:
+        prefix.append(prefix[-1] * d % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    inverses = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        inverses[i] = inverse * prefix[i] % PRIME
+        inverse = inverse * denominators[i] % PRIME
+    return [n * inv % PRIME for n, inv in zip(numerators, inverses, strict=True)]
+
+
+def reconstruct(shares: Mapping[int, int], *, threshold: int) -> int:
+    """The secret from at least ``threshold`` shares (a map from point ``x`` to ``f(x)``).
+
+    Exactly ``threshold`` shares are used (those of the smallest points).
+
+    :raises ValueError: with fewer than ``threshold`` shares: they are consistent with
+        every secret, so there is nothing to reconstruct.
+    """
+    if threshold < 1:
+        raise ValueError(f"threshold {threshold} must be at least 1")
+    if len(shares) < threshold:
+        raise ValueError(
+            f"{len(shares)} shares are fewer than the threshold {threshold}: "
+            "the secret cannot be reconstructed"
+        )
+    xs = sorted(shares)[:threshold]
+    return combine([shares[x] for x in xs], lagrange_at_zero(xs))
+
+
+def combine(values: Sequence[int], coefficients: Sequence[int]) -> int:
+    """``sum_i coefficients[i] * values[i]`` in the field: the secret from its shares."""
+    return sum(c * v for c, v in zip(coefficients, values, strict=True)) % PRIME
+
+
+def to_bytes(share: int) -> bytes:
+    """A share (field element) as 66 big-endian bytes."""
+    return share.to_bytes(SHARE_BYTES, "big")
+
+
+def from_bytes(data: bytes) -> int:
+    """The field element in 66 big-endian bytes.
+
+    :raises ValueError: for a wrong length or a value not below the prime.
+    """
+    if len(data) != SHARE_BYTES:
+        raise ValueError(f"a share has {SHARE_BYTES} bytes, not {len(data)}")
+    value = int.from_bytes(data, "big")
+    if value >= PRIME:
+        raise ValueError("a share must be below 2^521 - 1")
+    return value
+
+
+def _check_points(xs: Sequence[int]) -> None:
+    if len(set(xs)) != len(xs):
+        raise ValueError("evaluation points must be distinct")
+    if any(not 0 < x < PRIME for x in xs):
+        raise ValueError("evaluation points must be in [1, 2^521 - 1)")

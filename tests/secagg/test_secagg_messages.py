@@ -1,0 +1,75 @@
+"""The byte format of secure-aggregation messages: exact round trips, strict decoding."""
+
+import numpy as np
+import pytest
+
+from privfl.secagg import ProtocolError
+from privfl.secagg.messages import (
+    AdvertiseKeys,
+    KeyBroadcast,
+    MaskedInput,
+    ShareKeys,
+    ShareRelay,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+
+KEY_A, KEY_B = bytes(range(32)), bytes(range(32, 64))
+MESSAGES = [
+    AdvertiseKeys(7, KEY_A, KEY_B),
+    KeyBroadcast(((1, KEY_A, KEY_B), (2**32 - 1, KEY_B, KEY_A))),
+    KeyBroadcast(()),
+    ShareKeys(3, ((4, b"\x00" * 160), (9, b"xyz"))),
+    ShareRelay(((4, b"ciphertext"),)),
+    UnmaskRequest((1, 2, 3), (5,)),
+    UnmaskResponse(8, ((1, 2**520), (2, 0)), ((5, 12345),)),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip_and_strictness(message):
+    data = message.to_bytes()
+    assert type(message).from_bytes(data) == message
+    with pytest.raises(ProtocolError, match="truncated"):
+        type(message).from_bytes(data[:-1])
+    with pytest.raises(ProtocolError, match="1 extra bytes"):
+        type(message).from_bytes(data + b"\x00")
+    other = ShareRelay if not isinstance(message, ShareRelay) else ShareKeys
+    with pytest.raises(ProtocolError, match=f"expected a {other.__name__} message"):
+        other.from_bytes(data)
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_masked_input_keeps_ring_words_exactly(dtype):
+    vector = np.array([0, 1, np.iinfo(dtype).max, 12345], dtype=dtype)
+    data = MaskedInput(2, vector).to_bytes()
+    assert len(data) == 2 + 4 + 1 + 4 + vector.nbytes
+    decoded = MaskedInput.from_bytes(data)
+    assert decoded.sender == 2
+    assert decoded.vector.dtype == dtype
+    np.testing.assert_array_equal(decoded.vector, vector)
+
+
+def test_masked_input_rejects_other_rings_and_lengths():
+    data = bytearray(MaskedInput(2, np.zeros(3, np.uint32)).to_bytes())
+    data[6] = 16
+    with pytest.raises(ProtocolError, match="16 bits"):
+        MaskedInput.from_bytes(bytes(data))
+    data[6] = 32
+    data[7:11] = (4).to_bytes(4, "big")
+    with pytest.raises(ProtocolError, match="truncated"):
+        MaskedInput.from_bytes(bytes(data))
+
+
+def test_a_share_out_of_the_field_is_rejected():
+    data = bytearray(UnmaskResponse(1, ((2, 5),), ()).to_bytes())
+    data[14:80] = (2**528 - 1).to_bytes(66, "big")
+    with pytest.raises(ProtocolError, match="bad share of client 2"):
+        UnmaskResponse.from_bytes(bytes(data))
+
+
+def test_version_is_checked():
+    data = bytearray(UnmaskRequest((), ()).to_bytes())
+    data[0] = 2
+    with pytest.raises(ProtocolError, match="version 2"):
+        UnmaskRequest.from_bytes(bytes(data))

@@ -1,0 +1,238 @@
+"""Client-level DP-FedAvg as a mechanism: clipping, noise, fixed denominator, accounting."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+import privfl
+from privfl.accounting import RdpPrivacyAccountant
+from privfl.builtin.dp_mechanism import DPFedAvg
+from privfl.checkpoint import load_checkpoint, save_checkpoint
+from privfl.testing import tiny_federation
+
+SECURE = {"secure_noise": True}
+
+
+def bound(mechanism: DPFedAvg, *, expected: float = 10.0, kind: str = "poisson") -> DPFedAvg:
+    sampling = privfl.Sampling(kind, 100, rate=expected / 100 if kind == "poisson" else None)
+    mechanism.bind(accountant=RdpPrivacyAccountant(), sampling=sampling, expected_clients=expected)
+    return mechanism
+
+
+def server_noise(mechanism: DPFedAvg, *, dim: int, expected: float) -> torch.Tensor:
+    return mechanism.server_step(
+        torch.zeros(dim),
+        expected_clients=expected,
+        contributors=int(expected),
+        statistics={},
+        generator=torch.Generator().manual_seed(1),
+    )
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_central_noise_std_is_z_c_over_expected_clients(secure):
+    z, clip, expected = 1.3, 0.7, 10.0
+    with pytest.warns(privfl.PrivacyWarning) if not secure else nullcontext():
+        mechanism = bound(DPFedAvg(clip=clip, noise_multiplier=z, secure_noise=secure))
+    noise = server_noise(mechanism, dim=200_000, expected=expected)
+    measured = float(noise.std())
+    assert measured == pytest.approx(z * clip / expected, rel=0.03)
+    assert abs(float(noise.mean())) < 0.01 * z * clip / expected
+
+
+def test_seeded_noise_warns_and_repeats():
+    with pytest.warns(privfl.PrivacyWarning, match="not cryptographically secure"):
+        first = bound(DPFedAvg())
+    with pytest.warns(privfl.PrivacyWarning):
+        second = bound(DPFedAvg())
+    assert torch.equal(
+        server_noise(first, dim=100, expected=10.0), server_noise(second, dim=100, expected=10.0)
+    )
+
+
+def test_secure_noise_differs_between_runs():
+    one = bound(DPFedAvg(**SECURE))
+    two = bound(DPFedAvg(**SECURE))
+    assert not torch.equal(
+        server_noise(one, dim=100, expected=10.0), server_noise(two, dim=100, expected=10.0)
+    )
+
+
+def test_client_step_clips_to_c_and_leaves_small_updates_alone():
+    mechanism = bound(DPFedAvg(clip=1.0, **SECURE))
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.01, 0.5, 3.0, 100.0):
+        update = torch.randn(1000, generator=generator)
+        update = update / update.norm() * scale
+        clipped = mechanism.client_step(update, generator=generator, statistics={})
+        assert float(clipped.norm()) <= 1.0 + 1e-5
+        if scale <= 1.0:
+            assert torch.equal(clipped, update)
+
+
+def test_local_mode_noises_each_client_with_z_c():
+    mechanism = bound(DPFedAvg(clip=0.5, noise_multiplier=2.0, mode="local", **SECURE))
+    noised = mechanism.client_step(torch.zeros(200_000), generator=torch.Generator(), statistics={})
+    assert float(noised.std()) == pytest.approx(2.0 * 0.5, rel=0.03)
+
+
+def test_distributed_mode_shares_sum_to_z_c():
+    expected = 25.0
+    mechanism = bound(
+        DPFedAvg(clip=0.5, noise_multiplier=2.0, mode="distributed", **SECURE), expected=expected
+    )
+    shares = [
+        mechanism.client_step(torch.zeros(40_000), generator=torch.Generator(), statistics={})
+        for _ in range(int(expected))
+    ]
+    assert float(torch.stack(shares).sum(0).std()) == pytest.approx(2.0 * 0.5, rel=0.03)
+    # Fewer contributors than planned: the round is accounted with less noise.
+    server_noise(mechanism, dim=10, expected=expected)  # all 25 contributed
+    full = mechanism.accountant.epsilon(1e-5)
+    mechanism.server_step(
+        torch.zeros(10),
+        expected_clients=expected,
+        contributors=5,
+        statistics={},
+        generator=torch.Generator(),
+    )
+    reference = RdpPrivacyAccountant()
+    sampling = mechanism.sampling
+    reference.compose(sampling=sampling, noise_multiplier=2.0)
+    reference.compose(sampling=sampling, noise_multiplier=2.0 * math.sqrt(5 / 25))
+    assert reference.epsilon(1e-5) == pytest.approx(mechanism.accountant.epsilon(1e-5))
+    assert mechanism.accountant.epsilon(1e-5) > 2 * full
+
+
+def test_fixed_denominator_bounds_the_step_by_c():
+    """The sum of clipped updates over the expected clients moves the model by <= C."""
+    clip = 0.05
+    fed = tiny_federation(
+        mechanisms=["dp"],
+        options={"dp": {"clip": clip, "noise_multiplier": 1e-9, **SECURE}},
+    )
+    before = fed.params.clone()
+    fed.run(1)
+    step = float((fed.params - before).norm())
+    assert step <= clip * (1 + 1e-4)
+    assert step > 0.5 * clip  # four similar clipped updates, not one fourth of one
+
+
+def test_every_record_holds_epsilon_from_the_accountant():
+    fed = tiny_federation(
+        mechanisms=["dp"], options={"dp": {"noise_multiplier": 1.5, "delta": 1e-6, **SECURE}}
+    )
+    records = fed.run(4)
+    reference = RdpPrivacyAccountant()
+    for record in records:
+        reference.compose(sampling=privfl.Sampling("all", 4), noise_multiplier=1.5)
+        assert record.values["epsilon"] == pytest.approx(reference.epsilon(1e-6))
+        assert record.values["delta"] == 1e-6
+    epsilons = [r.values["epsilon"] for r in records]
+    assert epsilons == sorted(epsilons)
+    assert epsilons[0] > 0
+
+
+def test_target_epsilon_stops_before_the_round_that_would_exceed_it():
+    fed = tiny_federation(
+        num_clients=20,
+        sampler="poisson",
+        mechanisms=["dp"],
+        options={"poisson": {"sample_rate": 0.2}, "dp": {"target_epsilon": 4.0, **SECURE}},
+    )
+    records = fed.run(200)
+    assert len(records) < 200
+    assert records[-1].values["epsilon"] <= 4.0
+    assert fed.mechanisms[0].epsilon_after(1) > 4.0
+    assert "privacy budget" in fed.stop_reason
+    assert "4" in fed.stop_reason
+
+
+def test_target_below_one_round_is_a_config_error():
+    with pytest.raises(privfl.ConfigError, match="target_epsilon"):
+        tiny_federation(mechanisms=["dp"], options={"dp": {"target_epsilon": 0.01, **SECURE}})
+
+
+def test_checkpoint_restores_epsilon_and_clip(tmp_path):
+    options = {"dp": {"adaptive_quantile": 0.5, "count_stddev": 2.0, **SECURE}}
+    fed = tiny_federation(mechanisms=["dp"], options=options)
+    fed.run(3)
+    save_checkpoint(tmp_path / "c.safetensors", fed.state_dict())
+    resumed = tiny_federation(mechanisms=["dp"], options=options)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "c.safetensors"))
+    original, restored = fed.mechanisms[0], resumed.mechanisms[0]
+    assert restored.accountant.epsilon(1e-5) == original.accountant.epsilon(1e-5)
+    assert restored.clip == original.clip != 1.0
+
+
+def test_adaptive_clip_moves_towards_the_quantile():
+    """Tiny updates sit far below C = 10: the clip norm must shrink round after round."""
+    fed = tiny_federation(
+        num_clients=40,
+        mechanisms=["dp"],
+        options={
+            "dp": {
+                "clip": 10.0,
+                "adaptive_quantile": 0.5,
+                "noise_multiplier": 5.0,
+                "count_stddev": 4.0,
+                **SECURE,
+            }
+        },
+    )
+    clips = [r.values["clip"] for r in fed.run(8)]
+    assert clips[0] == 10.0
+    assert clips[-1] < 10.0 * math.exp(-0.2 * 0.3 * 7)  # most rounds pushed it down
+
+
+@pytest.mark.parametrize("aggregator", ["trimmed-mean", "median", "krum"])
+def test_dp_refuses_aggregators_that_need_every_update(aggregator):
+    with pytest.raises(privfl.ConfigError, match="works on a sum"):
+        tiny_federation(mechanisms=["dp"], aggregator=aggregator, options={"dp": SECURE})
+
+
+def test_dp_refuses_a_sampler_that_does_not_state_its_scheme():
+    class Opaque(privfl.ClientSampler):
+        name = "opaque"
+
+        def sample(self, *, num_clients, generator):
+            return torch.arange(num_clients)
+
+        def expected_clients(self, num_clients):
+            return float(num_clients)
+
+    with pytest.raises(privfl.ConfigError, match="states how it samples"):
+        tiny_federation(sampler=Opaque(), mechanisms=["dp"], options={"dp": SECURE})
+
+
+def test_pld_refuses_a_fixed_cohort_with_a_way_out():
+    with pytest.raises(privfl.ConfigError, match="--sampler poisson"):
+        tiny_federation(
+            sampler="uniform",
+            mechanisms=["dp"],
+            options={"uniform": {"clients_per_round": 2}, "dp": {"accountant": "pld", **SECURE}},
+        )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("clip", 0.0), ("noise_multiplier", -1.0), ("mode", "global"), ("delta", 1.0)],
+)
+def test_bad_options_name_the_key(option, value):
+    with pytest.raises(privfl.ConfigError) as info:
+        DPFedAvg(**{option: value}, **SECURE)
+    assert repr(value) in str(info.value)
+
+
+def test_huge_finite_updates_are_clipped_and_nan_ones_left_to_screening():
+    mechanism = bound(DPFedAvg(clip=1.0, **SECURE))
+    huge = mechanism.client_step(
+        torch.full((1000,), 3e38), generator=torch.Generator(), statistics={}
+    )
+    assert float(huge.double().norm()) == pytest.approx(1.0, rel=1e-5)
+    nan = torch.full((10,), float("nan"))
+    assert mechanism.client_step(nan, generator=torch.Generator(), statistics={}) is nan
