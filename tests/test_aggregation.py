@@ -113,6 +113,69 @@ def test_blocked_sort_matches_a_plain_sort(n, dtype):
     assert trimmed_mean(updates, 0.3).dtype == dtype
 
 
+def _tied_updates(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[n, dim]`` updates over more than two sort blocks, with many tied values.
+
+    Half the coordinates draw from seven integers (ties within almost every coordinate,
+    also at the trimming boundaries), the other half are normal values rounded to one
+    decimal; one coordinate is constant and one holds +-infinity among the extremes.
+    """
+    dim = 2 * aggregation._SORT_COLUMNS + 37
+    generator = torch.Generator().manual_seed(1000 + n)
+    updates = torch.randn(n, dim, generator=generator, dtype=torch.float64).mul(10).round()
+    updates[:, ::2] = torch.randint(-3, 4, (n, (dim + 1) // 2), generator=generator).double()
+    updates[:, 1] = 2.5
+    updates = updates.div(10).to(dtype)
+    if n >= 5:
+        updates[0, 3], updates[1, 3] = math.inf, -math.inf
+    return updates
+
+
+def _sorted_reference(updates: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+    """Mean of the sorted values ``first .. stop - 1`` of each coordinate, in float64."""
+    ordered = updates.double().sort(dim=0).values
+    return ordered[first:stop].mean(dim=0).to(updates.dtype)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 33, 100, 150])
+@pytest.mark.parametrize("trim_fraction", [0.0, 0.1, 0.2, 0.25, 0.49])
+def test_trimmed_mean_matches_a_sort_reference_with_ties(n, trim_fraction):
+    updates = _tied_updates(n)
+    k = math.floor(trim_fraction * n)
+    expected = _sorted_reference(updates, k, n - k)
+    result = trimmed_mean(updates, trim_fraction)
+    assert result.dtype == updates.dtype
+    assert result.shape == expected.shape
+    # Only the summation order differs from the reference (and +-inf stay out of the
+    # mean whenever k >= 1).
+    torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 10, 33, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_median_matches_a_sort_reference_with_ties(n, dtype):
+    updates = _tied_updates(n, dtype)
+    expected = _sorted_reference(updates, (n - 1) // 2, n // 2 + 1)
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(coordinate_median(updates), expected, **tol, equal_nan=True)
+
+
+def test_sorting_rules_do_not_depend_on_the_number_of_threads():
+    updates = _tied_updates(100)
+    updates += torch.randn(updates.shape, generator=torch.Generator().manual_seed(5))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append((trimmed_mean(updates, 0.1), coordinate_median(updates)))
+    finally:
+        torch.set_num_threads(threads)
+    for trimmed, median in results[1:]:
+        assert torch.equal(trimmed, results[0][0])
+        assert torch.equal(median, results[0][1])
+
+
 def test_krum_bound_error_names_both_numbers():
     updates = torch.zeros(7, 3)
     with pytest.raises(privfl.ConfigError) as error:
