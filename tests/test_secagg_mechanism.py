@@ -90,3 +90,16 @@ def test_distributed_dp_behind_secure_aggregation_accounts_the_realized_noise():
     assert dropping_record.values["secagg_contributors"] < 10
     # Fewer noise shares reached the sum: the same round costs more privacy.
     assert dropping_record.values["epsilon"] > full_record.values["epsilon"]
+
+
+def test_same_seed_same_model_despite_fresh_keys():
+    """Keys are drawn from the OS every round, but the sum is exact: runs repeat to the bit."""
+    runs = [
+        tiny_federation(
+            num_clients=10, mechanisms=["secagg+"], options={"secagg+": {"dropout": 0.2}}
+        )
+        for _ in range(2)
+    ]
+    records = [fed.run(2) for fed in runs]
+    assert torch.equal(runs[0].params, runs[1].params)
+    assert records[0][-1].values["secagg_dropped"] == records[1][-1].values["secagg_dropped"]
