@@ -70,6 +70,13 @@ class Krum(Aggregator):
 
     :param byzantine: ``f``, the Byzantine updates to tolerate; each round needs
         ``2 * f + 2 <`` updates received.
+
+    Krum keeps one update per round. With local training, once the global model is a
+    client's own local model that client's next update is the smallest, so Krum tends
+    to pick the same client round after round and the model learns from that
+    client's data alone (``bench/robustness.py``: one client picked in 19 of 20
+    rounds, 88.5% where FedAvg reaches 95.9%). Multi-Krum averages several and does
+    not stall.
     """
 
     name = "krum"
