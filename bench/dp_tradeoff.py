@@ -19,7 +19,7 @@ import time
 import torch
 
 import privfl
-from privfl.data.mnist import images_to_float, load_bundled_mnist, load_mnist
+from privfl.builtin.datasets import MNISTSource
 from privfl.data.partition import iid
 from privfl.dp import clip_to_norm
 from privfl.models import TwoNN
@@ -89,9 +89,9 @@ def main() -> None:
     parser.add_argument("--accountant", default="rdp")
     parser.add_argument("--max-rounds", type=int, default=200)
     args = parser.parse_args()
-    data = load_mnist(args.data_dir) if args.data_dir else load_bundled_mnist()
-    train = privfl.TensorPair(images_to_float(data.train_images), data.train_labels)
-    test = privfl.TensorPair(images_to_float(data.test_images), data.test_labels)
+    data = MNISTSource(args.data_dir).load()
+    train = data.train
+    test = data.test
     partition = iid(len(train), args.clients, seed=0)
     print(
         f"2NN, {args.clients} IID clients, Poisson rate {args.sample_rate}, clip {args.clip}, "

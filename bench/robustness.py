@@ -16,7 +16,7 @@ import time
 import torch
 
 import privfl
-from privfl.data.mnist import images_to_float, load_bundled_mnist, load_mnist
+from privfl.builtin.datasets import MNISTSource
 from privfl.data.partition import iid
 from privfl.models import TwoNN
 from privfl.testing import make_plugin_manager
@@ -60,9 +60,9 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     parser.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS))
     args = parser.parse_args()
-    data = load_mnist(args.data_dir) if args.data_dir else load_bundled_mnist()
-    train = privfl.TensorPair(images_to_float(data.train_images), data.train_labels)
-    test = privfl.TensorPair(images_to_float(data.test_images), data.test_labels)
+    data = MNISTSource(args.data_dir).load()
+    train = data.train
+    test = data.test
     partition = iid(len(train), args.clients, seed=0)
     print(
         f"2NN, {args.clients} IID clients all per round, {args.malicious_fraction:.0%} malicious, "

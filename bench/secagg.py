@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 import privfl
+from privfl.builtin.datasets import MNISTSource
 from privfl.builtin.samplers import UniformSampler
-from privfl.data.mnist import images_to_float, load_bundled_mnist, load_mnist
 from privfl.data.partition import iid
 from privfl.models import CNN, TwoNN
 from privfl.secagg import (
@@ -171,8 +171,8 @@ def main() -> None:
     if args.dropout > args.planned_dropout:
         parser.error("--dropout above --planned-dropout would abort rounds")
     torch.set_num_threads(args.threads)
-    data = load_mnist(args.data_dir) if args.data_dir else load_bundled_mnist()
-    train = privfl.TensorPair(images_to_float(data.train_images), data.train_labels)
+    data = MNISTSource(args.data_dir).load()
+    train = data.train
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(train)} training "
         f"examples over 100 clients; planned dropout {args.planned_dropout}, corruption "

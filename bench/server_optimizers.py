@@ -16,7 +16,7 @@ import argparse
 import torch
 
 import privfl
-from privfl.data.mnist import images_to_float, load_bundled_mnist, load_mnist
+from privfl.builtin.datasets import MNISTSource
 from privfl.data.partition import iid
 from privfl.models import TwoNN
 from privfl.testing import make_plugin_manager
@@ -60,9 +60,9 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.955)
     parser.add_argument("--optimizers", nargs="+", default=list(GRID))
     args = parser.parse_args()
-    data = load_mnist(args.data_dir) if args.data_dir else load_bundled_mnist()
-    train = privfl.TensorPair(images_to_float(data.train_images), data.train_labels)
-    test = privfl.TensorPair(images_to_float(data.test_images), data.test_labels)
+    data = MNISTSource(args.data_dir).load()
+    train = data.train
+    test = data.test
     print(f"rounds to {args.target:.1%} test accuracy (2NN, IID, 100 clients, 10 per round)")
     print(f"{'optimizer':<12}{'server lr':>10}{'rounds':>8}{'best acc':>10}")
     for optimizer in args.optimizers:
