@@ -69,7 +69,7 @@ class NoiselessDP(privfl.PrivacyMechanism):
     def __init__(self, *, clip: float, **_: object) -> None:
         self.clip = clip
 
-    def client_step(self, update, *, generator, statistics):
+    def client_step(self, update, *, config, generator, statistics):
         return clip_to_norm(update, self.clip)[0]
 
 

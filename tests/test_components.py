@@ -11,7 +11,9 @@ from privfl.builtin.evaluators import PlaintextEvaluator
 from privfl.builtin.executors import SINGLE_THREAD_FLOPS, training_threads
 from privfl.builtin.samplers import AllSampler, PoissonSampler, UniformSampler
 from privfl.builtin.server_optimizers import ServerSGD
-from privfl.client import ClientWork, LocalTraining
+from privfl.client import LocalTraining
+from privfl.client_data import PartitionedData
+from privfl.client_runtime import ClientApp
 from privfl.components import TensorPair
 from privfl.models import CNN, TwoNN, count_parameters
 
@@ -91,12 +93,11 @@ def test_thread_choice_follows_the_work():
     train = TensorPair(torch.zeros(20, 1, 28, 28), torch.zeros(20, dtype=torch.long))
 
     def work(model, batch_size):
-        return ClientWork(
+        return ClientApp(
             model=model,
-            train=train,
-            partition=[torch.arange(20)],
             loss=torch.nn.functional.cross_entropy,
             training=LocalTraining(batch_size=batch_size),
+            data=PartitionedData(train, [torch.arange(20)]),
         )
 
     assert training_threads(work(TwoNN(), 10)) == 1

@@ -19,18 +19,35 @@ SECURE = {"secure_noise": True}
 
 def bound(mechanism: DPFedAvg, *, expected: float = 10.0, kind: str = "poisson") -> DPFedAvg:
     sampling = privfl.Sampling(kind, 100, rate=expected / 100 if kind == "poisson" else None)
-    mechanism.bind(accountant=RdpPrivacyAccountant(), sampling=sampling, expected_clients=expected)
+    mechanism.setup(
+        privfl.MechanismSetup(
+            sampling=sampling,
+            expected_clients=expected,
+            num_clients=100,
+            dimension=10,
+            seed=0,
+            position=0,
+            create=lambda kind, name: RdpPrivacyAccountant(),
+        )
+    )
     return mechanism
 
 
+def client_step(mechanism: DPFedAvg, update: torch.Tensor, generator: torch.Generator):
+    """The client half, with the config its server half sends for a round."""
+    config = mechanism.client_config(round=1, client_ids=[0])
+    return mechanism.client_step(update, config=config, generator=generator, statistics={})
+
+
 def server_noise(mechanism: DPFedAvg, *, dim: int, expected: float) -> torch.Tensor:
-    return mechanism.server_step(
+    aggregate, _ = mechanism.server_step(
         torch.zeros(dim),
         expected_clients=expected,
         contributors=int(expected),
         statistics={},
         generator=torch.Generator().manual_seed(1),
     )
+    return aggregate
 
 
 @pytest.mark.parametrize("secure", [True, False])
@@ -68,7 +85,7 @@ def test_client_step_clips_to_c_and_leaves_small_updates_alone():
     for scale in (0.01, 0.5, 3.0, 100.0):
         update = torch.randn(1000, generator=generator)
         update = update / update.norm() * scale
-        clipped = mechanism.client_step(update, generator=generator, statistics={})
+        clipped = client_step(mechanism, update, generator)
         assert float(clipped.norm()) <= 1.0 + 1e-5
         if scale <= 1.0:
             assert torch.equal(clipped, update)
@@ -76,7 +93,7 @@ def test_client_step_clips_to_c_and_leaves_small_updates_alone():
 
 def test_local_mode_noises_each_client_with_z_c():
     mechanism = bound(DPFedAvg(clip=0.5, noise_multiplier=2.0, mode="local", **SECURE))
-    noised = mechanism.client_step(torch.zeros(200_000), generator=torch.Generator(), statistics={})
+    noised = client_step(mechanism, torch.zeros(200_000), torch.Generator())
     assert float(noised.std()) == pytest.approx(2.0 * 0.5, rel=0.03)
 
 
@@ -86,8 +103,7 @@ def test_distributed_mode_shares_sum_to_z_c():
         DPFedAvg(clip=0.5, noise_multiplier=2.0, mode="distributed", **SECURE), expected=expected
     )
     shares = [
-        mechanism.client_step(torch.zeros(40_000), generator=torch.Generator(), statistics={})
-        for _ in range(int(expected))
+        client_step(mechanism, torch.zeros(40_000), torch.Generator()) for _ in range(int(expected))
     ]
     assert float(torch.stack(shares).sum(0).std()) == pytest.approx(2.0 * 0.5, rel=0.03)
     # Fewer contributors than planned: the round is accounted with less noise.
@@ -230,9 +246,7 @@ def test_bad_options_name_the_key(option, value):
 
 def test_huge_finite_updates_are_clipped_and_nan_ones_left_to_screening():
     mechanism = bound(DPFedAvg(clip=1.0, **SECURE))
-    huge = mechanism.client_step(
-        torch.full((1000,), 3e38), generator=torch.Generator(), statistics={}
-    )
+    huge = client_step(mechanism, torch.full((1000,), 3e38), torch.Generator())
     assert float(huge.double().norm()) == pytest.approx(1.0, rel=1e-5)
     nan = torch.full((10,), float("nan"))
-    assert mechanism.client_step(nan, generator=torch.Generator(), statistics={}) is nan
+    assert client_step(mechanism, nan, torch.Generator()) is nan

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import privfl
-from privfl.client import ClientWork, LocalTraining, flatten_gradients, flatten_parameters
-from privfl.records import ClientTask
+from privfl.client import LocalTraining, flatten_gradients, flatten_parameters
+from privfl.client_runtime import ClientHost
+from privfl.messages import Message, decode, encode
 from privfl.seeding import derive_seed, torch_generator
-from privfl.testing import tiny_dataset, tiny_federation
+from privfl.testing import ClearSum, tiny_dataset, tiny_federation
 
 
 def _train_by_hand(model, inputs, targets, order, lr, batch_size):
@@ -36,9 +37,10 @@ def test_one_round_is_fedavg_of_locally_trained_models():
     for client in range(3):
         task_seed = derive_seed(0, "client", 1, client)
         shuffle = torch_generator(task_seed, "shuffle")
-        indices = fed.partition[client]
+        train = fed.client_data.train
+        indices = fed.client_data.partition[client]
         order = indices[torch.randperm(len(indices), generator=shuffle)]
-        locals_.append(_train_by_hand(model0, fed.train.inputs, fed.train.targets, order, 0.1, 10))
+        locals_.append(_train_by_hand(model0, train.inputs, train.targets, order, 0.1, 10))
         sizes.append(len(indices))
     weights = torch.tensor(sizes, dtype=torch.float32)
     expected = (weights[:, None] * torch.stack(locals_)).sum(0) / weights.sum()
@@ -61,21 +63,24 @@ def test_same_seed_gives_bitwise_identical_parameters():
     assert not torch.equal(a.params, c.params)
 
 
-def test_client_work_is_independent_of_order_and_rebuildable():
+def test_client_halves_answer_the_same_in_any_order_and_after_encoding():
     fed = tiny_federation(num_clients=4)
-    tasks = [ClientTask(client_id=c, round=1, seed=100 + c) for c in range(4)]
-    forward = [fed.client_work(t, fed.params) for t in tasks]
-    fresh = ClientWork(
-        model=fed.model,
-        train=fed.train,
-        partition=fed.partition,
-        loss=fed.loss,
-        training=fed.training,
-    )
-    backward = [fresh(t, fed.params) for t in reversed(tasks)][::-1]
-    for one, other in zip(forward, backward, strict=True):
-        assert torch.equal(one.update, other.update)
-        assert one.num_examples == len(fed.partition[one.client_id])
+
+    def task(client):
+        values = {"round": 1, "seed": 100 + client, "config": []}
+        return Message("train", values, {"params": fed.params})
+
+    forward = [ClientHost(fed.client_app).handle(c, task(c)) for c in range(4)]
+    fresh = ClientHost(fed.client_app)
+    backward = [
+        decode(encode(fresh.handle(c, decode(encode(task(c)), sender="the server"))), sender="c")
+        for c in reversed(range(4))
+    ][::-1]
+    for client, (one, other) in enumerate(zip(forward, backward, strict=True)):
+        assert one.kind == other.kind == "update"
+        assert torch.equal(one.tensors["update"], other.tensors["update"])
+        assert one.values == other.values
+        assert one.values["num_examples"] == len(fed.client_data.partition[client])
 
 
 def test_flatten_parameters_makes_views():
@@ -99,7 +104,7 @@ def test_rejected_nan_update_leaves_round_going():
     class NaNClientZero(privfl.PrivacyMechanism):
         name = "nan-zero"
 
-        def client_step(self, update, *, generator, statistics):
+        def client_step(self, update, *, config, generator, statistics):
             return update * float("nan") if float(update.abs().sum()) > 0 else update
 
     fed = tiny_federation(mechanisms=[NaNClientZero()])
@@ -113,7 +118,7 @@ def test_wrong_shape_update_is_rejected():
     class Truncate(privfl.PrivacyMechanism):
         name = "truncate"
 
-        def client_step(self, update, *, generator, statistics):
+        def client_step(self, update, *, config, generator, statistics):
             return update[:-1]
 
     fed = tiny_federation(mechanisms=[Truncate()])
@@ -189,7 +194,7 @@ def test_huge_but_finite_update_is_accepted():
     class Huge(privfl.PrivacyMechanism):
         name = "huge"
 
-        def client_step(self, update, *, generator, statistics):
+        def client_step(self, update, *, config, generator, statistics):
             return torch.full_like(update, 3e38)  # the sum overflows; every value is finite
 
     fed = tiny_federation(mechanisms=[Huge()])
@@ -209,30 +214,20 @@ def test_flat_gradients_hold_the_whole_gradient():
 
 
 def test_replaced_gradients_are_detected_not_ignored():
-    fed = tiny_federation()
-
     def drop_gradients(module, args):
         for p in module.parameters():
             p.grad = None
 
-    fed.client_work.model.register_forward_pre_hook(drop_gradients)
+    model = torch.nn.Linear(8, 2)
+    model.register_forward_pre_hook(drop_gradients)  # the client halves' copies keep it
+    fed = tiny_federation(model=model)
     with pytest.raises(RuntimeError, match="not accumulated into the flat gradient"):
         fed.run(1)
 
 
-class _PlainSum(privfl.PrivacyMechanism):
-    """A stand-in for secure aggregation that sums in the clear."""
-
-    name = "plain-sum"
-    sums_securely = True
-
-    def secure_sum(self, contributions, *, client_ids, round):
-        return privfl.SecureSum(total=contributions.sum(dim=0), contributors=list(client_ids))
-
-
 def test_fedavg_from_sums_equals_fedavg_on_stacked_updates():
     stacked = tiny_federation(num_clients=6)
-    summed = tiny_federation(num_clients=6, mechanisms=[_PlainSum()])
+    summed = tiny_federation(num_clients=6, mechanisms=[ClearSum()])
     stacked.run(2)
     summed.run(2)
     assert torch.allclose(stacked.params, summed.params, atol=1e-6)
@@ -241,17 +236,17 @@ def test_fedavg_from_sums_equals_fedavg_on_stacked_updates():
 
 def test_a_sum_mechanism_with_a_robust_aggregator_is_refused_at_configuration():
     with pytest.raises(privfl.ConfigError, match="reveals only their sum"):
-        tiny_federation(mechanisms=[_PlainSum()], aggregator="median")
+        tiny_federation(mechanisms=[ClearSum()], aggregator="median")
 
 
 def test_two_secure_sum_mechanisms_are_refused():
     with pytest.raises(privfl.ConfigError, match="at most one secure-aggregation"):
-        tiny_federation(mechanisms=[_PlainSum(), _PlainSum()])
+        tiny_federation(mechanisms=[ClearSum(), ClearSum()])
 
 
 def test_aborted_round_keeps_the_model_and_says_why():
-    class Abort(_PlainSum):
-        def secure_sum(self, contributions, *, client_ids, round):
+    class Abort(ClearSum):
+        def secure_sum(self, *, round, client_ids, first, exchange):
             raise privfl.RoundAborted("only 1 of 4 clients left, threshold 3")
 
     fed = tiny_federation(mechanisms=[Abort()])

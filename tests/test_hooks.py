@@ -79,13 +79,13 @@ def test_hook_register_mechanisms():
     class Clip(privfl.PrivacyMechanism):
         name = "clip-to-zero"
 
-        def client_step(self, update, *, generator, statistics):
+        def client_step(self, update, *, config, generator, statistics):
             calls.append("client")
             return torch.zeros_like(update)
 
         def server_step(self, aggregate, *, expected_clients, contributors, statistics, generator):
             calls.append(("server", expected_clients, contributors))
-            return aggregate
+            return aggregate, {}
 
     class Plugin:
         @hookimpl
@@ -151,8 +151,12 @@ def test_hook_register_executors():
     class Reversed(privfl.Executor):
         name = "reversed"
 
-        def run(self, work, tasks, global_params):
-            return [work(task, global_params) for task in reversed(tasks)][::-1]
+        def start(self, app):
+            self.host = privfl.ClientHost(app)
+
+        def send_and_receive(self, messages):
+            replies = {c: self.host.handle(c, messages[c]) for c in reversed(list(messages))}
+            return {c: replies[c] for c in messages}
 
     class Plugin:
         @hookimpl
@@ -221,7 +225,7 @@ class ConfigPlugin:
 def test_hook_register_datasets():
     fed, data = build_federation(_tiny_config(), plugins=make_plugin_manager([ConfigPlugin()]))
     assert data.source == "made in memory"
-    assert len(fed.train) == 200
+    assert len(fed.client_data.train) == 200
 
 
 def test_hook_register_models():
@@ -232,7 +236,7 @@ def test_hook_register_models():
 
 def test_hook_register_partitioners():
     fed, _ = build_federation(_tiny_config(), plugins=make_plugin_manager([ConfigPlugin()]))
-    assert [p.tolist() for p in fed.partition] == [list(range(100)), list(range(100, 200))]
+    assert [p.tolist() for p in fed.client_data.partition] == [list(range(100)), list(range(100, 200))]
 
 
 def test_hook_configure():
@@ -282,7 +286,7 @@ def test_hook_update_received():
     fed = tiny_federation(plugins=[RejectOdd()])
     (record,) = fed.run(1)
     assert record.rejected == {1: "odd client", 3: "odd client"}
-    assert record.num_examples == sum(len(fed.partition[c]) for c in (0, 2))
+    assert record.num_examples == sum(len(fed.client_data.partition[c]) for c in (0, 2))
 
 
 def test_hook_round_finish():

@@ -6,24 +6,10 @@ import pytest
 import torch
 
 import privfl
-from privfl.testing import tiny_federation
+from privfl.testing import ClearSum, tiny_federation
 
 LOST = ("advertise_keys", "share_keys", "masked_input")
 """Phases in which a dropout keeps the client's input out of the sum."""
-
-
-class _SubsetSum(privfl.PrivacyMechanism):
-    """Sums, in the clear, only the rows of the given clients."""
-
-    name = "subset-sum"
-    sums_securely = True
-
-    def __init__(self, keep):
-        self.keep = set(keep)
-
-    def secure_sum(self, contributions, *, client_ids, round):
-        rows = [i for i, c in enumerate(client_ids) if c in self.keep]
-        return privfl.SecureSum(contributions[rows].sum(dim=0), sorted(self.keep))
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,7 +40,7 @@ def test_dropouts_leave_exactly_the_survivors_in_the_sum():
     lost = {c for phase in LOST for c in dropped.get(phase, [])}
     survivors = set(range(10)) - lost
     assert record.values["secagg_contributors"] == len(survivors)
-    reference = tiny_federation(num_clients=10, mechanisms=[_SubsetSum(survivors)])
+    reference = tiny_federation(num_clients=10, mechanisms=[ClearSum(keep=survivors)])
     reference.run(1)
     assert relative_error(secure.params - start, reference.params - start) < 1e-4
 

@@ -6,7 +6,9 @@ partition, and call :meth:`Federation.run`. Plugins implement the hooks in
 subclass the base classes exported here.
 """
 
-from privfl.client import ClientWork, LocalTraining
+from privfl.client import ClientData, LocalTrainer, LocalTraining
+from privfl.client_data import ClientDataSource, FolderData, PartitionedData, write_client_folders
+from privfl.client_runtime import ClientApp, ClientHost
 from privfl.components import (
     Accountant,
     Aggregator,
@@ -17,10 +19,12 @@ from privfl.components import (
     DatasetSource,
     Evaluator,
     Executor,
+    MechanismSetup,
     Partitioner,
     PrivacyMechanism,
     Sampling,
     SecureSum,
+    SecureSumClient,
     ServerOptimizer,
     TensorPair,
 )
@@ -33,8 +37,9 @@ from privfl.errors import (
     RoundAborted,
 )
 from privfl.federation import Federation, accuracy
+from privfl.messages import Failure, Message, MessageError
 from privfl.plugins import get_plugin_manager, hookimpl
-from privfl.records import ClientResult, ClientTask, RoundRecord
+from privfl.records import ClientResult, RoundRecord
 
 __version__ = "0.1.0.dev0"
 
@@ -42,10 +47,12 @@ __all__ = [
     "Accountant",
     "Aggregator",
     "Attack",
+    "ClientApp",
+    "ClientData",
+    "ClientDataSource",
+    "ClientHost",
     "ClientResult",
     "ClientSampler",
-    "ClientTask",
-    "ClientWork",
     "Component",
     "ConfigError",
     "DataError",
@@ -53,8 +60,15 @@ __all__ = [
     "Datasets",
     "Evaluator",
     "Executor",
+    "Failure",
     "Federation",
+    "FolderData",
+    "LocalTrainer",
     "LocalTraining",
+    "MechanismSetup",
+    "Message",
+    "MessageError",
+    "PartitionedData",
     "Partitioner",
     "PluginError",
     "PrivacyMechanism",
@@ -64,10 +78,12 @@ __all__ = [
     "RoundRecord",
     "Sampling",
     "SecureSum",
+    "SecureSumClient",
     "ServerOptimizer",
     "TensorPair",
     "__version__",
     "accuracy",
     "get_plugin_manager",
     "hookimpl",
+    "write_client_folders",
 ]

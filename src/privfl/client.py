@@ -1,29 +1,26 @@
-"""Client-side work: local training, then the privacy mechanisms' client steps.
+"""Local training: the arithmetic a client half runs on its own data.
 
-:class:`ClientWork` holds everything a client needs and nothing of the server's: a
-model of the right architecture, the dataset tensors with each client's index array,
-the loss, the local-training settings and the mechanisms. It can be built in another
-process from plain data, so executors can run clients anywhere.
-
-Speed by design: clients hold index arrays into one dataset tensor (no per-client
-DataLoader or copy); the model's parameters and their gradients are views into two
-flat float32 vectors (:func:`flatten_parameters`, :func:`flatten_gradients`), so
-loading the global model is one copy, clearing the gradients one fill, an SGD step
-one fused multiply-add, and reading the result one subtraction.
+:class:`LocalTrainer` trains one client at a time from the global parameters and
+returns ``local - global``. Speed by design: simulated clients hold index arrays into
+one dataset tensor (:class:`ClientData`, no per-client DataLoader or copy); the model's
+parameters and their gradients are views into two flat float32 vectors
+(:func:`flatten_parameters`, :func:`flatten_gradients`), so loading the global model is
+one copy, clearing the gradients one fill, an SGD step one fused multiply-add, and
+reading the result one subtraction. One trainer (one model copy) serves every client
+of a process, so 10,000 simulated clients cost no more models than 10.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from privfl.components import Attack, PrivacyMechanism, TensorPair
+from privfl.components import TensorPair
 from privfl.errors import ConfigError
-from privfl.records import ClientResult, ClientTask
 from privfl.seeding import torch_generator
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -86,7 +83,7 @@ def flatten_gradients(model: torch.nn.Module) -> torch.Tensor:
 
     Autograd accumulates into an existing ``.grad`` in place when nothing else holds
     it, so after ``backward()`` the vector holds the whole gradient.
-    :meth:`ClientWork.__call__` checks that this held, since an out-of-place
+    :meth:`LocalTrainer.train` checks that this held, since an out-of-place
     accumulation would leave the vector silently stale.
     """
     params = list(model.parameters())
@@ -98,61 +95,70 @@ def flatten_gradients(model: torch.nn.Module) -> torch.Tensor:
     return flat
 
 
-class ClientWork:
-    """The work of one client in one round, callable with a task and the global model.
+@dataclass(frozen=True)
+class ClientData:
+    """One data owner's training examples: rows ``indices`` of ``examples``.
 
-    :param model: A module of the federation's architecture; a private copy is kept.
-    :param train: The training tensors shared by all clients.
-    :param partition: One int64 index tensor per client into ``train``.
-    :param loss: Maps (outputs, targets) to a scalar mean loss.
-    :param training: Local-training settings.
-    :param mechanisms: Privacy mechanisms whose ``client_step`` runs on each update.
-    :param attack: The simulated attack, whose ``poison_targets`` malicious clients use.
-    :param malicious: Ids of the malicious clients.
+    A simulated client's data is its index array into the federation's one dataset
+    tensor (no copy); a real data owner's is its own tensors with all rows selected.
+    Training reads batches the same way in both cases, so both give the same bytes.
     """
 
-    def __init__(
-        self,
-        *,
-        model: torch.nn.Module,
-        train: TensorPair,
-        partition: Sequence[torch.Tensor],
-        loss: Loss,
-        training: LocalTraining,
-        mechanisms: Sequence[PrivacyMechanism] = (),
-        attack: Attack | None = None,
-        malicious: frozenset[int] = frozenset(),
-    ) -> None:
+    examples: TensorPair
+    indices: torch.Tensor
+
+    @classmethod
+    def owned(cls, examples: TensorPair) -> ClientData:
+        """Data a client holds on its own: every row of ``examples``."""
+        return cls(examples, torch.arange(len(examples)))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class LocalTrainer:
+    """Local training on flat vectors: one model copy serves every client of a process.
+
+    :param model: A module of the federation's architecture; a private copy is kept.
+    :param loss: Maps (outputs, targets) to a scalar mean loss.
+    :param training: Local-training settings.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss: Loss, training: LocalTraining) -> None:
         self.model = copy.deepcopy(model)
         self.flat = flatten_parameters(self.model)
         self.flat_grad = flatten_gradients(self.model)
         self._grad_pointers = [p.grad.data_ptr() for p in self.model.parameters()]
-        self.train = train
-        self.partition = partition
         self.loss = loss
         self.training = training
-        self.mechanisms = tuple(mechanisms)
-        self.attack = attack
-        self.malicious = malicious
-        self.num_classes = int(train.targets.max()) + 1 if attack is not None else 0
 
-    def __call__(self, task: ClientTask, global_params: torch.Tensor) -> ClientResult:
-        """Train from ``global_params`` on the task's client and return its update."""
-        indices = self.partition[task.client_id]
-        generator = torch_generator(task.seed, "shuffle")
+    def train(
+        self,
+        data: ClientData,
+        global_params: torch.Tensor,
+        *,
+        seed: int,
+        poison: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """Train from ``global_params`` on ``data``; return ``(local - global, mean loss)``.
+
+        :param seed: The client's seed for the round; the batch order comes from it.
+        :param poison: Replaces each batch's targets (a simulated label attack).
+        """
+        generator = torch_generator(seed, "shuffle")
         self.flat.copy_(global_params)
         self.model.train()
         losses: list[torch.Tensor] = []
         size, lr, mu = self.training.batch_size, self.training.lr, self.training.proximal_mu
-        poisoned = self.attack is not None and task.client_id in self.malicious
+        inputs_all, targets_all = data.examples.inputs, data.examples.targets
         for _ in range(self.training.epochs):
-            order = indices[torch.randperm(len(indices), generator=generator)]
+            order = data.indices[torch.randperm(len(data.indices), generator=generator)]
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
-                inputs = self.train.inputs.index_select(0, batch)
-                targets = self.train.targets.index_select(0, batch)
-                if poisoned:
-                    targets = self.attack.poison_targets(targets, num_classes=self.num_classes)
+                inputs = inputs_all.index_select(0, batch)
+                targets = targets_all.index_select(0, batch)
+                if poison is not None:
+                    targets = poison(targets)
                 self.flat_grad.zero_()
                 loss = self.loss(self.model(inputs), targets)
                 loss.backward()
@@ -161,21 +167,8 @@ class ClientWork:
                 self.flat.add_(self.flat_grad, alpha=-lr)  # plain SGD on all parameters
                 losses.append(loss.detach())
         self._check_gradient_views()
-        update = self.flat - global_params
-        statistics: dict[str, float] = {}
-        for position, mechanism in enumerate(self.mechanisms):
-            update = mechanism.client_step(
-                update,
-                generator=torch_generator(task.seed, "mechanism", position),
-                statistics=statistics,
-            )
-        return ClientResult(
-            client_id=task.client_id,
-            update=update,
-            num_examples=len(indices),
-            train_loss=float(torch.stack(losses).mean()) if losses else float("nan"),
-            statistics=statistics,
-        )
+        train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+        return self.flat - global_params, train_loss
 
     def _check_gradient_views(self) -> None:
         pointers = [p.grad.data_ptr() if p.grad is not None else 0 for p in self.model.parameters()]

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from privfl.client import ClientWork
-    from privfl.records import ClientResult, ClientTask
+    from privfl.client_runtime import ClientApp
+    from privfl.messages import Failure, Message
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """A metric maps (logits, targets) to one value per example; privfl averages them."""
@@ -104,10 +104,15 @@ class Aggregator(Component):
     """Combines a round's updates into one."""
 
     works_on_secure_sum: ClassVar[bool] = False
-    """True when the rule is a weighted mean, ``sum_k w_k * update_k / sum_k w_k`` with
-    ``w_k = client_weight(n_k)``, so privfl can compute it from sums alone: behind
-    secure aggregation, or with client-level DP's fixed denominator. Rules that look
-    at individual updates (trimmed mean, median, Krum) say False."""
+    """True when the rule is a weighted mean, ``sum_k w_k * update_k / sum_k w_k``, so
+    privfl can compute it from sums alone: behind secure aggregation, or with
+    client-level DP's fixed denominator. Rules that look at individual updates
+    (trimmed mean, median, Krum) say False."""
+
+    weighting: ClassVar[Literal["examples", "unit"]] = "examples"
+    """A client's weight ``w_k`` in a sum: its example count (``"examples"``, as FedAvg
+    weights) or one vote each (``"unit"``). It is data, not a method, because behind
+    secure aggregation each client weights its own contribution."""
 
     @abstractmethod
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -115,14 +120,6 @@ class Aggregator(Component):
 
         ``weights`` are the clients' example counts; rules that ignore them may.
         """
-
-    def client_weight(self, num_examples: int) -> float:
-        """A client's weight ``w_k`` in the sum, for rules that work on a secure sum.
-
-        The default weights by examples, as FedAvg does; a rule that gives every
-        client one vote returns 1.
-        """
-        return float(num_examples)
 
 
 class ServerOptimizer(Component):
@@ -137,14 +134,41 @@ class ServerOptimizer(Component):
         """
 
 
-class PrivacyMechanism(Component):
-    """Transforms updates where the client runs, sums them, and transforms the aggregate.
+@dataclass(frozen=True)
+class MechanismSetup:
+    """What the core tells a privacy mechanism once, before the first round.
 
-    Client steps run inside :class:`privfl.client.ClientWork`, which can be rebuilt in
-    another process from plain data, so they must not reach the server's state.
-    A mechanism is one or more of: a client-side transform (:meth:`client_step`: clip,
-    noise), a secure summation (:attr:`sums_securely` and :meth:`secure_sum`), and a
-    server-side transform (:meth:`server_step`: central noise, accounting).
+    :ivar sampling: How the sampler draws clients, or None if it cannot say.
+    :ivar expected_clients: The sampler's expected number of clients per round.
+    :ivar num_clients: The number of clients in the federation.
+    :ivar dimension: The number of model parameters (the length of an update).
+    :ivar seed: The federation's root seed.
+    :ivar position: The mechanism's position in the federation's list.
+    :ivar create: Builds another registered component, ``create(kind, name)``, with
+        the options the run gives it (DP builds its accountant this way).
+    """
+
+    sampling: Sampling | None
+    expected_clients: float
+    num_clients: int
+    dimension: int
+    seed: int
+    position: int
+    create: Callable[[str, str], Any]
+
+
+class PrivacyMechanism(Component):
+    """A privacy step with a client half and a server half that meet only in messages.
+
+    The **server half** is set up once (:meth:`setup`), says per round what the
+    clients need (:meth:`client_config`, sent with each client's task) and transforms
+    the aggregate (:meth:`server_step`: central noise, accounting), returning the
+    values the round's record gets. The **client half** runs where the client runs, on
+    the client's own update, from that config alone (:meth:`client_step`: clip,
+    noise). A secure-aggregation mechanism (:attr:`sums_securely`) also has a
+    client-side protocol object (:meth:`secure_client`) and a server-side one
+    (:meth:`secure_sum`) that exchange the protocol's messages, so that the server
+    learns the sum of the contributions and never one of them.
     """
 
     fixed_denominator: ClassVar[bool] = False
@@ -158,24 +182,60 @@ class PrivacyMechanism(Component):
     contributions through :meth:`secure_sum`, never a single one. At most one mechanism
     of a federation may say so, and its aggregator must work on a secure sum."""
 
-    def client_step(
-        self, update: torch.Tensor, *, generator: torch.Generator, statistics: dict[str, float]
-    ) -> torch.Tensor:
-        """Transform one client's update (clip, noise); default: unchanged.
+    def setup(self, context: MechanismSetup) -> None:
+        """Server half: prepare for a run (build an accountant, derive seeds); default: nothing.
 
-        A mechanism may also put scalars in ``statistics`` (such as whether the update
-        was below the clip norm); privfl sums them with the updates, under secure
-        aggregation too, and hands their mean to :meth:`server_step`.
+        Raise :class:`privfl.ConfigError` when the mechanism cannot work in this
+        federation (for example DP with a sampler that cannot state its scheme).
+        """
+
+    def client_config(self, *, round: int, client_ids: Sequence[int]) -> dict[str, Any]:
+        """Server half: what each client's half needs this round; default: nothing.
+
+        Values must be JSON-safe or tensors; they travel in the ``train`` message.
+        """
+        return {}
+
+    def client_step(
+        self,
+        update: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generator: torch.Generator,
+        statistics: dict[str, float],
+    ) -> torch.Tensor:
+        """Client half: transform one client's update (clip, noise); default: unchanged.
+
+        :param config: This round's :meth:`client_config`, as the client received it.
+        :param generator: Randomness derived from (seed, round, client, position).
+        :param statistics: A mechanism may put scalars here (such as whether the update
+            was below the clip norm); privfl sums them with the updates, under secure
+            aggregation too, and hands their mean to :meth:`server_step`.
         """
         return update
 
-    def secure_sum(
-        self, contributions: torch.Tensor, *, client_ids: list[int], round: int
-    ) -> SecureSum:
-        """Sum the rows of ``contributions`` (one per client) so that only the sum is revealed.
+    def secure_client(self, *, client_id: int, config: Mapping[str, Any]) -> SecureSumClient:
+        """Client half of a secure sum: the protocol object of one client for one round."""
+        raise NotImplementedError(f"{type(self).__name__} does not sum securely")
 
-        Called only when :attr:`sums_securely` is True. Raises
-        :class:`privfl.RoundAborted` when too few clients remain to finish the round.
+    def secure_sum(
+        self,
+        *,
+        round: int,
+        client_ids: Sequence[int],
+        first: Mapping[int, bytes],
+        exchange: Exchange,
+    ) -> SecureSum:
+        """Server half of a secure sum: run the protocol's phases through ``exchange``.
+
+        Called only when :attr:`sums_securely` is True.
+
+        :param client_ids: The clients the round's tasks went to.
+        :param first: The first protocol message of each client that answered its task.
+        :param exchange: ``exchange(phase, {client: bytes})`` sends each client its
+            message of ``phase`` and returns the replies that came back; a client
+            missing from them dropped out.
+        :raises privfl.RoundAborted: when too few clients remain to finish the round.
         """
         raise NotImplementedError(f"{type(self).__name__} does not sum securely")
 
@@ -187,26 +247,49 @@ class PrivacyMechanism(Component):
         contributors: int,
         statistics: Mapping[str, float],
         generator: torch.Generator,
-    ) -> torch.Tensor:
-        """Transform the aggregated update (central noise, accounting); default: unchanged.
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Server half: transform the aggregate; return it and values for the round's record.
 
         :param expected_clients: The sampler's expected clients per round.
         :param contributors: How many clients' contributions are in the aggregate.
         :param statistics: Mean of the clients' statistics (see :meth:`client_step`).
+        :returns: The new aggregate and values such as ``epsilon`` for the record.
         """
-        return aggregate
+        return aggregate, {}
 
-    def round_values(self) -> dict[str, Any]:
-        """Values to add to the round's record (such as ``epsilon``); default: none."""
-        return {}
+
+Exchange = Callable[[str, Mapping[int, bytes]], dict[int, bytes]]
+"""Sends one protocol phase's messages to clients and returns the replies that came."""
+
+
+class SecureSumClient(ABC):
+    """One client's side of a secure sum, kept by the client half between messages."""
+
+    first_phase: ClassVar[str]
+    """The phase whose message :meth:`start` returns."""
+
+    @abstractmethod
+    def start(self, contribution: torch.Tensor) -> bytes:
+        """Take the client's contribution (kept secret) and return its first message."""
+
+    @abstractmethod
+    def step(self, phase: str, data: bytes) -> bytes:
+        """Answer the server's message of ``phase``."""
+
+    @property
+    @abstractmethod
+    def finished(self) -> bool:
+        """True once the client has sent its last message of the round."""
 
 
 @dataclass(frozen=True)
 class SecureSum:
-    """The result of a secure summation: the sum and whose contributions it holds."""
+    """The result of a secure summation: the sum, whose contributions it holds, and
+    values for the round's record (protocol cost, dropouts)."""
 
     total: torch.Tensor
     contributors: list[int]
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 class Accountant(Component):
@@ -268,13 +351,27 @@ class Attack(Component):
 
 
 class Executor(Component):
-    """Runs the local training of a round's clients."""
+    """Where clients run: the transport between the server half and the client halves.
+
+    The one seam where "where clients run" varies. :meth:`start` gets the client
+    half's definition (each client built from it owns its data); then every round
+    the server half calls :meth:`send_and_receive` with one message per client and
+    gets each client's reply, or a :class:`~privfl.messages.Failure` for a client that
+    dropped, timed out or could not be reached. Replies are the client halves' own
+    answers: an executor must not change them, and for the same seed every executor
+    returns the same replies where the arithmetic is the same.
+    """
 
     @abstractmethod
-    def run(
-        self, work: ClientWork, tasks: Sequence[ClientTask], global_params: torch.Tensor
-    ) -> list[ClientResult]:
-        """Run ``work`` for every task and return the results in task order."""
+    def start(self, app: ClientApp) -> None:
+        """Make the client halves of ``app`` reachable (build them lazily, start workers)."""
+
+    @abstractmethod
+    def send_and_receive(self, messages: Mapping[int, Message]) -> dict[int, Message | Failure]:
+        """Deliver ``messages`` (client id -> message) and return client id -> reply."""
+
+    def close(self) -> None:
+        """Release what :meth:`start` acquired (workers, connections); default: nothing."""
 
 
 class Evaluator(Component):

@@ -1,9 +1,12 @@
 """The federation: the Python front door that runs rounds through the hooks.
 
-A :class:`Federation` is built from any ``torch.nn.Module``, training tensors with a
-partition (one index array per client), an optional test split, a loss, metrics, and
-components given by name or as instances. :meth:`Federation.run` calls the session
-and round hooks; everything that varies is a plugin.
+A :class:`Federation` is the server half of a federated-learning job plus the
+definition of its client half. It is built from any ``torch.nn.Module``, the clients'
+data (training tensors with a partition, simulated, or any
+:class:`~privfl.client_data.ClientDataSource` such as each owner's own folder), an
+optional test split, a loss, metrics, and components given by name or as instances.
+:meth:`Federation.run` calls the session and round hooks; everything that varies is a
+plugin. The server half reaches clients only through its executor's messages.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from privfl.client import ClientWork, LocalTraining, Loss, flatten_parameters
+from privfl.client import LocalTraining, Loss, flatten_parameters
+from privfl.client_data import ClientDataSource, PartitionedData
+from privfl.client_runtime import ClientApp
 from privfl.components import (
     Aggregator,
     Attack,
     ClientSampler,
     Evaluator,
     Executor,
+    MechanismSetup,
     Metric,
     PrivacyMechanism,
     ServerOptimizer,
@@ -50,8 +56,12 @@ class Federation:
 
     :param model: The global model; its current weights are the starting point.
     :param train: Training data as a :class:`TensorPair` or an ``(inputs, targets)``
-        pair of tensors (a ``TensorDataset``'s ``tensors`` works).
+        pair of tensors (a ``TensorDataset``'s ``tensors`` works), split among
+        simulated clients by ``partition``.
     :param partition: One index array (numpy or tensor) per client into ``train``.
+    :param client_data: Instead of ``train`` and ``partition``: where each client
+        half finds its own data (for example
+        :class:`~privfl.client_data.FolderData`, one file per owner).
     :param test: Optional test data, used by evaluators.
     :param loss: Maps (outputs, targets) to a scalar mean loss.
     :param metrics: Name -> per-example metric; defaults to ``{"accuracy": accuracy}``.
@@ -76,8 +86,9 @@ class Federation:
         self,
         *,
         model: torch.nn.Module,
-        train: TensorPair | Sequence[torch.Tensor],
-        partition: Sequence[np.ndarray | torch.Tensor],
+        train: TensorPair | Sequence[torch.Tensor] | None = None,
+        partition: Sequence[np.ndarray | torch.Tensor] | None = None,
+        client_data: ClientDataSource | None = None,
         test: TensorPair | Sequence[torch.Tensor] | None = None,
         loss: Loss = F.cross_entropy,
         metrics: Mapping[str, Metric] | None = None,
@@ -99,9 +110,8 @@ class Federation:
         self.hook = self.plugins.hook
         self.registry: ComponentRegistry = self.plugins.components
         self._options = {name: dict(opts) for name, opts in (options or {}).items()}
-        self.train = _as_pair(train, "train")
         self.test = _as_pair(test, "test") if test is not None else None
-        self.partition = _check_partition(partition, len(self.train))
+        self.client_data = _client_data(train, partition, client_data)
         self.model = copy.deepcopy(model)
         self._model_flat = flatten_parameters(self.model)
         self.params = self._model_flat.clone()
@@ -128,10 +138,11 @@ class Federation:
         self.attack: Attack | None = (
             None if attack is None else self._component("attack", attack, Attack)
         )
-        self.secure_mechanism: PrivacyMechanism | None = self._check_mechanisms()
+        self.secure_position: int | None = self._check_mechanisms()
+        """Position of the secure-aggregation mechanism in ``mechanisms``, or None."""
         self.fixed_denominator = any(m.fixed_denominator for m in self.mechanisms)
         """True when a mechanism (client-level DP) needs sums divided by expected clients."""
-        self.sums_only = self.fixed_denominator or self.secure_mechanism is not None
+        self.sums_only = self.fixed_denominator or self.secure_position is not None
         """True when the round aggregates from sums of contributions, not stacked updates."""
         self.malicious = self._choose_malicious(malicious_fraction) if attack else frozenset()
         self.round = 0
@@ -142,33 +153,34 @@ class Federation:
         self.console: Any = None
         self.stop_reason: str | None = None
         """Why the last :meth:`run` stopped early (a ``privfl_should_stop`` reason), or None."""
-        self._work: ClientWork | None = None
+        self._app: ClientApp | None = None
         self.evaluations: dict[str, dict[str, float]] = {}
         """The latest scores of each evaluator, by evaluator name."""
         self.stash: dict[str, Any] = {}
         """Per-federation state that plugins keep between hook calls, under their own keys."""
+        self._set_up_mechanisms()
         self.hook.privfl_configure(federation=self)
 
     @property
     def num_clients(self) -> int:
-        """The number of clients (length of the partition)."""
-        return len(self.partition)
+        """The number of clients."""
+        return self.client_data.num_clients
 
     @property
-    def client_work(self) -> ClientWork:
-        """The portable client-side work, built once and handed to the executor."""
-        if self._work is None:
-            self._work = ClientWork(
+    def client_app(self) -> ClientApp:
+        """The client half's definition, built once and handed to the executor."""
+        if self._app is None:
+            self._app = ClientApp(
                 model=self.model,
-                train=self.train,
-                partition=self.partition,
                 loss=self.loss,
                 training=self.training,
-                mechanisms=self.mechanisms,
+                data=self.client_data,
+                mechanisms=tuple(self.mechanisms),
                 attack=self.attack,
                 malicious=self.malicious,
+                num_classes=self._num_classes() if self.attack is not None else 0,
             )
-        return self._work
+        return self._app
 
     def components(self) -> dict[str, Any]:
         """Return the single components by kind (lists for evaluators and mechanisms)."""
@@ -214,6 +226,7 @@ class Federation:
         status, reason = "failed", None
         self.stop_reason = None
         try:
+            self.executor.start(self.client_app)
             self.hook.privfl_session_start(federation=self, start_round=start, total_rounds=rounds)
             for number in range(start, rounds + 1):
                 record = self.hook.privfl_round_protocol(federation=self, round=number)
@@ -232,7 +245,10 @@ class Federation:
             else:
                 status = "complete"
         finally:
-            self.hook.privfl_session_finish(federation=self, status=status, stop_reason=reason)
+            try:
+                self.executor.close()
+            finally:
+                self.hook.privfl_session_finish(federation=self, status=status, stop_reason=reason)
         return self.history[first_new:]
 
     def is_eval_round(self, number: int) -> bool:
@@ -296,12 +312,15 @@ class Federation:
         self.params = params.clone()
         self.round = int(state["round"])
 
-    def _check_mechanisms(self) -> PrivacyMechanism | None:
-        """Check that the mechanisms fit the aggregator; return the secure-sum one, if any."""
-        secure = [m for m in self.mechanisms if m.sums_securely]
+    def _check_mechanisms(self) -> int | None:
+        """Check the combination of mechanisms and aggregator, in one place, before any
+        round; return the position of the secure-sum mechanism, if any."""
+        secure = [i for i, m in enumerate(self.mechanisms) if m.sums_securely]
         if len(secure) > 1:
             raise ConfigError(
-                "mechanisms", [m.name for m in secure], "at most one secure-aggregation mechanism"
+                "mechanisms",
+                [self.mechanisms[i].name for i in secure],
+                "at most one secure-aggregation mechanism",
             )
         needs_sum = [m.name for m in self.mechanisms if m.fixed_denominator or m.sums_securely]
         if needs_sum and not self.aggregator.works_on_secure_sum:
@@ -312,7 +331,45 @@ class Federation:
                 f"{self.aggregator.name} must see every client's update, but secure aggregation "
                 "reveals only their sum and client-level DP bounds each client's share of a sum",
             )
+        poisons_updates = (
+            self.attack is not None
+            and type(self.attack).poison_updates is not Attack.poison_updates
+        )
+        if secure and poisons_updates:
+            raise ConfigError(
+                "attack",
+                self.attack.name,
+                "an attack on labels only with secure aggregation: this attack replaces "
+                "updates knowing the benign ones, which the server half never sees then",
+            )
         return secure[0] if secure else None
+
+    def _set_up_mechanisms(self) -> None:
+        """Call every mechanism's set-up with what it needs (the one contract for all)."""
+        sampling = self.sampler.sampling(self.num_clients)
+        for position, mechanism in enumerate(self.mechanisms):
+            mechanism.setup(
+                MechanismSetup(
+                    sampling=sampling,
+                    expected_clients=self.expected_clients,
+                    num_clients=self.num_clients,
+                    dimension=self.params.numel(),
+                    seed=self.seed,
+                    position=position,
+                    create=lambda kind, name: self.registry.create(
+                        kind, name, self.options_for(name)
+                    ),
+                )
+            )
+
+    def _num_classes(self) -> int:
+        """Number of classes, for label attacks: from the simulated training data, else the
+        test split, else client 0's data."""
+        if isinstance(self.client_data, PartitionedData):
+            return int(self.client_data.train.targets.max()) + 1
+        if self.test is not None:
+            return int(self.test.targets.max()) + 1
+        return int(self.client_data.load(0).examples.targets.max()) + 1
 
     def _choose_malicious(self, fraction: float) -> frozenset[int]:
         """The ids of ``round(fraction * clients)`` clients drawn with the seed."""
@@ -332,6 +389,28 @@ class Federation:
         if not isinstance(spec, base):
             raise ConfigError(kind, spec, f"a registered name or a {base.__name__} instance")
         return spec
+
+
+def _client_data(
+    train: TensorPair | Sequence[torch.Tensor] | None,
+    partition: Sequence[np.ndarray | torch.Tensor] | None,
+    client_data: ClientDataSource | None,
+) -> ClientDataSource:
+    """The clients' data source: given, or simulated from ``train`` and ``partition``."""
+    if client_data is not None:
+        if train is not None or partition is not None:
+            raise ConfigError(
+                "client_data",
+                type(client_data).__name__,
+                "either client_data or train and partition, not both",
+            )
+        return client_data
+    if train is None or partition is None:
+        raise ConfigError(
+            "train", None, "training data and a partition, or client_data (each client's own data)"
+        )
+    pair = _as_pair(train, "train")
+    return PartitionedData(pair, _check_partition(partition, len(pair)))
 
 
 def _as_pair(data: TensorPair | Sequence[torch.Tensor], key: str) -> TensorPair:

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "privfl.builtin.aggregators",
     "privfl.builtin.server_optimizers",
     "privfl.builtin.executors",
+    "privfl.builtin.process_executor",
     "privfl.builtin.evaluators",
     "privfl.builtin.smpc_evaluator",
     "privfl.builtin.datasets",

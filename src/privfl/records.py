@@ -1,7 +1,7 @@
-"""Plain data that travels through a round: client tasks, client results, round records.
+"""Plain data of a round on the server's side: client results and round records.
 
-These are deliberately simple dataclasses of tensors and numbers, so that client work
-can be sent to another process or machine and results can be written as JSON.
+A :class:`ClientResult` is what the server half reads from a client's ``update``
+message; a :class:`RoundRecord` is what a round writes to ``history.jsonl``.
 """
 
 from __future__ import annotations
@@ -13,25 +13,14 @@ from typing import Any
 import torch
 
 
-@dataclass(frozen=True)
-class ClientTask:
-    """What one client is asked to do in one round.
-
-    ``seed`` is derived from (root seed, round, client id), never from the order in
-    which tasks run, so results do not depend on the executor.
-    """
-
-    client_id: int
-    round: int
-    seed: int
-
-
 @dataclass
 class ClientResult:
-    """What one client sends back: its update and how many examples produced it.
+    """What the server half read from one client's reply: its update and example count.
 
     ``statistics`` holds scalars that the client's privacy mechanisms report (see
-    :meth:`privfl.PrivacyMechanism.client_step`); they are summed like updates.
+    :meth:`privfl.PrivacyMechanism.client_step`); they are summed like updates. Under
+    secure aggregation the server never holds the update (``update`` is empty) and
+    knows only the statistics' names.
     """
 
     client_id: int

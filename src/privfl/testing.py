@@ -15,13 +15,14 @@ Nothing here imports pytest, so the helpers work in any test runner.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from privfl.client import LocalTraining
-from privfl.components import TensorPair
+from privfl.components import Exchange, PrivacyMechanism, SecureSum, SecureSumClient, TensorPair
 from privfl.data.partition import iid
 from privfl.federation import Federation
 from privfl.plugins import PluginManager, get_plugin_manager
@@ -79,3 +80,48 @@ def tiny_federation(
     }
     settings.update(overrides)
     return Federation(**settings)
+
+
+class _ClearSumClient(SecureSumClient):
+    first_phase = "contribution"
+
+    def start(self, contribution: torch.Tensor) -> bytes:
+        return contribution.double().numpy().astype("<f8").tobytes()
+
+    def step(self, phase: str, data: bytes) -> bytes:
+        raise RuntimeError(f"a clear sum has one message; got phase {phase!r}")
+
+    @property
+    def finished(self) -> bool:
+        return True
+
+
+class ClearSum(PrivacyMechanism):
+    """A stand-in for secure aggregation that sums in the clear, for tests.
+
+    It follows the secure-sum contract with a one-message protocol: each client's
+    first message is its contribution (float64 bytes), and the server sums those of
+    the clients in ``keep`` (default: all that answered), so tests can check the
+    round's arithmetic around a secure sum without its cryptography.
+    """
+
+    name = "clear-sum"
+    sums_securely = True
+
+    def __init__(self, keep: Collection[int] | None = None) -> None:
+        self.keep = None if keep is None else set(keep)
+
+    def secure_client(self, *, client_id: int, config: Mapping[str, Any]) -> SecureSumClient:
+        return _ClearSumClient()
+
+    def secure_sum(
+        self,
+        *,
+        round: int,
+        client_ids: Sequence[int],
+        first: Mapping[int, bytes],
+        exchange: Exchange,
+    ) -> SecureSum:
+        kept = sorted(c for c in first if self.keep is None or c in self.keep)
+        rows = np.stack([np.frombuffer(first[c], dtype="<f8") for c in kept])
+        return SecureSum(torch.from_numpy(rows.sum(axis=0)).float(), kept)

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import torch
 
-from privfl.components import Accountant, PrivacyMechanism, Sampling
+from privfl.components import Accountant, MechanismSetup, PrivacyMechanism, Sampling
 from privfl.dp import (
     ADAPTIVE_LEARNING_RATE,
     centred_unclipped,
@@ -139,21 +139,27 @@ class DPFedAvg(PrivacyMechanism):
                 PrivacyWarning,
                 stacklevel=2,
             )
-        # Bound by bind() when the federation is configured.
+        # Set by setup() before the first round.
         self.accountant: Accountant | None = None
         self.sampling: Sampling | None = None
         self.expected_clients = 0.0
         self._update_noise = self.noise_multiplier
         self._count_noise = 0.0
-        self._values: dict[str, Any] = {}
 
-    def bind(self, *, accountant: Accountant, sampling: Sampling, expected_clients: float) -> None:
-        """Attach the accountant and the sampler's scheme; split the noise budget."""
-        self.accountant = accountant
-        self.sampling = sampling
-        self.expected_clients = expected_clients
+    def setup(self, context: MechanismSetup) -> None:
+        """Build the accountant, take the sampler's scheme and split the noise budget."""
+        if context.sampling is None:
+            raise ConfigError(
+                "sampler",
+                "a sampler that cannot state its scheme",
+                "a sampler that states how it samples (uniform, poisson or all): client-level "
+                "DP is accounted for the sampling scheme actually used",
+            )
+        self.accountant = context.create("accountant", self.accountant_name)
+        self.sampling = context.sampling
+        self.expected_clients = context.expected_clients
         if self.adaptive_quantile is not None:
-            self._count_noise = self.count_stddev or default_count_stddev(expected_clients)
+            self._count_noise = self.count_stddev or default_count_stddev(self.expected_clients)
             self._update_noise = update_noise_multiplier(self.noise_multiplier, self._count_noise)
         first = self.epsilon_after(1)  # also refuses a scheme the accountant cannot account
         if self.target_epsilon is not None and first > self.target_epsilon:
@@ -164,23 +170,36 @@ class DPFedAvg(PrivacyMechanism):
                 f"{self.noise_multiplier} (or raise dp_noise)",
             )
 
+    def client_config(self, *, round: int, client_ids: Sequence[int]) -> dict[str, Any]:
+        """The clip norm and this client's share of the noise, for the client half."""
+        share = {"central": 0.0, "local": 1.0, "distributed": 1 / self.expected_clients}[self.mode]
+        adaptive = self.adaptive_quantile is not None
+        return {
+            "clip": self.clip,
+            "noise_std": self._update_noise * self.clip * math.sqrt(share),
+            "count_std": self._count_noise * math.sqrt(share) if adaptive else 0.0,
+            "adaptive": adaptive,
+        }
+
     def client_step(
-        self, update: torch.Tensor, *, generator: torch.Generator, statistics: dict[str, float]
+        self,
+        update: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generator: torch.Generator,
+        statistics: dict[str, float],
     ) -> torch.Tensor:
+        clip = float(config["clip"])
         try:
-            clipped, norm = clip_to_norm(update, self.clip)
+            clipped, norm = clip_to_norm(update, clip)
         except ValueError:  # NaN or infinite values: the screening rejects the update
             return update
-        if self.adaptive_quantile is not None:
-            statistics[UNCLIPPED] = float(centred_unclipped(norm, self.clip))
-        shares = {"central": 0.0, "local": 1.0, "distributed": 1 / self.expected_clients}
-        share = shares[self.mode]  # this client's share of the noise variance
-        if share:
-            std = self._update_noise * self.clip * math.sqrt(share)
-            clipped = clipped + self._noise(clipped.numel(), std, generator)
-            if self.adaptive_quantile is not None:
-                count_std = self._count_noise * math.sqrt(share)
-                statistics[UNCLIPPED] += float(self._noise(1, count_std, generator))
+        if config["adaptive"]:
+            statistics[UNCLIPPED] = float(centred_unclipped(norm, clip))
+        if config["noise_std"]:
+            clipped = clipped + self._noise(clipped.numel(), config["noise_std"], generator)
+            if config["adaptive"]:
+                statistics[UNCLIPPED] += float(self._noise(1, config["count_std"], generator))
         return clipped
 
     def server_step(
@@ -191,9 +210,9 @@ class DPFedAvg(PrivacyMechanism):
         contributors: int,
         statistics: Mapping[str, float],
         generator: torch.Generator,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.accountant is None or self.sampling is None:
-            raise RuntimeError("DPFedAvg.bind() was not called (privfl_configure does it)")
+            raise RuntimeError("DPFedAvg.setup() was not called (the federation calls it)")
         if self.mode == "central":
             std = self._update_noise * self.clip / expected_clients
             aggregate = aggregate + self._noise(aggregate.numel(), std, generator)
@@ -203,7 +222,7 @@ class DPFedAvg(PrivacyMechanism):
                 self.noise_multiplier, expected_clients, contributors
             )
         self.accountant.compose(sampling=self.sampling, noise_multiplier=noise_multiplier)
-        self._values = {
+        values = {
             "epsilon": self.accountant.epsilon(self.delta),
             "delta": self.delta,
             "clip": self.clip,
@@ -217,11 +236,7 @@ class DPFedAvg(PrivacyMechanism):
             self.clip = update_clip_norm(
                 self.clip, fraction, self.adaptive_quantile, self.adaptive_lr
             )
-        return aggregate
-
-    def round_values(self) -> dict[str, Any]:
-        values, self._values = self._values, {}
-        return values
+        return aggregate, values
 
     def epsilon_after(self, rounds: int) -> float:
         """Epsilon at ``delta`` if ``rounds`` more rounds ran at the nominal noise."""
@@ -257,30 +272,6 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 @hookimpl
 def privfl_register_mechanisms() -> list[type]:
     return [DPFedAvg]
-
-
-@hookimpl
-def privfl_configure(federation) -> None:
-    """Bind every DP mechanism to an accountant and the federation's sampling scheme."""
-    for mechanism in federation.mechanisms:
-        if not isinstance(mechanism, DPFedAvg):
-            continue
-        sampling = federation.sampler.sampling(federation.num_clients)
-        if sampling is None:
-            raise ConfigError(
-                "sampler",
-                federation.sampler.name,
-                "a sampler that states how it samples (uniform, poisson or all): client-level "
-                "DP is accounted for the sampling scheme actually used",
-            )
-        accountant = federation.registry.create(
-            "accountant",
-            mechanism.accountant_name,
-            federation.options_for(mechanism.accountant_name),
-        )
-        mechanism.bind(
-            accountant=accountant, sampling=sampling, expected_clients=federation.expected_clients
-        )
 
 
 @hookimpl

@@ -1,19 +1,44 @@
-"""Built-in round protocol: the steps listed in :func:`privfl.hookspecs.privfl_round_protocol`.
+"""Built-in round protocol: the server half's steps of a round.
 
-It is registered ``trylast`` so that a plugin's own protocol, if any, runs instead.
+The steps are those listed in :func:`privfl.hookspecs.privfl_round_protocol`.
+
+Everything the server learns about a client arrives as a message through the
+federation's executor: a ``train`` task goes out, an ``update`` (or, under secure
+aggregation, the first protocol message) comes back, and secure aggregation's
+phases are further exchanges. It is registered ``trylast`` so that a plugin's own
+protocol, if any, runs instead.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from privfl.client_runtime import pack_configs
 from privfl.errors import RoundAborted
+from privfl.messages import Failure, Message, MessageError, check_finite, tensor_bytes
+from privfl.messages import bytes_tensor as as_tensor
 from privfl.plugins import hookimpl
-from privfl.records import ClientResult, ClientTask, RoundRecord
+from privfl.records import ClientResult, RoundRecord
 from privfl.seeding import derive_seed, torch_generator
+
+
+@dataclass
+class _Replies:
+    """A round's replies to its tasks, sorted by what they hold."""
+
+    updates: list[ClientResult] = field(default_factory=list)
+    """Plaintext updates (no secure aggregation)."""
+    first: dict[int, bytes] = field(default_factory=dict)
+    """Each client's first secure-sum message (secure aggregation)."""
+    reports: dict[int, ClientResult] = field(default_factory=dict)
+    """What secure-sum clients said in the open: example count, loss, statistic names."""
+    rejected: dict[int, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @hookimpl(trylast=True)
@@ -23,104 +48,200 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
     # 1. sample
     client_ids = fed.sampler.sample(
         num_clients=fed.num_clients, generator=torch_generator(fed.seed, "sample", round)
-    )
-    tasks = [
-        ClientTask(client_id=c, round=round, seed=derive_seed(fed.seed, "client", round, c))
-        for c in client_ids.tolist()
-    ]
-    # 2. local training and client-side mechanisms, wherever the executor runs them
-    results = fed.executor.run(fed.client_work, tasks, fed.params) if tasks else []
-    # 3. simulated attack on the updates
-    malicious = [r for r in results if r.client_id in fed.malicious]
-    if malicious and fed.attack is not None:
-        benign = [r.update for r in results if r.client_id not in fed.malicious]
-        poisoned = fed.attack.poison_updates(
-            torch.stack([r.update for r in malicious]),
-            torch.stack(benign) if benign else fed.params.new_empty((0, fed.params.numel())),
-            generator=torch_generator(fed.seed, "attack", round),
-        )
-        for result, update in zip(malicious, poisoned, strict=True):
-            result.update = update
-    # 4. screening
+    ).tolist()
+    # 2. tasks out, replies in: local training and client halves run where clients run
+    answers = fed.executor.send_and_receive(_tasks(fed, round, client_ids)) if client_ids else {}
+    replies = _read_replies(fed, answers)
+    values: dict[str, Any] = {"failed": replies.failed} if replies.failed else {}
+    # 3. simulated attack on the updates (simulation only: it needs the benign updates)
+    if fed.attack is not None:
+        values["malicious"] = [c for c in client_ids if c in fed.malicious]
+        _poison(fed, replies.updates, round)
+    # 4. screening of the updates the server sees
     accepted: list[ClientResult] = []
-    rejected: dict[int, str] = {}
-    for result in results:
+    for result in replies.updates:
         reason = fed.hook.privfl_update_received(federation=fed, round=round, result=result)
         if reason is None:
             accepted.append(result)
         else:
-            rejected[result.client_id] = reason
-    values: dict[str, Any] = {"malicious": [r.client_id for r in malicious]} if fed.attack else {}
-    if accepted:
+            replies.rejected[result.client_id] = reason
+    counted: list[ClientResult] = []
+    if accepted or replies.first:
         try:
-            # 5. aggregation
-            aggregate, contributors, statistics = _aggregate(fed, accepted, round)
+            # 5. aggregation (a secure sum's phases are exchanged here)
+            aggregate, contributors, statistics = _aggregate(
+                fed, accepted, replies, client_ids, round, values
+            )
         except RoundAborted as exc:
             values["aborted"] = str(exc)
         else:
-            # 6. server-side mechanisms
+            # 6. server halves of the mechanisms
             for position, mechanism in enumerate(fed.mechanisms):
-                aggregate = mechanism.server_step(
+                aggregate, mechanism_values = mechanism.server_step(
                     aggregate,
                     expected_clients=fed.expected_clients,
                     contributors=len(contributors),
                     statistics=statistics,
                     generator=torch_generator(fed.seed, "server-mechanism", round, position),
                 )
+                values.update(mechanism_values)
             # 7. server update
             fed.params = fed.server_optimizer.step(fed.params, aggregate)
-            accepted = [r for r in accepted if r.client_id in contributors]
-    for mechanism in fed.mechanisms:
-        values.update(mechanism.round_values())
+            seen = [*accepted, *replies.reports.values()]
+            counted = [r for r in seen if r.client_id in contributors]
     # 8. evaluation
     metrics = fed.evaluate(final=round == fed.total_rounds) if fed.is_eval_round(round) else {}
     # 9. the record
-    num_examples = sum(r.num_examples for r in accepted)
+    num_examples = sum(r.num_examples for r in counted)
     train_loss = (
-        sum(r.train_loss * r.num_examples for r in accepted) / num_examples
+        sum(r.train_loss * r.num_examples for r in counted) / num_examples
         if num_examples
         else float("nan")
     )
     return RoundRecord(
         round=round,
-        clients=[t.client_id for t in tasks],
+        clients=client_ids,
         num_examples=num_examples,
         train_loss=train_loss,
         seconds=time.perf_counter() - started,
         metrics=metrics,
-        rejected=rejected,
+        rejected=replies.rejected,
         values=values,
     )
 
 
+def _poison(fed, results: list[ClientResult], round: int) -> None:
+    """Step 3: the attack replaces the malicious clients' updates, knowing the benign ones."""
+    malicious = [r for r in results if r.client_id in fed.malicious]
+    if not malicious:
+        return
+    benign = [r.update for r in results if r.client_id not in fed.malicious]
+    poisoned = fed.attack.poison_updates(
+        torch.stack([r.update for r in malicious]),
+        torch.stack(benign) if benign else fed.params.new_empty((0, fed.params.numel())),
+        generator=torch_generator(fed.seed, "attack", round),
+    )
+    for result, update in zip(malicious, poisoned, strict=True):
+        result.update = update
+
+
+def _tasks(fed, round: int, client_ids: list[int]) -> dict[int, Message]:
+    """Step 2's ``train`` messages: the global parameters, seeds and mechanism configs."""
+    configs, tensors = pack_configs(
+        [m.client_config(round=round, client_ids=client_ids) for m in fed.mechanisms]
+    )
+    common: dict[str, Any] = {"round": round, "config": configs}
+    if fed.secure_position is not None:
+        common["secure"] = fed.secure_position
+        common["weighting"] = "unit" if fed.fixed_denominator else fed.aggregator.weighting
+    tensors = {"params": fed.params, **tensors}
+    return {
+        c: Message("train", {**common, "seed": derive_seed(fed.seed, "client", round, c)}, tensors)
+        for c in client_ids
+    }
+
+
+def _read_replies(fed, answers: Mapping[int, Message | Failure]) -> _Replies:
+    """Check each reply and sort it; a malformed one is a MessageError naming its client."""
+    replies = _Replies()
+    expected = "secure-reply" if fed.secure_position is not None else "update"
+    for client, reply in answers.items():
+        sender = f"client {client}"
+        if isinstance(reply, Failure):
+            replies.failed[str(client)] = reply.reason
+            continue
+        if reply.kind == "refused":
+            replies.rejected[client] = str(reply.value("reason", sender))
+            continue
+        if reply.kind != expected:
+            raise MessageError(f"{sender} answered its task with {reply.kind!r}, not {expected!r}")
+        num_examples = reply.value("num_examples", sender)
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+            raise MessageError(f"{sender} sent num_examples = {num_examples!r}, not a count >= 1")
+        loss = reply.value("train_loss", sender)
+        train_loss = float("nan") if loss is None else check_finite(loss, "train_loss", sender)
+        stats = reply.value("statistics", sender)
+        if expected == "update":
+            if not isinstance(stats, dict):
+                raise MessageError(f"{sender} sent statistics that are not a table")
+            statistics = {k: check_finite(v, k, sender) for k, v in stats.items()}
+            update = reply.tensor("update", sender)
+            replies.updates.append(
+                ClientResult(client, update, num_examples, train_loss, statistics)
+            )
+        else:
+            if not (isinstance(stats, list) and all(isinstance(n, str) for n in stats)):
+                raise MessageError(f"{sender} sent statistic names that are not a list of names")
+            replies.first[client] = tensor_bytes(reply.tensor("data", sender))
+            replies.reports[client] = ClientResult(
+                client, torch.empty(0), num_examples, train_loss, dict.fromkeys(stats, 0.0)
+            )
+    return replies
+
+
 def _aggregate(
-    fed, accepted: list[ClientResult], round: int
+    fed,
+    accepted: list[ClientResult],
+    replies: _Replies,
+    client_ids: list[int],
+    round: int,
+    values: dict[str, Any],
 ) -> tuple[torch.Tensor, set[int], dict[str, float]]:
     """Step 5: return the aggregate, the ids it holds and the clients' mean statistics."""
-    names = sorted(accepted[0].statistics)
-    ids = [r.client_id for r in accepted]
-    stats = torch.tensor([[r.statistics[n] for n in names] for r in accepted]).reshape(
-        len(accepted), len(names)
-    )
-    updates = torch.stack([r.update for r in accepted])
-    if not fed.sums_only:
-        weights = torch.tensor([r.num_examples for r in accepted], dtype=torch.float32)
-        mean_stats = stats.mean(dim=0).tolist()
-        aggregate = fed.aggregator.aggregate(updates, weights)
-        return aggregate, set(ids), dict(zip(names, mean_stats, strict=True))
-    # Weighted means from sums: columns [w_k * update_k, w_k * statistics_k, w_k].
-    fixed = fed.fixed_denominator
-    weights = torch.tensor(
-        [1.0 if fixed else fed.aggregator.client_weight(r.num_examples) for r in accepted]
-    ).unsqueeze(1)
-    contributions = torch.cat([updates * weights, stats * weights, weights], dim=1)
-    if fed.secure_mechanism is not None:
-        summed = fed.secure_mechanism.secure_sum(contributions, client_ids=ids, round=round)
+    dim = fed.params.numel()
+    if fed.secure_position is not None:
+        names = sorted(next(iter(replies.reports.values())).statistics)
+        if any(sorted(r.statistics) != names for r in replies.reports.values()):
+            raise MessageError("clients reported different statistics for one secure sum")
+        summed = fed.mechanisms[fed.secure_position].secure_sum(
+            round=round,
+            client_ids=client_ids,
+            first=replies.first,
+            exchange=lambda phase, messages: _exchange(fed, phase, messages),
+        )
+        values.update(summed.values)
         total, contributors = summed.total, set(summed.contributors)
+        if total.numel() != dim + len(names) + 1:
+            raise MessageError(
+                f"the secure sum has {total.numel()} values, not {dim + len(names) + 1}"
+            )
     else:
+        names = sorted(accepted[0].statistics)
+        ids = [r.client_id for r in accepted]
+        stats = torch.tensor([[r.statistics[n] for n in names] for r in accepted]).reshape(
+            len(accepted), len(names)
+        )
+        updates = torch.stack([r.update for r in accepted])
+        if not fed.sums_only:
+            weights = torch.tensor([r.num_examples for r in accepted], dtype=torch.float32)
+            mean_stats = stats.mean(dim=0).tolist()
+            aggregate = fed.aggregator.aggregate(updates, weights)
+            return aggregate, set(ids), dict(zip(names, mean_stats, strict=True))
+        # Weighted means from sums: columns [w_k * update_k, w_k * statistics_k, w_k].
+        unit = fed.fixed_denominator or fed.aggregator.weighting == "unit"
+        weights = torch.tensor([1.0 if unit else float(r.num_examples) for r in accepted])
+        weights = weights.unsqueeze(1)
+        contributions = torch.cat([updates * weights, stats * weights, weights], dim=1)
         total, contributors = contributions.sum(dim=0), set(ids)
-    denominator = fed.expected_clients if fixed else float(total[-1])
-    dim = updates.shape[1]
+    denominator = fed.expected_clients if fed.fixed_denominator else float(total[-1])
     aggregate = total[:dim] / denominator
     mean_stats = (total[dim : dim + len(names)] / denominator).tolist()
-    return aggregate.to(updates.dtype), contributors, dict(zip(names, mean_stats, strict=True))
+    return aggregate.to(fed.params.dtype), contributors, dict(zip(names, mean_stats, strict=True))
+
+
+def _exchange(fed, phase: str, messages: Mapping[int, bytes]) -> dict[int, bytes]:
+    """Send one secure-sum phase's messages; return the replies of that phase that came."""
+    if not messages:
+        return {}
+    out = {
+        c: Message("secure", {"phase": phase}, {"data": as_tensor(m)}) for c, m in messages.items()
+    }
+    replies: dict[int, bytes] = {}
+    for client, reply in fed.executor.send_and_receive(out).items():
+        if isinstance(reply, Failure):
+            continue
+        sender = f"client {client}"
+        if reply.kind != "secure-reply" or reply.value("phase", sender) != phase:
+            raise MessageError(f"{sender} answered secure phase {phase!r} with {reply.kind!r}")
+        replies[client] = tensor_bytes(reply.tensor("data", sender))
+    return replies

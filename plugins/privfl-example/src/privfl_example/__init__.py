@@ -17,12 +17,10 @@ class UnweightedMean(privfl.Aggregator):
 
     name = "unweighted-mean"
     works_on_secure_sum = True  # a weighted mean with weight 1: sums are enough
+    weighting = "unit"  # one vote per client, also when clients weight their own sums
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return updates.mean(dim=0)
-
-    def client_weight(self, num_examples: int) -> float:
-        return 1.0
 
 
 @privfl.hookimpl

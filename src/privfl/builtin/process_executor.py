@@ -1,0 +1,178 @@
+"""Built-in executor ``process``: client halves in worker processes, reached by bytes alone.
+
+Each worker process is started once (``spawn``, so it shares no memory with the
+server) with the :class:`~privfl.client_runtime.ClientApp`, the client half's
+definition, and builds its clients from it: each client loads its own data there
+(a simulated client its rows of the dataset, a :class:`~privfl.client_data.FolderData`
+client its own file). After that, every message crosses as the bytes of
+:func:`privfl.messages.encode` over a pipe, framed by a client id, and every reply
+comes back the same way: the server process never holds a client's objects.
+
+A client keeps the worker it got for a round's ``train`` message until the round is
+over, since its secure-aggregation state lives there. A worker that dies turns its
+clients' replies into ``dropped`` failures (and is restarted for the next round); one
+that does not answer within ``timeout`` seconds is stopped and its clients are
+``timed out``. Workers run ``threads`` torch threads each (one by default: two
+workers on two cores use both, without oversubscribing), and exit when the server's
+end of their pipe closes, so a killed server leaves no workers behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import struct
+import traceback
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+
+import torch
+
+from privfl.client_runtime import ClientApp, ClientHost
+from privfl.components import Executor
+from privfl.errors import ConfigError, PrivflError
+from privfl.messages import Failure, Message, decode, encode
+from privfl.plugins import hookimpl
+
+_FRAME = struct.Struct(">IB")  # client id, status (0: reply, 1: error text)
+
+
+class ClientError(PrivflError):
+    """A client half raised an error while answering a message in its worker."""
+
+
+def _serve(conn: Connection, app: ClientApp, threads: int) -> None:
+    """A worker's loop: read a batch of framed messages, answer each, until the pipe closes."""
+    torch.set_num_threads(threads)
+    host = ClientHost(app)
+    while True:
+        try:
+            (count,) = struct.unpack(">I", conn.recv_bytes())
+            batch = [conn.recv_bytes() for _ in range(count)]
+        except (EOFError, OSError):
+            return
+        for frame in batch:
+            client, _ = _FRAME.unpack_from(frame)
+            try:
+                reply = encode(
+                    host.handle(client, decode(frame[_FRAME.size :], sender="the server"))
+                )
+                conn.send_bytes(_FRAME.pack(client, 0) + reply)
+            except Exception:  # sent back whole: the server raises it as a ClientError
+                conn.send_bytes(_FRAME.pack(client, 1) + traceback.format_exc().encode())
+
+
+class ProcessExecutor(Executor):
+    """Runs client halves in worker processes; only message bytes cross.
+
+    :param workers: Worker processes; 0 uses one per available core.
+    :param threads: torch threads in each worker.
+    :param timeout: Seconds to wait for a worker's replies before its clients count
+        as timed out.
+    """
+
+    name = "process"
+    config_keys = ("threads",)
+
+    def __init__(self, workers: int = 0, threads: int = 1, timeout: float = 600.0) -> None:
+        if not (isinstance(workers, int) and workers >= 0):
+            raise ConfigError("workers", workers, "an integer >= 0 (0: one per core)")
+        if not (isinstance(threads, int) and threads >= 0):
+            raise ConfigError("threads", threads, "an integer >= 0 (0: one)")
+        if not timeout > 0:
+            raise ConfigError("timeout", timeout, "a number of seconds > 0")
+        self.workers = workers or len(os.sched_getaffinity(0))
+        self.threads = threads or 1
+        self.timeout = float(timeout)
+        self._app: ClientApp | None = None
+        self._pool: list[tuple[multiprocessing.Process, Connection] | None] = []
+        self._assigned: dict[int, int] = {}  # client -> worker, for the current round
+
+    def start(self, app: ClientApp) -> None:
+        if self._app is not app:
+            self.close()
+            self._app = app
+            self._pool = [None] * self.workers
+
+    def _worker(self, index: int) -> Connection:
+        entry = self._pool[index]
+        if entry is None or not entry[0].is_alive():
+            if self._app is None:
+                raise RuntimeError("ProcessExecutor.start() was not called")
+            context = multiprocessing.get_context("spawn")
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=_serve, args=(theirs, self._app, self.threads), daemon=True
+            )
+            process.start()
+            theirs.close()
+            entry = self._pool[index] = (process, ours)
+        return entry[1]
+
+    def _stop(self, index: int) -> None:
+        entry = self._pool[index]
+        if entry is not None:
+            process, conn = entry
+            conn.close()
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            self._pool[index] = None
+
+    def send_and_receive(self, messages: Mapping[int, Message]) -> dict[int, Message | Failure]:
+        batches: dict[int, list[int]] = {}
+        for position, client in enumerate(sorted(messages)):
+            if messages[client].kind == "train":  # a new round: spread clients evenly
+                self._assigned[client] = position % self.workers
+            batches.setdefault(self._assigned.get(client, client % self.workers), []).append(client)
+        replies: dict[int, Message | Failure] = {}
+        sent: dict[int, list[int]] = {}
+        for index, clients in batches.items():
+            try:
+                conn = self._worker(index)
+                conn.send_bytes(struct.pack(">I", len(clients)))
+                for client in clients:
+                    conn.send_bytes(_FRAME.pack(client, 0) + encode(messages[client]))
+                sent[index] = clients
+            except (BrokenPipeError, EOFError, OSError):
+                self._stop(index)
+                replies.update(dict.fromkeys(clients, Failure("dropped")))
+        for index, clients in sent.items():
+            replies.update(self._collect(index, clients))
+        return {client: replies[client] for client in messages}
+
+    def _collect(self, index: int, clients: list[int]) -> dict[int, Message | Failure]:
+        entry = self._pool[index]
+        assert entry is not None
+        conn = entry[1]
+        replies: dict[int, Message | Failure] = {}
+        for _ in clients:
+            try:
+                if not conn.poll(self.timeout):
+                    self._stop(index)
+                    reason = "timed out"
+                    break
+                frame = conn.recv_bytes()
+            except (EOFError, OSError):
+                self._stop(index)
+                reason = "dropped"
+                break
+            client, status = _FRAME.unpack_from(frame)
+            body = frame[_FRAME.size :]
+            if status:
+                raise ClientError(f"client {client} failed in its worker process:\n{body.decode()}")
+            replies[client] = decode(body, sender=f"client {client}")
+        else:
+            return replies
+        return {c: replies.get(c, Failure(reason)) for c in clients}
+
+    def close(self) -> None:
+        for index in range(len(self._pool)):
+            self._stop(index)
+        self._assigned.clear()
+
+
+@hookimpl
+def privfl_register_executors() -> list[type]:
+    return [ProcessExecutor]

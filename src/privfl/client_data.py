@@ -1,0 +1,118 @@
+"""Where a client half finds its own training data.
+
+A :class:`ClientDataSource` maps a client id to that client's :class:`ClientData`.
+Two sources come with privfl:
+
+- :class:`PartitionedData` simulates many data owners from one dataset and a
+  partition: each client's data is its index array into the shared tensors, built on
+  demand, so 10,000 clients cost 10,000 small index arrays and nothing more;
+- :class:`FolderData` is what real data owners have: each client reads its own file,
+  ``ROOT/client-<id>.safetensors`` (tensors ``inputs`` and ``targets``), and nothing
+  else. :func:`write_client_folders` writes such files from a partition, to try the
+  multi-owner set-up on one machine.
+
+Both give the same bytes for the same examples, so a run on owners' folders equals the
+simulation of the same split.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from privfl.client import ClientData
+from privfl.components import TensorPair
+from privfl.errors import ConfigError, DataError
+
+
+class ClientDataSource(ABC):
+    """Gives each client half its own training data."""
+
+    @property
+    @abstractmethod
+    def num_clients(self) -> int:
+        """How many clients (ids ``0 .. num_clients - 1``) the source serves."""
+
+    @abstractmethod
+    def load(self, client_id: int) -> ClientData:
+        """Return the training data of ``client_id``."""
+
+
+class PartitionedData(ClientDataSource):
+    """Simulated owners: client ``k`` holds the rows ``partition[k]`` of ``train``.
+
+    :param train: The dataset all simulated clients index into.
+    :param partition: One int64 index tensor per client.
+    """
+
+    def __init__(self, train: TensorPair, partition: Sequence[torch.Tensor]) -> None:
+        self.train = train
+        self.partition = list(partition)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.partition)
+
+    def load(self, client_id: int) -> ClientData:
+        return ClientData(self.train, self.partition[client_id])
+
+
+class FolderData(ClientDataSource):
+    """Real owners: client ``k`` reads ``ROOT/client-<k>.safetensors`` and nothing else.
+
+    :param root: The folder (on a real deployment each owner has its own, holding
+        only its own file).
+    :param num_clients: How many clients the federation has.
+    """
+
+    def __init__(self, root: str | Path, num_clients: int) -> None:
+        if not (isinstance(num_clients, int) and num_clients >= 1):
+            raise ConfigError("num_clients", num_clients, "an integer >= 1")
+        self.root = Path(root)
+        self._num_clients = num_clients
+
+    @property
+    def num_clients(self) -> int:
+        return self._num_clients
+
+    def path(self, client_id: int) -> Path:
+        """The file that holds ``client_id``'s examples."""
+        return self.root / f"client-{client_id}.safetensors"
+
+    def load(self, client_id: int) -> ClientData:
+        path = self.path(client_id)
+        try:
+            tensors = load_file(path)
+            examples = TensorPair(tensors["inputs"], tensors["targets"])
+        except FileNotFoundError:
+            raise DataError(f"client {client_id} has no data file {path}") from None
+        except (KeyError, ValueError, OSError) as error:
+            raise DataError(
+                f"{path}: not a client data file with tensors 'inputs' and 'targets' ({error})"
+            ) from None
+        if len(examples) == 0:
+            raise DataError(f"{path} holds no examples")
+        return ClientData.owned(examples)
+
+
+def write_client_folders(
+    root: str | Path, train: TensorPair, partition: Sequence[torch.Tensor]
+) -> FolderData:
+    """Write each client's rows of ``train`` to its own file under ``root``; return the source."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    source = FolderData(root, len(partition))
+    for client_id, indices in enumerate(partition):
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        save_file(
+            {
+                "inputs": train.inputs.index_select(0, indices).contiguous(),
+                "targets": train.targets.index_select(0, indices).contiguous(),
+            },
+            source.path(client_id),
+        )
+    return source
