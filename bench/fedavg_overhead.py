@@ -4,10 +4,12 @@ Workload (McMahan et al. 2017's MNIST setting): 100 IID clients, 10 per round, o
 local epoch, batch size 10, for the 2NN and the CNN. Two measurements, each printed
 as a ratio of times taken in this one run:
 
-* per round: a privfl round (sampling, local training of 10 clients, aggregation,
-  server update; no evaluation) against the floor doing the same number of batch-10
-  SGD steps in a plain loop (:mod:`centralized_floor`), alternating round by round;
-  the floor is the faster of one thread and all threads;
+* per round, for each executor asked for (``serial``: clients in this process;
+  ``process``: clients in worker processes, one per core, reached by message bytes):
+  a privfl round (sampling, local training of 10 clients, aggregation, server
+  update; no evaluation) against the floor doing the same number of batch-10 SGD
+  steps in a plain loop (:mod:`centralized_floor`), alternating round by round; the
+  floor is the faster of one thread and all threads;
 * whole run: ``privfl run`` for 20 rounds in a fresh process (start-up, data loading,
   checkpoints, final evaluation included) against ``centralized_floor.py`` doing the
   same total steps in a fresh process (start-up, data loading and final evaluation
@@ -46,7 +48,9 @@ def steps_of(partition_sizes: list[int], clients: list[int], batch_size: int) ->
     return sum(math.ceil(partition_sizes[c] / batch_size) for c in clients)
 
 
-def per_round(model_name: str, data_dir: str | None, rounds: int) -> dict[str, float]:
+def per_round(
+    model_name: str, data_dir: str | None, rounds: int, executor: str
+) -> dict[str, float]:
     train, _ = load(data_dir)
     partition = iid(len(train), 100, seed=0)
     sizes = [len(p) for p in partition]
@@ -58,6 +62,7 @@ def per_round(model_name: str, data_dir: str | None, rounds: int) -> dict[str, f
         training=LocalTraining(epochs=1, batch_size=10, lr=0.1),
         sampler=UniformSampler(clients_per_round=10),
         evaluators=(),
+        executor=executor,
         plugins=make_plugin_manager(),
     )
     floor_model = MODELS[model_name]()
@@ -76,6 +81,7 @@ def per_round(model_name: str, data_dir: str | None, rounds: int) -> dict[str, f
         if number > 1:  # the first round of each warms caches up
             privfl_times.append(record.seconds)
             floor_times.append(best)
+    fed.close()
     privfl_s, floor_s = statistics.median(privfl_times), statistics.median(floor_times)
     return {"privfl_s": privfl_s, "floor_s": floor_s, "ratio": privfl_s / floor_s}
 
@@ -169,24 +175,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="rounds for the per-round ratio")
     parser.add_argument("--whole-rounds", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2, help="whole-run repetitions")
+    parser.add_argument(
+        "--executors",
+        nargs="+",
+        default=["serial", "process"],
+        help="executors whose rounds are timed (the whole run uses privfl run's default)",
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, data "
-        f"{args.data_dir or 'bundled sample'}"
+        f"{args.data_dir or 'bundled sample'}, load average {os.getloadavg()[0]:.2f}"
     )
     print(
-        f"{'model':<6}{'measure':<12}{'privfl s':>10}{'floor s':>10}{'ratio':>8}"
+        f"{'model':<6}{'measure':<16}{'privfl s':>10}{'floor s':>10}{'ratio':>8}"
         f"{'privfl MiB':>12}{'floor MiB':>11}{'mem ratio':>11}"
     )
     for name in args.models:
-        r = per_round(name, args.data_dir, args.rounds)
-        print(
-            f"{name:<6}{'per round':<12}{r['privfl_s']:>10.3f}{r['floor_s']:>10.3f}"
-            f"{r['ratio']:>8.3f}"
-        )
+        for executor in args.executors:
+            r = per_round(name, args.data_dir, args.rounds, executor)
+            label = f"round {executor}"
+            print(
+                f"{name:<6}{label:<16}{r['privfl_s']:>10.3f}{r['floor_s']:>10.3f}"
+                f"{r['ratio']:>8.3f}",
+                flush=True,
+            )
         w = whole_run(name, args.data_dir, args.whole_rounds, args.repeats)
         print(
-            f"{name:<6}{'whole run':<12}{w['privfl_s']:>10.2f}{w['floor_s']:>10.2f}"
+            f"{name:<6}{'whole run':<16}{w['privfl_s']:>10.2f}{w['floor_s']:>10.2f}"
             f"{w['ratio']:>8.3f}{w['privfl_mib']:>12.0f}{w['floor_mib']:>11.0f}"
             f"{w['memory_ratio']:>11.2f}",
             flush=True,

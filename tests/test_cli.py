@@ -135,10 +135,14 @@ def test_resuming_a_complete_run_is_refused(tmp_path, capsys):
     assert "rounds left to run" in capsys.readouterr().out
 
 
-def test_sigkill_then_resume_writes_the_same_model(tmp_path):
+@pytest.mark.parametrize("executor", ["serial", "process"])
+def test_sigkill_then_resume_writes_the_same_model(tmp_path, executor):
+    """Killed and resumed on either executor, the model is the uninterrupted serial one's."""
     flags = ["--model", "2nn", "--clients", "20", "--clients-per-round", "10", "--rounds", "40"]
     straight = privfl_cli("run", *flags, "--run-dir", "straight", cwd=tmp_path)
-    killed = privfl_cli("run", *flags, "--run-dir", "killed", cwd=tmp_path)
+    killed = privfl_cli(
+        "run", *flags, "--executor", executor, "--run-dir", "killed", cwd=tmp_path
+    )
     history = tmp_path / "killed" / "history.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

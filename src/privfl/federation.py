@@ -245,11 +245,22 @@ class Federation:
             else:
                 status = "complete"
         finally:
-            try:
-                self.executor.close()
-            finally:
-                self.hook.privfl_session_finish(federation=self, status=status, stop_reason=reason)
+            self.hook.privfl_session_finish(federation=self, status=status, stop_reason=reason)
         return self.history[first_new:]
+
+    def close(self) -> None:
+        """Release the executor's workers or connections (a later :meth:`run` restarts them).
+
+        Worker processes also end when this process exits; a ``with`` block closes them
+        as soon as it ends.
+        """
+        self.executor.close()
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def is_eval_round(self, number: int) -> bool:
         """True when round ``number`` ends with an evaluation."""

@@ -139,12 +139,13 @@ def execute(run: Run, *, console: Any = None) -> list[RoundRecord]:
     Evaluators marked ``final_only`` (such as ``smpc``) also get their scores written
     to ``evaluation-NAME.json`` when the last round has run.
     """
-    records = run.federation.run(
-        run.config.rounds,
-        run_dir=run.run_dir,
-        console=console,
-        checkpoint_every=run.config.checkpoint_every,
-    )
+    with run.federation:
+        records = run.federation.run(
+            run.config.rounds,
+            run_dir=run.run_dir,
+            console=console,
+            checkpoint_every=run.config.checkpoint_every,
+        )
     if run.federation.round == run.config.rounds:
         for evaluator in run.federation.evaluators:
             scores = run.federation.evaluations.get(evaluator.name)

@@ -15,6 +15,12 @@ that does not answer within ``timeout`` seconds is stopped and its clients are
 ``timed out``. Workers run ``threads`` torch threads each (one by default: two
 workers on two cores use both, without oversubscribing), and exit when the server's
 end of their pipe closes, so a killed server leaves no workers behind.
+
+Workers start with ``spawn``, which imports the main module again in each worker: a
+script that builds a federation with this executor must do so under ``if __name__ ==
+"__main__":``, as with any use of :mod:`multiprocessing`. Call
+:meth:`privfl.Federation.close` (or use the federation in a ``with`` block) to stop
+the workers before the process ends.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import struct
+import time
 import traceback
 from collections.abc import Mapping
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 
 import torch
 
@@ -127,45 +134,56 @@ class ProcessExecutor(Executor):
                 self._assigned[client] = position % self.workers
             batches.setdefault(self._assigned.get(client, client % self.workers), []).append(client)
         replies: dict[int, Message | Failure] = {}
-        sent: dict[int, list[int]] = {}
+        pending: dict[Connection, tuple[int, set[int]]] = {}
         for index, clients in batches.items():
             try:
                 conn = self._worker(index)
                 conn.send_bytes(struct.pack(">I", len(clients)))
                 for client in clients:
                     conn.send_bytes(_FRAME.pack(client, 0) + encode(messages[client]))
-                sent[index] = clients
+                pending[conn] = (index, set(clients))
             except (BrokenPipeError, EOFError, OSError):
                 self._stop(index)
                 replies.update(dict.fromkeys(clients, Failure("dropped")))
-        for index, clients in sent.items():
-            replies.update(self._collect(index, clients))
+        replies.update(self._collect(pending))
         return {client: replies[client] for client in messages}
 
-    def _collect(self, index: int, clients: list[int]) -> dict[int, Message | Failure]:
-        entry = self._pool[index]
-        assert entry is not None
-        conn = entry[1]
+    def _collect(
+        self, pending: dict[Connection, tuple[int, set[int]]]
+    ) -> dict[int, Message | Failure]:
+        """Read replies from every worker as they come (a worker blocks until its last
+        reply is read, so reading one worker at a time would serialise them)."""
         replies: dict[int, Message | Failure] = {}
-        for _ in clients:
-            try:
-                if not conn.poll(self.timeout):
+        deadline = time.monotonic() + self.timeout
+        while pending:
+            ready = wait(list(pending), timeout=max(deadline - time.monotonic(), 0))
+            if not ready:  # the rest timed out: stop those workers
+                for index, clients in pending.values():
                     self._stop(index)
-                    reason = "timed out"
-                    break
-                frame = conn.recv_bytes()
-            except (EOFError, OSError):
-                self._stop(index)
-                reason = "dropped"
+                    replies.update(dict.fromkeys(clients, Failure("timed out")))
                 break
-            client, status = _FRAME.unpack_from(frame)
-            body = frame[_FRAME.size :]
-            if status:
-                raise ClientError(f"client {client} failed in its worker process:\n{body.decode()}")
-            replies[client] = decode(body, sender=f"client {client}")
-        else:
-            return replies
-        return {c: replies.get(c, Failure(reason)) for c in clients}
+            for conn in ready:
+                index, clients = pending[conn]
+                try:
+                    frame = conn.recv_bytes()
+                except (EOFError, OSError):
+                    self._stop(index)
+                    replies.update(dict.fromkeys(clients, Failure("dropped")))
+                    del pending[conn]
+                    continue
+                client, status = _FRAME.unpack_from(frame)
+                if client not in clients:
+                    raise ClientError(f"worker {index} answered for client {client}, not asked")
+                body = frame[_FRAME.size :]
+                if status:
+                    raise ClientError(
+                        f"client {client} failed in its worker process:\n{body.decode()}"
+                    )
+                replies[client] = decode(body, sender=f"client {client}")
+                clients.discard(client)
+                if not clients:
+                    del pending[conn]
+        return replies
 
     def close(self) -> None:
         for index in range(len(self._pool)):

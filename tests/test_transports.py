@@ -1,0 +1,156 @@
+"""The party boundary: client halves in worker processes, reached by message bytes alone.
+
+The ``process`` executor gives the same bytes as ``serial`` for the same seed; owners
+that read their own files give the same model as the simulation of the same split;
+and under secure aggregation every message the server half receives is either key
+material, ciphertext, a masked vector that looks uniform in the ring, or a share.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import privfl
+from privfl.builtin.process_executor import ProcessExecutor
+from privfl.client_data import FolderData, PartitionedData, write_client_folders
+from privfl.plugins import hookimpl
+from privfl.secagg.messages import MaskedInput
+from privfl.testing import tiny_federation
+
+DP_DISTRIBUTED = {"dp": {"mode": "distributed", "noise_multiplier": 0.5, "clip": 1.0}}
+
+
+class RecordingProcessExecutor(ProcessExecutor):
+    """The process executor, keeping every reply the server half receives."""
+
+    name = "recording-process"
+    received: list[tuple[int, privfl.Message]] = []
+
+    def send_and_receive(self, messages):
+        replies = super().send_and_receive(messages)
+        for client, reply in replies.items():
+            if isinstance(reply, privfl.Message):
+                type(self).received.append((client, reply))
+        return replies
+
+
+class RecordingPlugin:
+    @hookimpl
+    def privfl_register_executors(self):
+        return [RecordingProcessExecutor]
+
+
+def _run(executor: str, rounds: int = 2, **settings) -> privfl.Federation:
+    with tiny_federation(executor=executor, **settings) as fed:
+        fed.run(rounds)
+    return fed
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"mechanisms": ["secagg+"], "num_clients": 6},
+        {"mechanisms": ["dp", "secagg+"], "num_clients": 6, "options": DP_DISTRIBUTED},
+        {"mechanisms": ["dp"], "options": {"dp": {"noise_multiplier": 0.5}}},
+    ],
+    ids=["fedavg", "secagg+", "dp-distributed+secagg+", "dp-central"],
+)
+@pytest.mark.filterwarnings("ignore::privfl.PrivacyWarning")
+def test_process_executor_gives_the_bytes_of_serial(settings):
+    serial = _run("serial", **settings)
+    process = _run("process", **settings)
+    assert torch.equal(serial.params, process.params)
+    assert [r.num_examples for r in serial.history] == [r.num_examples for r in process.history]
+    assert serial.history[-1].metrics == process.history[-1].metrics
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"options": DP_DISTRIBUTED, "dp": True}],
+    ids=["secagg+", "dp-distributed+secagg+"],
+)
+@pytest.mark.filterwarnings("ignore::privfl.PrivacyWarning")
+def test_under_secagg_the_server_process_receives_no_plaintext_update(settings):
+    mechanisms = ["dp", "secagg+"] if settings.pop("dp", False) else ["secagg+"]
+    RecordingProcessExecutor.received.clear()
+    fed = tiny_federation(
+        num_clients=8,
+        executor="recording-process",
+        mechanisms=mechanisms,
+        plugins=[RecordingPlugin()],
+        **settings,
+    )
+    with fed:
+        (record,) = fed.run(1)
+    received = RecordingProcessExecutor.received
+    assert record.values["secagg_contributors"] == 8
+    assert {m.kind for _, m in received} == {"secure-reply"}
+    assert all(set(m.tensors) == {"data"} for _, m in received)
+    masked = [m for _, m in received if m.values["phase"] == "masked_input"]
+    assert len(masked) == 8
+    words = np.concatenate(
+        [MaskedInput.from_bytes(m.tensors["data"].numpy().tobytes()).vector for m in masked]
+    )
+    # 8 x 20 ring words: a plaintext fixed-point update would fill the top bytes with
+    # 0x00 or 0xFF; masked words are uniform, so every byte is.
+    octets = words.view(np.uint8)
+    counts = np.bincount(octets, minlength=256)
+    assert stats.chisquare(counts).pvalue > 1e-4
+    top = (words >> np.uint64(56)).astype(np.int64)
+    assert len(set(top.tolist())) > 64
+    # The sum the server learnt is exact: the same model as the in-process run.
+    reference = tiny_federation(num_clients=8, mechanisms=mechanisms, **settings)
+    reference.run(1)
+    assert torch.equal(reference.params, fed.params)
+
+
+def test_owners_reading_their_own_folders_equal_the_simulation(tmp_path):
+    simulated = tiny_federation(num_clients=4)
+    train = simulated.client_data.train
+    partition = simulated.client_data.partition
+    write_client_folders(tmp_path, train, partition)
+    model = simulated.model
+    owners = tiny_federation(
+        model=model,
+        train=None,
+        partition=None,
+        client_data=FolderData(tmp_path, 4),
+        executor="process",
+    )
+    simulated.run(2)
+    with owners:
+        owners.run(2)
+    assert torch.equal(simulated.params, owners.params)
+
+
+class CrashingOwner(PartitionedData):
+    """Simulated owners, of which client 1's process dies when it opens its data."""
+
+    def __init__(self, train, partition) -> None:
+        super().__init__(train, partition)
+        self.server_pid = os.getpid()
+
+    def load(self, client_id):
+        if client_id == 1 and os.getpid() != self.server_pid:
+            os._exit(3)
+        return super().load(client_id)
+
+
+def test_a_dead_worker_turns_its_clients_into_dropped_failures():
+    simulated = tiny_federation(num_clients=4)
+    data = CrashingOwner(simulated.client_data.train, simulated.client_data.partition)
+    fed = tiny_federation(train=None, partition=None, client_data=data, executor="process")
+    with fed:
+        (record,) = fed.run(1)
+    failed = record.values["failed"]
+    assert set(failed.values()) == {"dropped"}
+    assert "1" in failed
+    assert len(failed) < 4  # the other worker's clients answered
+    assert 0 < record.num_examples < 200
+    assert torch.isfinite(fed.params).all()
