@@ -26,7 +26,9 @@ hookspec = pluggy.HookspecMarker("privfl")
 # -------------------------------------------------------------------------
 # Registration hooks: each returns component classes, collected by name.
 # A class names itself with a ``name`` class attribute; two classes of one kind
-# with the same name are a start-up error that names both plugins.
+# with the same name are a start-up error that names both plugins. The
+# built-in components are listed in docs/reference/builtins.md, and
+# `privfl plugins` lists every installed one with the plugin that registered it.
 # -------------------------------------------------------------------------
 
 
@@ -34,8 +36,7 @@ hookspec = pluggy.HookspecMarker("privfl")
 def privfl_register_samplers() -> list[type]:
     """Return client sampler classes (subclasses of :class:`privfl.ClientSampler`).
 
-    A sampler picks the ids of the clients that take part in a round. The built-in
-    plugin registers ``uniform``, ``poisson`` and ``all``.
+    A sampler picks the ids of the clients that take part in a round.
     """
 
 
@@ -44,7 +45,7 @@ def privfl_register_aggregators() -> list[type]:
     """Return aggregator classes (subclasses of :class:`privfl.Aggregator`).
 
     An aggregator combines the stacked ``[n_clients, dim]`` updates of a round into
-    one update. The built-in plugin registers ``fedavg``.
+    one update.
     """
 
 
@@ -52,8 +53,7 @@ def privfl_register_aggregators() -> list[type]:
 def privfl_register_server_optimizers() -> list[type]:
     """Return server optimizer classes (subclasses of :class:`privfl.ServerOptimizer`).
 
-    A server optimizer applies the aggregated update to the global parameters. The
-    built-in plugin registers ``sgd`` (plain step with a server learning rate).
+    A server optimizer applies the aggregated update to the global parameters.
     """
 
 
@@ -61,9 +61,9 @@ def privfl_register_server_optimizers() -> list[type]:
 def privfl_register_mechanisms() -> list[type]:
     """Return privacy mechanism classes (subclasses of :class:`privfl.PrivacyMechanism`).
 
-    A mechanism transforms each update where the client runs (clipping, noise) and the
-    aggregate on the server (clipping, noise, secure aggregation). privfl itself
-    registers none yet.
+    A mechanism has a client half, which transforms each update where the client runs
+    (clipping, noise, secure-aggregation masking), and a server half, which transforms
+    the aggregate (central noise, accounting) or securely sums the contributions.
     """
 
 
@@ -72,8 +72,6 @@ def privfl_register_accountants() -> list[type]:
     """Return privacy accountant classes (subclasses of :class:`privfl.Accountant`).
 
     An accountant tracks the privacy that client-level DP spends round after round.
-    The built-in plugin registers ``rdp`` and ``pld``, both from Google's
-    dp-accounting library.
     """
 
 
@@ -81,8 +79,7 @@ def privfl_register_accountants() -> list[type]:
 def privfl_register_evaluators() -> list[type]:
     """Return evaluator classes (subclasses of :class:`privfl.Evaluator`).
 
-    An evaluator scores global parameters on the test set and returns metrics. The
-    built-in plugin registers ``plaintext``.
+    An evaluator scores global parameters on the test set and returns metrics.
     """
 
 
@@ -90,8 +87,9 @@ def privfl_register_evaluators() -> list[type]:
 def privfl_register_executors() -> list[type]:
     """Return executor classes (subclasses of :class:`privfl.Executor`).
 
-    An executor runs the local training of a round's clients. The built-in plugin
-    registers ``serial``.
+    An executor is the transport between the server half and the client halves: it
+    makes clients reachable (in this process, in worker processes, on other machines)
+    and delivers each round's messages to them.
     """
 
 
@@ -99,8 +97,7 @@ def privfl_register_executors() -> list[type]:
 def privfl_register_datasets() -> list[type]:
     """Return dataset classes (subclasses of :class:`privfl.DatasetSource`).
 
-    A dataset source loads train and test tensors by name for the command line. The
-    built-in plugin registers ``mnist`` (a folder of IDX files, or the bundled sample).
+    A dataset source loads train and test tensors by name for the command line.
     """
 
 
@@ -109,7 +106,6 @@ def privfl_register_models() -> list[type]:
     """Return model classes (:class:`torch.nn.Module` subclasses with a ``name``).
 
     The command line builds ``--model NAME`` by calling the class with no arguments.
-    The built-in plugin registers ``cnn`` and ``2nn`` (McMahan et al. 2017).
     """
 
 
@@ -117,8 +113,7 @@ def privfl_register_models() -> list[type]:
 def privfl_register_partitioners() -> list[type]:
     """Return partitioner classes (subclasses of :class:`privfl.Partitioner`).
 
-    A partitioner splits a dataset's examples among clients as index arrays. The
-    built-in plugin registers ``iid``, ``shards`` and ``dirichlet``.
+    A partitioner splits a dataset's examples among clients as index arrays.
     """
 
 
@@ -127,8 +122,7 @@ def privfl_register_attacks() -> list[type]:
     """Return attack classes (subclasses of :class:`privfl.Attack`).
 
     An attack says what simulated malicious clients do: poison their labels, or
-    replace their updates. The built-in plugin registers ``label-flip``,
-    ``sign-flip``, ``gaussian`` and ``alie``.
+    replace their updates.
     """
 
 
@@ -171,37 +165,47 @@ def privfl_session_start(federation: Federation, start_round: int, total_rounds:
 def privfl_round_protocol(federation: Federation, round: int) -> RoundRecord | None:
     """Run one round and return its record.
 
-    The built-in implementation runs these steps, in order:
+    The built-in implementation is the server half of a round: it reaches clients only
+    through ``federation.executor``'s messages, and runs these steps, in order:
 
     1. the sampler picks the round's client ids from a generator derived from
        (seed, round);
-    2. the executor runs each client's work: load the global parameters, train
-       locally (malicious clients on labels poisoned by the attack, if any), compute
-       ``update = local - global``, then apply every privacy mechanism's
-       ``client_step`` in order (all where the client runs);
+    2. each sampled client gets a ``train`` message (the global parameters, its seed
+       from (seed, round, client), every mechanism's ``client_config``); its client
+       half, wherever the executor runs it, loads its own data, trains locally
+       (malicious clients on labels poisoned by the attack, if any), computes
+       ``update = local - global`` and applies every mechanism's ``client_step`` in
+       order; it replies with the update, or, under secure aggregation, keeps its
+       weighted contribution secret and replies with the protocol's first message;
+       an executor reports clients that did not reply as failures;
     3. with an attack, its ``poison_updates`` replaces the malicious clients'
-       updates, knowing the benign ones (colluding attackers, simulated);
-    4. :func:`privfl_update_received` is called for each update; rejected updates
-       are left out of aggregation and listed in the record's ``rejected``;
+       updates, knowing the benign ones (colluding attackers; simulation only, and
+       refused behind secure aggregation, where the server sees no update);
+    4. :func:`privfl_update_received` is called for each update the server sees;
+       rejected updates are left out of aggregation and listed in the record's
+       ``rejected``, with clients that refused the task;
     5. aggregation. Rules that look at every update (``works_on_secure_sum`` False)
        get the accepted updates stacked into ``[n_clients, dim]`` with their example
-       counts. Weighted-mean rules are computed from sums: each client contributes
-       ``w_k * update_k`` and ``w_k = aggregator.client_weight(n_k)`` (with a
-       ``fixed_denominator`` mechanism, client-level DP: ``w_k = 1``), plus its
-       mechanisms' statistics; a ``sums_securely`` mechanism sums them so that only
-       the sum is revealed (clients may drop out; too few left raises
+       counts. Weighted-mean rules are computed from sums of rows
+       ``[w_k * update_k, w_k * statistics_k, w_k]``, where ``w_k`` is the example
+       count, or 1 with a ``fixed_denominator`` mechanism (client-level DP) or an
+       aggregator whose ``weighting`` is ``"unit"``; a ``sums_securely`` mechanism's
+       ``secure_sum`` exchanges its protocol's phases with the clients through the
+       executor and reveals only the sum (clients may drop out; too few left raises
        :class:`privfl.RoundAborted`, which ends the round with the global model
        unchanged and ``aborted`` in the record); the sum is divided by the sum of
        the weights received (or, with a fixed denominator, the expected number of
        clients);
     6. every privacy mechanism's ``server_step`` is applied to the aggregate, in
-       order (central noise, clip-norm adaptation, accounting);
+       order (central noise, clip-norm adaptation, accounting), and returns values
+       for the record;
     7. the server optimizer applies the aggregate to the global parameters;
     8. if the round is an evaluation round, the evaluators score the new parameters
        (those marked ``final_only`` only after the last round);
-    9. the record (clients, example counts, training loss, metrics, seconds, the
-       malicious clients among the sampled ones, and every mechanism's
-       ``round_values()`` such as ``epsilon``) is returned.
+    9. the record (clients, example counts and training loss of the clients in the
+       aggregate, metrics, seconds, the malicious clients among the sampled ones,
+       failed clients, the secure sum's cost and the values of step 6, such as
+       ``epsilon``) is returned.
 
     Stops at first non-None result.
 
@@ -217,7 +221,9 @@ def privfl_update_received(federation: Federation, round: int, result: ClientRes
 
     The built-in implementation rejects updates that hold NaN or infinite values or
     whose shape differs from the global parameters. A rejected update is left out of
-    aggregation and the round goes on with the rest.
+    aggregation and the round goes on with the rest. Under secure aggregation the
+    server sees no update, so this hook is not called; each client half checks its own
+    update instead and refuses the round if it holds NaN or infinite values.
 
     Stops at first non-None result.
 

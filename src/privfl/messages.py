@@ -68,7 +68,7 @@ class Failure:
 class Message:
     """One message between the server half and a client half.
 
-    :param kind: One of :data:`KINDS`.
+    :param kind: One of :data:`privfl.messages.KINDS`.
     :param values: JSON-safe values (numbers, strings, booleans, None, lists, tables).
     :param tensors: Named CPU tensors.
     """
@@ -93,7 +93,7 @@ class Message:
 
 
 def bytes_tensor(data: bytes) -> torch.Tensor:
-    """Wrap ``data`` as a uint8 tensor (a copy), to travel in :attr:`Message.tensors`."""
+    """Wrap ``data`` as a uint8 tensor (a copy), to travel in a message's ``tensors``."""
     return (
         torch.frombuffer(bytearray(data), dtype=torch.uint8)
         if data

@@ -3,7 +3,7 @@
 The two halves meet only in the protocol's messages. The server half says in each
 client's task what the round's protocol is (the clients, the threshold, SecAgg+'s
 neighbour graph, the ring and the fixed-point encoding). The client half
-(:class:`SecAggProtocolClient`, kept by the client's host between messages) encodes
+(``SecAggProtocolClient``, kept by the client's host between messages) encodes
 its own contribution (weighted update, statistics and weight, after any clipping
 and noise) to fixed-point integers, appends the number of values it had to clamp,
 and runs the four phases of :mod:`privfl.secagg`; the server half relays, collects
