@@ -1,4 +1,4 @@
-"""nox sessions: tests on every supported Python, lint, docs, and a built-wheel check.
+"""nox sessions: tests on every supported Python, plugin packages, lint, docs, and a wheel check.
 
 The supported Pythons are read from the trove classifiers in pyproject.toml (as nox's
 own noxfile does); interpreters missing on the machine are skipped, not errors.
@@ -27,6 +27,16 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (arguments after -- go to pytest)."""
     session.install(*CONSTRAINTS, "-e", ".[test,docs]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def plugins(session: nox.Session) -> None:
+    """Install each plugin package under plugins/ beside privfl and run its own tests."""
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    for package in sorted((ROOT / "plugins").glob("*/pyproject.toml")):
+        folder = package.parent
+        session.install(*CONSTRAINTS, "-e", f"{folder}[test]")
+        session.run("python", "-m", "pytest", str(folder / "tests"), *session.posargs)
 
 
 @nox.session(python="3.11")

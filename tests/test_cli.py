@@ -15,6 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from privfl.cli.main import main, parse_options
+from privfl.config import load_toml
 from privfl.errors import ConfigError
 from privfl.models import TwoNN
 
@@ -68,15 +69,19 @@ def test_same_seed_writes_identical_models(tmp_path, capsys):
 def test_config_file_with_flag_overrides(tmp_path, capsys):
     config = tmp_path / "job.toml"
     config.write_text(
-        'model = "2nn"\nclients = 20\nclients_per_round = 4\nrounds = 5\n'
-        "[options.plaintext]\nbatch_size = 128\n"
+        'model = "2nn"\nclients = 20\nrounds = 5\n'
+        "[uniform]\nclients_per_round = 4\n"
+        "[plaintext]\nbatch_size = 128\n"
     )
     run_dir = tmp_path / "run"
-    assert main(["run", str(config), "--rounds", "2", "--run-dir", str(run_dir)]) == 0
-    written = (run_dir / "config.toml").read_text()
-    assert "rounds = 2" in written
-    assert "clients_per_round = 4" in written
-    assert "batch_size = 128" in written
+    flags = ["--rounds", "2", "--clients-per-round", "5", "--run-dir", str(run_dir)]
+    assert main(["run", str(config), *flags]) == 0
+    written = load_toml(run_dir / "config.toml")
+    assert written["rounds"] == 2
+    assert written["uniform"] == {"clients_per_round": 5}
+    assert written["plaintext"] == {"batch_size": 128}
+    history = (run_dir / "history.jsonl").read_text().splitlines()
+    assert all(len(json.loads(line)["clients"]) == 5 for line in history)
 
 
 @pytest.mark.parametrize(
@@ -84,12 +89,20 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
     [
         (["--aggregator", "fedavgg"], "aggregator = 'fedavgg' is not allowed: choose one of"),
         (["--clients-per-round", "30"], "clients_per_round = 30 is not allowed: at most"),
-        (["--partition", "dirichlet", "--alpha", "0"], "alpha = 0.0 is not allowed"),
-        (["--partition", "dirichlet", "--alpha", "-1"], "alpha = -1.0 is not allowed"),
+        (["--partition", "dirichlet", "--alpha", "0"], "dirichlet.alpha = 0.0 is not allowed"),
+        (["--partition", "dirichlet", "--alpha", "-1"], "dirichlet.alpha = -1.0 is not allowed"),
+        (["--alpha", "0.3"], "--alpha = 0.3 is not allowed: a flag of partition dirichlet"),
+        (["--dropout", "0.3"], "a flag of mechanism secagg, mechanism secagg+, which this run"),
+        (["--option", "nosuch.key=1"], "table [nosuch] = {'key': 1} is not allowed"),
+        (["--option", "unifrom.clients_per_round=3"], "did you mean [uniform]?"),
+        (["--option", "secagg.dropout=0.1"], "add it to mechanisms"),
+        (["--option", "plaintext.batch_size=three"], "= 'three' is not allowed: an int"),
+        (["--mechanism", "dpp"], "mechanism = 'dpp' is not allowed"),
         (["--rounds", "0"], "rounds = 0 is not allowed: an integer >= 1"),
         (["--clients", "20000"], "clients = 20000 is not allowed: at most 10000"),
         (["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
-        (["--option", "plaintext.bogus=1"], "options.plaintext.bogus = 1"),
+        (["--option", "plaintext.bogus=1"], "plaintext.bogus = 1 is not allowed"),
+        (["--option", "plaintext.batch_sise=1"], "did you mean 'batch_size'?"),
         (["--option", "nodot"], "NAME.KEY=VALUE"),
     ],
 )
@@ -140,9 +153,7 @@ def test_sigkill_then_resume_writes_the_same_model(tmp_path, executor):
     """Killed and resumed on either executor, the model is the uninterrupted serial one's."""
     flags = ["--model", "2nn", "--clients", "20", "--clients-per-round", "10", "--rounds", "40"]
     straight = privfl_cli("run", *flags, "--run-dir", "straight", cwd=tmp_path)
-    killed = privfl_cli(
-        "run", *flags, "--executor", executor, "--run-dir", "killed", cwd=tmp_path
-    )
+    killed = privfl_cli("run", *flags, "--executor", executor, "--run-dir", "killed", cwd=tmp_path)
     history = tmp_path / "killed" / "history.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

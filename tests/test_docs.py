@@ -12,7 +12,8 @@ import pytest
 
 from privfl import hookspecs
 from privfl.cli.main import build_parser
-from privfl.config import config_fields, load_toml, make_config
+from privfl.config import check_components, config_fields, load_toml, make_config
+from privfl.plugins import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -163,10 +164,15 @@ def test_cli_reference_covers_every_subcommand(docs_ext):
 def test_component_options_table_lists_builtin_options(docs_ext):
     rows = {(row["name"], row["option"]): row for row in docs_ext.component_option_rows()}
     assert rows[("plaintext", "batch_size")]["default"] == "``1000``"
-    assert rows[("uniform", "clients_per_round")]["config_key"] == "clients_per_round"
-    assert rows[("shards", "shards_per_client")]["config_key"] == ""
+    assert rows[("uniform", "clients_per_round")]["flag"] == "--clients-per-round"
+    assert rows[("dp", "clip")]["flag"] == "--dp-clip"
+    assert rows[("shards", "shards_per_client")]["flag"] == ""
+    assert "clip norm" in rows[("dp", "clip")]["help"]
     text = docs_ext.render_component_options()
     assert all(f"``{option}``" in text for _, option in rows)
+    run_parser = docs_ext._subparsers(build_parser())["run"]
+    flags = {flag for action in run_parser._actions for flag in action.option_strings}
+    assert {row["flag"] for row in rows.values() if row["flag"]} <= flags
 
 
 def test_environment_variables_are_documented():
@@ -180,7 +186,9 @@ def test_environment_variables_are_documented():
 
 def test_example_config_is_valid():
     config = make_config(load_toml(DOCS / "reference" / "example.toml"))
-    assert config.options["shards"] == {"shards_per_client": 2}
+    assert config.tables["shards"] == {"shards_per_client": 2}
+    assert config.mechanisms == ("dp",)
+    check_components(config, get_plugin_manager(autoload=False).components)
 
 
 def test_howto_plugin_works():

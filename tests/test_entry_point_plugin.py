@@ -60,6 +60,7 @@ def test_installed_plugin_is_listed(installed_plugin, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "example (privfl-example 0.1.0)" in result.stdout
     assert "aggregator unweighted-mean" in result.stdout
+    assert "mechanism update-norm-bound: max_norm=10.0 (--max-update-norm)" in result.stdout
 
 
 def test_installed_plugin_aggregator_is_used_by_run(installed_plugin, tmp_path):
@@ -92,3 +93,51 @@ def test_blocking_the_installed_plugin_makes_its_name_unknown(installed_plugin, 
     result = _privfl("run", "--aggregator", "unweighted-mean", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert "aggregator = 'unweighted-mean' is not allowed" in result.stdout
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+FAST = ["--model", "2nn", "--clients", "10", "--clients-per-round", "5", "--rounds", "2"]
+
+
+def test_plugin_mechanism_is_chosen_and_configured_from_toml(installed_plugin, tmp_path):
+    config = tmp_path / "job.toml"
+    config.write_text('mechanisms = ["update-norm-bound"]\n[update-norm-bound]\nmax_norm = 0.5\n')
+    result = _privfl(
+        "run", str(config), *FAST, "--run-dir", "run", env=installed_plugin, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = (tmp_path / "run" / "config.toml").read_text()
+    assert '[update-norm-bound]\nmax_norm = 0.5' in written
+    assert len(_history(tmp_path / "run")) == 2
+
+
+def test_plugin_mechanism_is_chosen_and_configured_from_flags(installed_plugin, tmp_path):
+    flags = ["--mechanism", "update-norm-bound", "--max-update-norm", "0.25"]
+    result = _privfl("run", *FAST, *flags, "--run-dir", "run", env=installed_plugin, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "max_norm = 0.25" in (tmp_path / "run" / "config.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[update-norm-bound]\nmax_nrom = 0.5\n",
+            "update-norm-bound.max_nrom = 0.5 is not allowed: did you mean 'max_norm'?",
+        ),
+        ("[update-norm-bond]\nmax_norm = 0.5\n", "did you mean [update-norm-bound]?"),
+        ("[update-norm-bound]\nmax_norm = -1.0\n", "update-norm-bound.max_norm = -1.0"),
+    ],
+)
+def test_misspelt_plugin_options_exit_2_naming_them(installed_plugin, tmp_path, toml, message):
+    config = tmp_path / "job.toml"
+    config.write_text('mechanisms = ["update-norm-bound"]\n' + toml)
+    result = _privfl(
+        "run", str(config), *FAST, "--run-dir", "run", env=installed_plugin, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert message in result.stdout.replace("\n", " ")
+    assert not (tmp_path / "run").exists()

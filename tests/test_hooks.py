@@ -236,7 +236,10 @@ def test_hook_register_models():
 
 def test_hook_register_partitioners():
     fed, _ = build_federation(_tiny_config(), plugins=make_plugin_manager([ConfigPlugin()]))
-    assert [p.tolist() for p in fed.client_data.partition] == [list(range(100)), list(range(100, 200))]
+    assert [p.tolist() for p in fed.client_data.partition] == [
+        list(range(100)),
+        list(range(100, 200)),
+    ]
 
 
 def test_hook_configure():

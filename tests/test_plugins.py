@@ -165,7 +165,9 @@ def test_unknown_component_name_suggests_the_close_one():
 
 
 def test_unknown_component_option_lists_accepted_ones():
-    with pytest.raises(privfl.ConfigError, match=r"options\.uniform\.per_round.*clients_per_round"):
+    with pytest.raises(
+        privfl.ConfigError, match=r"uniform\.per_round = 2 .*did you mean 'clients_per_round'"
+    ):
         tiny_federation(sampler="uniform", options={"uniform": {"per_round": 2}})
 
 

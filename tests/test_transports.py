@@ -9,6 +9,7 @@ material, ciphertext, a masked vector that looks uniform in the ring, or a share
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ class RecordingProcessExecutor(ProcessExecutor):
     """The process executor, keeping every reply the server half receives."""
 
     name = "recording-process"
-    received: list[tuple[int, privfl.Message]] = []
+    received: ClassVar[list[tuple[int, privfl.Message]]] = []
 
     def send_and_receive(self, messages):
         replies = super().send_and_receive(messages)

@@ -14,8 +14,8 @@ Directives (usable from MyST as ```` ```{name} ````):
     A table of every key of :class:`privfl.config.RunConfig`: key, flag, type,
     default, help.
 ``privfl-component-options``
-    A table of the keyword options of the built-in components, the keys of
-    ``[options.NAME]`` tables.
+    A table of the options the built-in components declare, the keys of their
+    ``[NAME]`` tables, with their flags.
 
 The ``render_*`` functions return the reStructuredText the directives insert, so the
 tests can check them without building the docs.
@@ -116,12 +116,12 @@ def render_config_reference() -> str:
 
 
 def component_option_rows() -> list[dict[str, str]]:
-    """Return the constructor options of every built-in component, by kind and name.
+    """Return the declared options of every built-in component, by kind and name.
 
     Only built-in plugins are listed (entry points are not loaded), so the page does
     not depend on what happens to be installed where the docs are built.
     """
-    from privfl.config import config_key_options
+    from privfl.options import declared_options
     from privfl.plugins import get_plugin_manager
     from privfl.registry import KINDS
 
@@ -129,19 +129,16 @@ def component_option_rows() -> list[dict[str, str]]:
     rows = []
     for kind in KINDS:
         for name, entry in registry.entries(kind).items():
-            config_keys = {option: key for key, option in config_key_options(entry.cls).items()}
-            for param in inspect.signature(entry.cls).parameters.values():
-                if param.kind not in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
-                    continue
-                default = "" if param.default is param.empty else _toml_value(param.default)
+            for spec in declared_options(entry.cls):
                 rows.append(
                     {
                         "kind": kind,
                         "name": name,
                         "class": f"{entry.cls.__module__}.{entry.cls.__qualname__}",
-                        "option": param.name,
-                        "default": default,
-                        "config_key": config_keys.get(param.name, ""),
+                        "option": spec.name,
+                        "default": "" if spec.required else _toml_value(spec.default),
+                        "flag": spec.flag or "",
+                        "help": spec.help,
                     }
                 )
     return rows
@@ -151,18 +148,16 @@ def render_component_options() -> str:
     """Return a reST list-table of the built-in components' options."""
     body = [
         [
-            r["kind"],
-            _literal(r["name"]),
+            f"{r['kind']} ``{r['name']}``",
             _literal(r["option"]),
             r["default"],
-            _literal(r["config_key"]) if r["config_key"] else "",
+            _literal(r["flag"]) if r["flag"] else "",
+            r["help"],
         ]
         for r in component_option_rows()
     ]
     return _list_table(
-        ["kind", "component", "option", "default", "also a top-level key"],
-        body,
-        widths="2 2 3 2 3",
+        ["component", "option", "default", "flag", "meaning"], body, widths="3 3 2 3 6"
     )
 
 

@@ -2,10 +2,11 @@
 
 A component is a class with a ``name`` class attribute, registered through one of the
 ``privfl_register_*`` hooks (see :mod:`privfl.hookspecs`). privfl builds it by calling
-the class with keyword options: the config keys the class lists in ``config_keys``,
-plus the table ``[options.<name>]`` of the config file (or ``options={name: {...}}``
-in the Python API). Constructors check their options and raise
-:class:`privfl.ConfigError` for values that cannot work.
+the class with keyword options: the component's ``[<name>]`` table of the config file
+(flags the class declares in :attr:`Component.flags`, ``--option NAME.KEY=VALUE``, or
+``options={name: {...}}`` in the Python API). Unknown options and values of the wrong
+type are refused before the constructor runs (:mod:`privfl.options`); constructors
+check bounds and raise :class:`privfl.ConfigError` for values that cannot work.
 
 Components with state that must survive a resume (server optimizer moments, privacy
 accountants) implement :meth:`Component.state_dict` and
@@ -31,12 +32,19 @@ Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Component(ABC):
-    """Common ground of all components: a name, config keys and checkpointable state."""
+    """Common ground of all components: a name, declared options and checkpointable state.
+
+    A component's options are its constructor's keyword parameters (name, type
+    annotation, default), documented by ``:param NAME:`` lines in the class
+    docstring; :mod:`privfl.options` reads them for the configuration, the command
+    line and the docs.
+    """
 
     name: ClassVar[str]
-    config_keys: ClassVar[tuple[str, ...] | Mapping[str, str]] = ()
-    """Top-level config keys passed to the constructor as keyword options: a tuple of
-    keys named like the options, or a mapping from config key to option name."""
+    flags: ClassVar[Mapping[str, str]] = {}
+    """Option name -> command-line flag (``{"clip": "--dp-clip"}``), for options worth
+    a flag of their own; every option can also be set with ``--option NAME.KEY=VALUE``
+    or in the component's ``[NAME]`` table."""
 
     def state_dict(self) -> dict[str, Any]:
         """Return the state to checkpoint: tensors and JSON-serialisable values."""

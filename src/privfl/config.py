@@ -1,9 +1,21 @@
-"""The run configuration: one flat set of keys shared by TOML files and CLI flags.
+"""The run configuration: the core's keys, and one table of options per component.
 
-Every key is a field of :class:`RunConfig` with its help text; the command line's
-flags and the configuration reference in the docs are generated from these fields, so
-the three cannot drift apart. Per-component options that have no key of their own go
-in ``[options.<component-name>]`` tables (or ``--option NAME.KEY=VALUE``).
+The core owns only what every run has (data, model, partition, clients, rounds, local
+training, seed, run folder) and the *names* of the components, including the list of
+``mechanisms``. Each component declares its own options (:mod:`privfl.options`); a
+TOML file sets them in a table named after the component::
+
+    mechanisms = ["dp", "secagg+"]
+
+    [dp]
+    clip = 1.0
+
+and the command line with the flags components declare (``--dp-clip 1.0``) or
+``--option dp.clip=1.0``. :func:`check_components` refuses, before anything runs, an
+unknown component name, a table of a component that is not chosen, and an unknown
+option, each with a suggestion. The core keys are fields of :class:`RunConfig`; the
+command line's flags and the docs' reference are generated from them and from the
+components' declarations, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ from typing import Any
 import tomli_w
 
 from privfl.errors import ConfigError
+from privfl.options import OptionSpec, check_options, declared_options
+from privfl.registry import KINDS, ComponentRegistry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,21 +47,18 @@ def _key(default: Any, help: str, *, flag: str | None = None, minimum: float | N
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a ``privfl run`` needs, with the defaults of ``privfl run`` without flags."""
+    """What the core of a ``privfl run`` owns, and the components' tables.
+
+    The defaults are those of ``privfl run`` without flags. Components are chosen by
+    name here; their own options live in ``tables`` (``[NAME]`` tables in TOML,
+    declared flags and ``--option NAME.KEY=VALUE`` on the command line).
+    """
 
     dataset: str = _key("mnist", "Registered dataset to train and test on.")
-    data_dir: str | None = _key(
-        None, "Folder holding the dataset's files; unset: the small sample shipped with privfl."
-    )
     model: str = _key("cnn", "Registered model, e.g. `2nn` or `cnn` (McMahan et al. 2017).")
     partition: str = _key("iid", "How examples are split among clients: iid, shards, dirichlet.")
-    alpha: float = _key(
-        0.5, "Dirichlet concentration (partition dirichlet); smaller is more skewed."
-    )
     clients: int = _key(100, "Number of clients the training data is split among.", minimum=1)
     sampler: str = _key("uniform", "Client sampler: uniform (fixed cohort), poisson, all.")
-    clients_per_round: int = _key(10, "Clients per round (sampler uniform).", minimum=1)
-    sample_rate: float = _key(0.1, "Probability that a client joins a round (sampler poisson).")
     rounds: int = _key(60, "Number of rounds to run.", minimum=1)
     epochs: int = _key(1, "Local epochs per round on each client.", minimum=1)
     batch_size: int = _key(10, "Local minibatch size.", minimum=1)
@@ -58,19 +69,16 @@ class RunConfig:
     aggregator: str = _key(
         "fedavg", "Aggregator: fedavg, trimmed-mean, median, krum, multi-krum, or a plugin's."
     )
-    trim_fraction: float = _key(
-        0.1, "Fraction trimmed at each end per coordinate (aggregator trimmed-mean)."
-    )
-    byzantine: int = _key(
-        1, "Number of Byzantine clients tolerated (aggregators krum, multi-krum).", minimum=0
-    )
     server_optimizer: str = _key(
         "sgd",
         "Server optimizer: sgd, fedavgm, fedadam, fedyogi, fedadagrad (Reddi et al. 2021).",
         flag="--server-opt",
     )
-    server_lr: float | None = _key(
-        None, "Server learning rate; unset: the server optimizer's default (sgd: 1.0)."
+    mechanisms: tuple[str, ...] = _key(
+        (),
+        "Privacy mechanisms, applied in order: dp, secagg, secagg+, or a plugin's "
+        "(repeat the flag for several; --dp and --secagg NAME add the built-ins).",
+        flag="--mechanism",
     )
     attack: str | None = _key(
         None, "Simulated attack by malicious clients: label-flip, sign-flip, gaussian, alie."
@@ -78,39 +86,9 @@ class RunConfig:
     malicious_fraction: float = _key(
         0.2, "Fraction of clients that are malicious, chosen with the seed (with --attack)."
     )
-    dp: bool = _key(
-        False, "Client-level differential privacy: DP-FedAvg (McMahan et al. 2018), accounted."
+    executor: str = _key(
+        "serial", "Where clients run: serial (this process), process (worker processes)."
     )
-    dp_clip: float = _key(
-        1.0, "L2 clip norm C of each client's update (with --dp; the start with adaptive)."
-    )
-    dp_noise: float = _key(
-        1.0, "DP noise multiplier z: the noise on the sum of clipped updates has std z * C."
-    )
-    dp_mode: str = _key(
-        "central",
-        "Who adds DP noise: central (the server), local (each client, all of it), "
-        "distributed (each client a 1/n share; use with --secagg).",
-    )
-    dp_adaptive_quantile: float | None = _key(
-        None, "Clip norm tracks this quantile of update norms (Andrew et al. 2021); unset: fixed."
-    )
-    accountant: str = _key("rdp", "Privacy accountant (dp-accounting): rdp, or pld (tighter).")
-    delta: float = _key(1e-5, "The delta at which epsilon is reported (with --dp).")
-    target_epsilon: float | None = _key(
-        None, "Stop before the round that would take epsilon above this (with --dp)."
-    )
-    secure_noise: bool = _key(
-        False, "Draw DP noise from a cryptographically secure generator (not reproducible)."
-    )
-    secagg: str | None = _key(
-        None, "Secure aggregation: secagg (Bonawitz et al. 2017) or secagg+ (Bell et al. 2020)."
-    )
-    dropout: float = _key(
-        0.0, "Fraction of clients dropping out during secure aggregation (seeded simulation)."
-    )
-    executor: str = _key("serial", "Executor that runs the clients' local training.")
-    threads: int = _key(0, "torch threads for local training; 0 chooses by the work.", minimum=0)
     evaluators: tuple[str, ...] = _key(
         ("plaintext",),
         "Evaluators that score the model (repeat the flag for several).",
@@ -124,10 +102,10 @@ class RunConfig:
     run_dir: str | None = _key(
         None, "Folder for the run's outputs; unset: a new folder under ./runs."
     )
-    options: dict[str, dict[str, Any]] = field(
+    tables: dict[str, dict[str, Any]] = field(
         default_factory=dict,
         metadata={
-            "help": "Per-component options: `[options.NAME]` tables in TOML, "
+            "help": "Component options: a `[NAME]` table per component in TOML, "
             "`--option NAME.KEY=VALUE` on the command line.",
             "flag": "--option",
         },
@@ -137,31 +115,20 @@ class RunConfig:
         for spec in fields(self):
             _check_value(spec, getattr(self, spec.name))
 
-    def component_options(self, cls: type, name: str) -> dict[str, Any]:
-        """Return the keyword options for component ``cls`` registered as ``name``.
-
-        Keys that are unset (``None``) are left out, so the class's default applies.
-        """
-        options = {option: getattr(self, key) for key, option in config_key_options(cls).items()}
-        options = {key: value for key, value in options.items() if value is not None}
-        options.update(self.options.get(name, {}))
-        return options
+    def table(self, name: str) -> dict[str, Any]:
+        """Return the options given for the component named ``name``."""
+        return dict(self.tables.get(name, {}))
 
     def to_toml(self) -> str:
-        """Return the configuration as TOML (unset keys are left out)."""
-        values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """Return the configuration as TOML: core keys, then one table per component."""
+        values = {
+            k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "tables"
+        }
         values["evaluators"] = list(self.evaluators)
+        values["mechanisms"] = list(self.mechanisms)
+        for name, table in sorted(self.tables.items()):
+            values[name] = {k: v for k, v in table.items() if v is not None}
         return tomli_w.dumps(values)
-
-
-def config_key_options(cls: type) -> dict[str, str]:
-    """Return config key -> constructor option for component class ``cls``.
-
-    ``config_keys`` lists keys whose option has the same name, or maps keys to option
-    names (``{"dp_clip": "clip"}``) where a key needs a prefix on the command line.
-    """
-    keys = getattr(cls, "config_keys", ())
-    return dict(keys) if isinstance(keys, Mapping) else {key: key for key in keys}
 
 
 def config_fields() -> list[dataclasses.Field]:
@@ -182,25 +149,41 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def make_config(*layers: Mapping[str, Any]) -> RunConfig:
-    """Merge layers of settings (later wins; ``options`` tables merge per component)."""
-    known = {spec.name for spec in fields(RunConfig)}
-    merged: dict[str, Any] = {"options": {}}
+    """Merge layers of settings (later wins; component tables merge per key).
+
+    A layer maps core keys to values and component names to tables, as a TOML file
+    does; its ``tables`` entry, if any, holds more tables (the command line's).
+    """
+    known = {spec.name for spec in fields(RunConfig)} - {"tables"}
+    merged: dict[str, Any] = {"tables": {}}
     for layer in layers:
         for key, value in layer.items():
-            if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(key, value, f"a known key{hint}; see `privfl run --help`")
-            if key == "options":
-                if not isinstance(value, Mapping):
-                    raise ConfigError("options", value, "a table of tables")
+            if key == "tables":
                 for name, table in value.items():
-                    merged["options"].setdefault(name, {}).update(table)
-            else:
+                    _merge_table(merged["tables"], name, table)
+            elif key in known:
                 merged[key] = value
-    if isinstance(merged.get("evaluators"), list):
-        merged["evaluators"] = tuple(merged["evaluators"])
+            elif isinstance(value, Mapping):
+                _merge_table(merged["tables"], key, value)
+            else:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(
+                    key,
+                    value,
+                    f"{hint}a core key (see `privfl run --help`); a component's options go "
+                    "in its own table, such as [dp] clip = 1.0",
+                )
+    for key in ("evaluators", "mechanisms"):
+        if isinstance(merged.get(key), list):
+            merged[key] = tuple(merged[key])
     return RunConfig(**merged)
+
+
+def _merge_table(tables: dict[str, dict[str, Any]], name: str, table: Any) -> None:
+    if not isinstance(table, Mapping):
+        raise ConfigError(name, table, f"a table of {name}'s options")
+    tables.setdefault(name, {}).update(table)
 
 
 def _check_value(spec: dataclasses.Field, value: Any) -> None:
@@ -226,3 +209,93 @@ def _check_value(spec: dataclasses.Field, value: Any) -> None:
     minimum = spec.metadata.get("minimum")
     if minimum is not None and value < minimum:
         raise ConfigError(spec.name, value, f"an integer >= {minimum}")
+
+
+CHOSEN_KINDS = ("dataset", "model", "partition", "sampler", "aggregator", "server_optimizer")
+
+
+def chosen_components(config: RunConfig, registry: ComponentRegistry) -> list[tuple[str, str]]:
+    """Return (kind, name) of every component ``config`` uses; unknown names are refused.
+
+    An option named after a component kind chooses a component of that kind: DP's
+    ``accountant`` option chooses the accountant whose ``[NAME]`` table applies.
+    """
+    chosen = [(kind, getattr(config, kind)) for kind in (*CHOSEN_KINDS, "executor")]
+    chosen += [("evaluator", name) for name in config.evaluators]
+    chosen += [("mechanism", name) for name in config.mechanisms]
+    if config.attack is not None:
+        chosen.append(("attack", config.attack))
+    for kind, name in list(chosen):
+        for spec in declared_options(registry.get(kind, name)):
+            value = config.table(name).get(spec.name, spec.default)
+            if spec.name in KINDS and isinstance(value, str):
+                registry.get(spec.name, value)
+                chosen.append((spec.name, value))
+    return chosen
+
+
+def check_components(config: RunConfig, registry: ComponentRegistry) -> None:
+    """Refuse unknown component names, tables of components not used, unknown options.
+
+    Every error names the table or option as the user spelt it, with a suggestion.
+    """
+    used = {name: kind for kind, name in chosen_components(config, registry)}
+    for name, table in config.tables.items():
+        if name in used:
+            check_options(registry.get(used[name], name), name, table)
+            continue
+        registered = {n: kind for kind in KINDS for n in registry.names(kind)}
+        if name in registered:
+            kind = registered[name]
+            how = (
+                f"add it to mechanisms = [...] (--mechanism {name})"
+                if kind == "mechanism"
+                else f"set {kind} = {name!r}"
+            )
+            raise ConfigError(
+                f"table [{name}]",
+                table,
+                f"options of a component this run uses, and {kind} {name!r} is not one: "
+                f"{how}, or drop the table",
+            )
+        close = difflib.get_close_matches(name, sorted(used), n=1)
+        hint = f"did you mean [{close[0]}]? " if close else ""
+        raise ConfigError(
+            f"table [{name}]",
+            table,
+            f"{hint}a table named after a component this run uses: {', '.join(sorted(used))}",
+        )
+
+
+def component_flags(registry: ComponentRegistry) -> dict[str, list[tuple[str, str, OptionSpec]]]:
+    """Return flag -> [(kind, component, option)] for every flag a component declares."""
+    flags: dict[str, list[tuple[str, str, OptionSpec]]] = {}
+    for kind in KINDS:
+        for name in registry.names(kind):
+            for spec in declared_options(registry.get(kind, name)):
+                if spec.flag:
+                    flags.setdefault(spec.flag, []).append((kind, name, spec))
+    return flags
+
+
+def apply_component_flags(
+    config: RunConfig, values: Mapping[str, Any], registry: ComponentRegistry
+) -> RunConfig:
+    """Set each flag's value in the table of every chosen component that declares it.
+
+    :raises ConfigError: for a flag that no chosen component declares, naming the
+        components that do.
+    """
+    chosen = chosen_components(config, registry)
+    declared = component_flags(registry)
+    tables = {name: dict(table) for name, table in config.tables.items()}
+    for flag, value in values.items():
+        targets = [(n, spec.name) for k, n, spec in declared.get(flag, []) if (k, n) in chosen]
+        if not targets:
+            owners = ", ".join(f"{k} {n}" for k, n, _ in declared.get(flag, []))
+            raise ConfigError(
+                flag, value, f"a flag of {owners}, which this run does not use: choose one first"
+            )
+        for name, option in targets:
+            tables.setdefault(name, {})[option] = value
+    return dataclasses.replace(config, tables=tables)

@@ -8,7 +8,6 @@ start-up error that names both plugins.
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from privfl import components
 from privfl.errors import ConfigError, PluginError
+from privfl.options import check_options, declared_options
 
 KINDS: dict[str, tuple[str, type]] = {
     "sampler": ("privfl_register_samplers", components.ClientSampler),
@@ -70,22 +70,20 @@ class ComponentRegistry:
             ) from None
 
     def create(self, kind: str, name: str, options: Mapping[str, Any] | None = None) -> Any:
-        """Build the component ``name`` with keyword ``options``.
+        """Build the component ``name`` with keyword ``options`` (its ``[name]`` table).
 
-        Options the class does not accept are a ConfigError that lists the ones it does.
+        Options the class does not declare, and values of the wrong type, are a
+        ConfigError naming ``name.option``; so is a bound the constructor refuses.
         """
         cls = self.get(kind, name)
         options = dict(options or {})
-        accepted = _keyword_parameters(cls)
-        unknown = sorted(set(options) - accepted) if accepted is not None else []
-        if unknown:
-            allowed = ", ".join(sorted(accepted or ())) or "none"
-            raise ConfigError(
-                f"options.{name}.{unknown[0]}",
-                options[unknown[0]],
-                f"{kind} {name!r} accepts the options {allowed}",
-            )
-        return cls(**options)
+        check_options(cls, name, options)
+        try:
+            return cls(**options)
+        except ConfigError as error:
+            if error.key in {spec.name for spec in declared_options(cls)}:
+                raise ConfigError(f"{name}.{error.key}", error.value, error.allowed) from None
+            raise
 
 
 def collect_components(pm: pluggy.PluginManager) -> ComponentRegistry:
@@ -117,11 +115,3 @@ def _check_class(cls: object, base: type, plugin: str, hook: str) -> None:
         raise PluginError(f"plugin {plugin!r}: {hook} returned {cls!r}, not a {base.__name__}")
     if not isinstance(getattr(cls, "name", None), str) or not cls.name:
         raise PluginError(f"plugin {plugin!r}: {cls.__name__} needs a string `name` attribute")
-
-
-def _keyword_parameters(cls: type) -> set[str] | None:
-    """Return the keyword parameters of ``cls``'s constructor (None if it takes **kwargs)."""
-    params = inspect.signature(cls).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}

@@ -22,7 +22,13 @@ from privfl.builtin.rundir import CHECKPOINT, MODEL
 from privfl.checkpoint import load_checkpoint, write_atomic
 from privfl.client import LocalTraining
 from privfl.components import Datasets
-from privfl.config import RunConfig, load_toml, make_config
+from privfl.config import (
+    RunConfig,
+    apply_component_flags,
+    check_components,
+    load_toml,
+    make_config,
+)
 from privfl.errors import ConfigError
 from privfl.federation import Federation, accuracy
 from privfl.plugins import PluginManager, get_plugin_manager
@@ -31,16 +37,6 @@ from privfl.registry import ComponentRegistry
 from privfl.seeding import derive_seed
 
 CONFIG = "config.toml"
-
-SINGLE_KINDS = (
-    "dataset",
-    "model",
-    "partition",
-    "sampler",
-    "aggregator",
-    "server_optimizer",
-    "executor",
-)
 
 
 @dataclass
@@ -59,17 +55,7 @@ def build_federation(
     """Load the data and build the federation that ``config`` describes."""
     pm = plugins if plugins is not None else get_plugin_manager()
     registry = pm.components
-    chosen = [(kind, getattr(config, kind)) for kind in SINGLE_KINDS]
-    chosen += [("evaluator", name) for name in config.evaluators]
-    if config.attack is not None:
-        chosen.append(("attack", config.attack))
-    mechanisms = (["dp"] if config.dp else []) + ([config.secagg] if config.secagg else [])
-    chosen += [("mechanism", name) for name in mechanisms]
-    if config.dp:
-        chosen.append(("accountant", config.accountant))
-    options = {
-        name: config.component_options(registry.get(kind, name), name) for kind, name in chosen
-    }
+    check_components(config, registry)
     data = _create(registry, config, "dataset", config.dataset).load()
     if config.clients > len(data.train):
         raise ConfigError("clients", config.clients, f"at most {len(data.train)} (the examples)")
@@ -95,10 +81,10 @@ def build_federation(
         server_optimizer=config.server_optimizer,
         executor=config.executor,
         evaluators=config.evaluators,
-        mechanisms=mechanisms,
+        mechanisms=config.mechanisms,
         attack=config.attack,
         malicious_fraction=config.malicious_fraction,
-        options=options,
+        options=config.tables,
         eval_every=config.eval_every,
         seed=config.seed,
         plugins=pm,
@@ -176,7 +162,7 @@ def evaluate_run(
         )
     config = make_config(load_toml(run_dir / CONFIG))
     registry = (plugins if plugins is not None else get_plugin_manager()).components
-    options = dict(config.options.get(backend, {}))
+    options = config.table(backend)
     if limit:
         options["limit"] = limit
     evaluator = registry.create("evaluator", backend, options)
@@ -200,8 +186,8 @@ def write_evaluation(run_dir: Path, backend: str, scores: Mapping[str, float]) -
 
 
 def _create(registry: ComponentRegistry, config: RunConfig, kind: str, name: str) -> Any:
-    """Build component ``name`` of ``kind`` with the options ``config`` gives it."""
-    return registry.create(kind, name, config.component_options(registry.get(kind, name), name))
+    """Build component ``name`` of ``kind`` with its table of ``config``."""
+    return registry.create(kind, name, config.table(name))
 
 
 def _new_run_dir(config: RunConfig) -> Path:
@@ -214,6 +200,21 @@ def _new_run_dir(config: RunConfig) -> Path:
     return candidate
 
 
-def config_from_file_and_flags(path: str | None, flags: dict[str, Any]) -> RunConfig:
-    """Merge a TOML file (if given) and command-line values (which win)."""
-    return make_config(load_toml(path) if path else {}, flags)
+def config_from_file_and_flags(
+    path: str | None,
+    flags: Mapping[str, Any],
+    component_flags: Mapping[str, Any] | None = None,
+    *,
+    plugins: PluginManager | None = None,
+) -> RunConfig:
+    """Merge a TOML file (if given) and command-line values (which win).
+
+    :param flags: Core keys, and ``tables`` from ``--option``.
+    :param component_flags: Flag -> value of the flags components declare (such as
+        ``--dp-clip``); each goes to the chosen components that declare it.
+    """
+    config = make_config(load_toml(path) if path else {}, flags)
+    if component_flags:
+        registry = (plugins if plugins is not None else get_plugin_manager()).components
+        config = apply_component_flags(config, component_flags, registry)
+    return config

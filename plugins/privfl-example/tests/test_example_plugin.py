@@ -18,3 +18,22 @@ def test_federation_trains_with_the_plugin():
     fed = tiny_federation(plugins=[privfl_example], aggregator="unweighted-mean")
     records = fed.run(3)
     assert records[-1].metrics["accuracy"] > 0.8
+
+
+def test_update_norm_bound_caps_every_update_where_the_client_runs():
+    bound = privfl_example.UpdateNormBound(max_norm=0.5)
+    big, small = torch.full((100,), 1.0), torch.full((100,), 0.001)
+    generator = torch.Generator()
+    capped = bound.client_step(big, config={}, generator=generator, statistics={})
+    assert abs(float(capped.norm()) - 0.5) < 1e-5
+    assert torch.equal(
+        bound.client_step(small, config={}, generator=generator, statistics={}), small
+    )
+    bounded = tiny_federation(
+        plugins=[privfl_example],
+        mechanisms=["update-norm-bound"],
+        options={"update-norm-bound": {"max_norm": 1e-3}},
+    )
+    start = bounded.params.clone()
+    bounded.run(1)
+    assert float((bounded.params - start).norm()) <= 1e-3 + 1e-6

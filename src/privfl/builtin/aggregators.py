@@ -9,6 +9,8 @@ against the number of updates actually received in each round.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from privfl.aggregation import (
@@ -47,7 +49,7 @@ class TrimmedMean(Aggregator):
     """
 
     name = "trimmed-mean"
-    config_keys = ("trim_fraction",)
+    flags = MappingProxyType({"trim_fraction": "--trim-fraction"})
 
     def __init__(self, trim_fraction: float = 0.1) -> None:
         self.trim_fraction = check_trim_fraction(trim_fraction)
@@ -80,7 +82,7 @@ class Krum(Aggregator):
     """
 
     name = "krum"
-    config_keys = ("byzantine",)
+    flags = MappingProxyType({"byzantine": "--byzantine"})
 
     def __init__(self, byzantine: int = 1) -> None:
         self.byzantine = check_byzantine(byzantine)
@@ -97,7 +99,7 @@ class MultiKrum(Aggregator):
     """
 
     name = "multi-krum"
-    config_keys = ("byzantine",)
+    flags = MappingProxyType({"byzantine": "--byzantine"})
 
     def __init__(self, byzantine: int = 1, selected: int = 0) -> None:
         self.byzantine = check_byzantine(byzantine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 
 from privfl.components import Datasets, DatasetSource, TensorPair
 from privfl.data.mnist import images_to_float, load_bundled_mnist, load_mnist
@@ -17,7 +18,7 @@ class MNISTSource(DatasetSource):
     """
 
     name = "mnist"
-    config_keys = ("data_dir",)
+    flags = MappingProxyType({"data_dir": "--data-dir"})
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = data_dir

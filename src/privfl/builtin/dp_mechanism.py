@@ -75,16 +75,16 @@ class DPFedAvg(PrivacyMechanism):
 
     name = "dp"
     fixed_denominator = True
-    config_keys = MappingProxyType(
+    flags = MappingProxyType(
         {
-            "dp_clip": "clip",
-            "dp_noise": "noise_multiplier",
-            "dp_mode": "mode",
-            "dp_adaptive_quantile": "adaptive_quantile",
-            "delta": "delta",
-            "target_epsilon": "target_epsilon",
-            "accountant": "accountant",
-            "secure_noise": "secure_noise",
+            "clip": "--dp-clip",
+            "noise_multiplier": "--dp-noise",
+            "mode": "--dp-mode",
+            "adaptive_quantile": "--dp-adaptive-quantile",
+            "delta": "--delta",
+            "target_epsilon": "--target-epsilon",
+            "accountant": "--accountant",
+            "secure_noise": "--secure-noise",
         }
     )
 
@@ -101,12 +101,12 @@ class DPFedAvg(PrivacyMechanism):
         accountant: str = "rdp",
         secure_noise: bool = False,
     ) -> None:
-        _check(clip > 0 and math.isfinite(clip), "dp_clip", clip, "a finite number > 0")
-        _check(noise_multiplier > 0, "dp_noise", noise_multiplier, "a number > 0")
-        _check(mode in MODES, "dp_mode", mode, f"one of {', '.join(MODES)}")
+        _check(clip > 0 and math.isfinite(clip), "clip", clip, "a finite number > 0")
+        _check(noise_multiplier > 0, "noise_multiplier", noise_multiplier, "a number > 0")
+        _check(mode in MODES, "mode", mode, f"one of {', '.join(MODES)}")
         _check(
             adaptive_quantile is None or 0 < adaptive_quantile < 1,
-            "dp_adaptive_quantile",
+            "adaptive_quantile",
             adaptive_quantile,
             "a number in (0, 1), or unset for a fixed clip norm",
         )
@@ -166,8 +166,8 @@ class DPFedAvg(PrivacyMechanism):
             raise ConfigError(
                 "target_epsilon",
                 self.target_epsilon,
-                f"at least {first:.4g}, the epsilon of one round at dp_noise "
-                f"{self.noise_multiplier} (or raise dp_noise)",
+                f"at least {first:.4g}, the epsilon of one round at noise_multiplier "
+                f"{self.noise_multiplier} (or raise [dp] noise_multiplier, --dp-noise)",
             )
 
     def client_config(self, *, round: int, client_ids: Sequence[int]) -> dict[str, Any]:

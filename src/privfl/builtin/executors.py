@@ -15,6 +15,7 @@ runs stay reproducible.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -45,7 +46,7 @@ class SerialExecutor(Executor):
     """
 
     name = "serial"
-    config_keys = ("threads",)
+    flags = MappingProxyType({"threads": "--threads"})
 
     def __init__(self, threads: int = 0) -> None:
         if not (isinstance(threads, int) and threads >= 0):

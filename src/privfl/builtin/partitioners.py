@@ -5,6 +5,8 @@ Thin classes around the seeded functions in :mod:`privfl.data.partition`.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 import torch
 
@@ -43,7 +45,7 @@ class DirichletPartitioner(Partitioner):
     """Per-class shares drawn from Dirichlet(``alpha``): small alpha, strong label skew."""
 
     name = "dirichlet"
-    config_keys = ("alpha",)
+    flags = MappingProxyType({"alpha": "--alpha"})
 
     def __init__(self, alpha: float = 0.5) -> None:
         if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha > 0):

@@ -32,6 +32,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
+from types import MappingProxyType
 
 import torch
 
@@ -79,7 +80,7 @@ class ProcessExecutor(Executor):
     """
 
     name = "process"
-    config_keys = ("threads",)
+    flags = MappingProxyType({"threads": "--threads", "workers": "--workers"})
 
     def __init__(self, workers: int = 0, threads: int = 1, timeout: float = 600.0) -> None:
         if not (isinstance(workers, int) and workers >= 0):

@@ -8,6 +8,8 @@ probability q) is what privacy amplification by sampling assumes in DP-FedAvg
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from privfl.components import ClientSampler, Sampling
@@ -19,7 +21,7 @@ class UniformSampler(ClientSampler):
     """Exactly ``clients_per_round`` distinct clients, uniformly at random."""
 
     name = "uniform"
-    config_keys = ("clients_per_round",)
+    flags = MappingProxyType({"clients_per_round": "--clients-per-round"})
 
     def __init__(self, clients_per_round: int = 10) -> None:
         if not (isinstance(clients_per_round, int) and clients_per_round >= 1):
@@ -47,7 +49,7 @@ class PoissonSampler(ClientSampler):
     """Each client independently with probability ``sample_rate``; the cohort size varies."""
 
     name = "poisson"
-    config_keys = ("sample_rate",)
+    flags = MappingProxyType({"sample_rate": "--sample-rate"})
 
     def __init__(self, sample_rate: float = 0.1) -> None:
         if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -105,7 +106,7 @@ class SecAgg(PrivacyMechanism):
     name = "secagg"
     variant: ClassVar[str] = "secagg"
     sums_securely = True
-    config_keys = ("dropout",)
+    flags = MappingProxyType({"dropout": "--dropout"})
 
     def __init__(
         self,

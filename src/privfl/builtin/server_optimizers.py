@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -43,7 +44,7 @@ class ServerSGD(ServerOptimizer):
     """``params + server_lr * update``."""
 
     name = "sgd"
-    config_keys = ("server_lr",)
+    flags = MappingProxyType({"server_lr": "--server-lr"})
 
     def __init__(self, server_lr: float = 1.0) -> None:
         if not (isinstance(server_lr, (int, float)) and math.isfinite(server_lr) and server_lr > 0):
@@ -64,7 +65,7 @@ class _StatefulServerOptimizer(ServerOptimizer):
     """
 
     state_names: ClassVar[tuple[str, ...]]
-    config_keys = ("server_lr",)
+    flags = MappingProxyType({"server_lr": "--server-lr"})
 
     def __init__(self) -> None:
         self.steps = 0

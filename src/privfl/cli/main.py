@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from privfl import __version__
-from privfl.config import config_fields, tomllib
-from privfl.errors import ConfigError, PrivacyWarning, PrivflError
+from privfl.config import RunConfig, component_flags, config_fields, load_toml, tomllib
+from privfl.errors import ConfigError, PluginError, PrivacyWarning, PrivflError
+from privfl.options import OptionSpec, declared_options
 from privfl.plugins import get_plugin_manager
-from privfl.registry import KINDS
+from privfl.registry import KINDS, ComponentRegistry
 from privfl.runner import (
     Run,
     config_from_file_and_flags,
@@ -36,8 +38,17 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``privfl`` command."""
+COMPONENT_FLAG = "component:"
+"""Prefix of the argparse destinations of flags that components declare."""
+
+
+def build_parser(registry: ComponentRegistry | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of the ``privfl`` command.
+
+    :param registry: Whose components' declared flags ``privfl run`` takes; default:
+        the installed plugins'.
+    """
+    registry = registry if registry is not None else get_plugin_manager().components
     parser = argparse.ArgumentParser(
         prog="privfl", description="Privacy-preserving federated learning on PyTorch."
     )
@@ -52,6 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", metavar="CONFIG.toml", help="a TOML config file")
     for spec in config_fields():
         _add_config_flag(run, spec)
+    run.add_argument(
+        "--dp",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="Add mechanism dp: client-level DP-FedAvg (McMahan et al. 2018), accounted.",
+    )
+    run.add_argument(
+        "--secagg",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="Add a secure-aggregation mechanism: secagg (Bonawitz et al. 2017) or secagg+ "
+        "(Bell et al. 2020).",
+    )
+    options = run.add_argument_group(
+        "component options",
+        "Flags that components declare; each sets the option of the chosen components "
+        "that declare it (the same as --option NAME.KEY=VALUE).",
+    )
+    for flag, owners in sorted(component_flags(registry).items()):
+        _add_component_flag(options, flag, owners)
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its folder")
     resume.add_argument("run_dir", metavar="RUN_DIR")
@@ -81,7 +112,7 @@ def _add_config_flag(parser: argparse.ArgumentParser, spec: Any) -> None:
     kind = str(spec.type)
     common: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS}
     help_text = spec.metadata["help"]
-    if spec.name == "options":
+    if spec.name == "tables":
         parser.add_argument(
             flag, action="append", metavar="NAME.KEY=VALUE", help=help_text, **common
         )
@@ -98,6 +129,32 @@ def _add_config_flag(parser: argparse.ArgumentParser, spec: Any) -> None:
             help=f"{help_text} (default: {spec.default})",
             **common,
         )
+
+
+def _add_component_flag(
+    group: argparse._ArgumentGroup, flag: str, owners: list[tuple[str, str, OptionSpec]]
+) -> None:
+    spec = owners[0][2]
+    names = ", ".join(f"{name}.{option.name}" for _, name, option in owners)
+    common: dict[str, Any] = {"dest": COMPONENT_FLAG + flag, "default": argparse.SUPPRESS}
+    help_text = f"{spec.help} [{names}]".strip()
+    try:
+        if spec.type == "bool":
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, help=help_text, **common
+            )
+            return
+        types = [t.strip() for t in spec.type.split("|")]
+        value_type = int if "int" in types else float if "float" in types else str
+        default = "" if spec.required else f" (default: {spec.default})"
+        metavar = spec.name.upper()
+        group.add_argument(
+            flag, type=value_type, metavar=metavar, help=help_text + default, **common
+        )
+    except argparse.ArgumentError as error:
+        raise PluginError(
+            f"the flag {flag} of {names} clashes with another flag: {error}"
+        ) from None
 
 
 def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -118,8 +175,13 @@ def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``privfl`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
     console = Console(stderr=False)
+    try:
+        parser = build_parser()
+    except PrivflError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     try:
         if args.command == "plugins":
             return _plugins(console)
@@ -131,17 +193,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run = resume_run(args.run_dir)
                 console.print(f"resuming [bold]{run.run_dir}[/] after round {run.federation.round}")
             else:
-                flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-                if "options" in flags:
-                    flags["options"] = parse_options(flags["options"])
-                run = start_run(config_from_file_and_flags(args.config, flags))
+                run = start_run(_config_from_args(args))
                 console.print(f"run folder [bold]{run.run_dir}[/] · data {run.data.source}")
         for warning in caught:
-            console.print(f"[bold yellow]warning:[/] {warning.message}", highlight=False)
+            console.print(
+                f"[bold yellow]warning:[/] {escape(str(warning.message))}", highlight=False
+            )
         return _execute(run, console)
     except PrivflError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
+
+
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run's configuration: the file, then core flags, then component flags."""
+    flags, declared = {}, {}
+    for key, value in vars(args).items():
+        if key.startswith(COMPONENT_FLAG):
+            declared[key.removeprefix(COMPONENT_FLAG)] = value
+        elif key not in ("command", "config", "dp", "secagg"):
+            flags[key] = value
+    if "tables" in flags:
+        flags["tables"] = parse_options(flags["tables"])
+    added = (["dp"] if getattr(args, "dp", False) else []) + (
+        [args.secagg] if getattr(args, "secagg", None) else []
+    )
+    if added:
+        file_mechanisms = (load_toml(args.config) if args.config else {}).get("mechanisms", [])
+        given = list(flags.get("mechanisms", file_mechanisms))
+        flags["mechanisms"] = tuple(dict.fromkeys([*given, *added]))
+    return config_from_file_and_flags(args.config, flags, declared)
 
 
 def _execute(run: Run, console: Console) -> int:
@@ -158,7 +239,8 @@ def _execute(run: Run, console: Console) -> int:
             table.add_row(f"final {name}", _number(value))
     epsilons = [r.values["epsilon"] for r in records if "epsilon" in r.values]
     if epsilons:
-        table.add_row("epsilon", f"{epsilons[-1]:.4g} (delta {run.config.delta:g})")
+        delta = [r.values["delta"] for r in records if "delta" in r.values][-1]
+        table.add_row("epsilon", f"{epsilons[-1]:.4g} (delta {delta:g})")
     if run.federation.stop_reason:
         table.add_row("stopped", run.federation.stop_reason)
     table.add_row("seconds", f"{sum(r.seconds for r in records):.1f}")
@@ -203,16 +285,26 @@ def _plugins(console: Console) -> int:
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
         registered = [
-            f"{kind} {component}"
+            (kind, component)
             for kind in KINDS
             for component, entry in registry.entries(kind).items()
             if entry.plugin == name
         ]
         console.print(f"[bold]{name}[/] ({pm.distributions.get(name, 'built-in')})", soft_wrap=True)
         console.print(f"  hooks: {', '.join(hooks)}", highlight=False, soft_wrap=True)
-        if registered:
-            console.print(f"  components: {', '.join(registered)}", highlight=False, soft_wrap=True)
+        for kind, component in registered:
+            options = ", ".join(
+                _describe_option(spec) for spec in declared_options(registry.get(kind, component))
+            )
+            console.print(
+                f"  {kind} {component}: {options or 'no options'}", highlight=False, soft_wrap=True
+            )
     return 0
+
+
+def _describe_option(spec: OptionSpec) -> str:
+    default = "required" if spec.required else repr(spec.default)
+    return f"{spec.name}={default}" + (f" ({spec.flag})" if spec.flag else "")
 
 
 if __name__ == "__main__":  # pragma: no cover
