@@ -9,7 +9,7 @@ from scipy.stats import norm
 import privfl
 from privfl import attacks
 from privfl.builtin.attacks import GaussianAttack, LittleIsEnough, SignFlip
-from privfl.testing import tiny_federation
+from privfl.testing import make_plugin_manager, tiny_federation
 
 
 def test_flip_labels():
@@ -98,14 +98,20 @@ def test_malicious_fraction_is_checked(fraction):
 @pytest.mark.parametrize(
     ("factory", "key"),
     [
-        (lambda: SignFlip(scale=0), "options.sign-flip.scale"),
-        (lambda: GaussianAttack(sigma=float("inf")), "options.gaussian.sigma"),
-        (lambda: LittleIsEnough(z=-1), "options.alie.z"),
+        (lambda: SignFlip(scale=0), "scale = 0"),
+        (lambda: GaussianAttack(sigma=float("inf")), "sigma = inf"),
+        (lambda: LittleIsEnough(z=-1), "z = -1"),
     ],
 )
 def test_attack_options_are_checked(factory, key):
     with pytest.raises(privfl.ConfigError, match=key):
         factory()
+
+
+def test_attack_options_from_a_table_name_the_table():
+    registry = make_plugin_manager().components
+    with pytest.raises(privfl.ConfigError, match=r"^sign-flip\.scale = 0 is not allowed"):
+        registry.create("attack", "sign-flip", {"scale": 0})
 
 
 def test_fedprox_keeps_local_models_near_the_global_one():

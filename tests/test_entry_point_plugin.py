@@ -110,7 +110,7 @@ def test_plugin_mechanism_is_chosen_and_configured_from_toml(installed_plugin, t
     )
     assert result.returncode == 0, result.stdout + result.stderr
     written = (tmp_path / "run" / "config.toml").read_text()
-    assert '[update-norm-bound]\nmax_norm = 0.5' in written
+    assert "[update-norm-bound]\nmax_norm = 0.5" in written
     assert len(_history(tmp_path / "run")) == 2
 
 

@@ -14,7 +14,7 @@ from privfl.cli.main import main
 from privfl.data.mnist import images_to_float, load_mnist
 from privfl.data.partition import iid
 from privfl.models import CNN, TwoNN
-from privfl.testing import tiny_federation
+from privfl.testing import make_plugin_manager, tiny_federation
 
 MNIST = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -67,14 +67,16 @@ def test_non_sequential_models_are_refused_with_the_reason():
 @pytest.mark.parametrize(
     ("options", "key"),
     [
-        ({"limit": -1}, "options.smpc.limit"),
-        ({"batch_size": 0}, "options.smpc.batch_size"),
-        ({"frac_bits": 40}, "options.smpc.frac_bits"),
-        ({"reveal": "logits"}, "options.smpc.reveal"),
+        ({"limit": -1}, "smpc.limit = -1"),
+        ({"batch_size": 0}, "smpc.batch_size = 0"),
+        ({"frac_bits": 40}, "smpc.frac_bits = 40"),
+        ({"reveal": "logits"}, "smpc.reveal = 'logits'"),
     ],
 )
 def test_bad_smpc_options_are_refused(options, key):
     with pytest.raises(privfl.ConfigError, match=key):
+        make_plugin_manager().components.create("evaluator", "smpc", options)
+    with pytest.raises(privfl.ConfigError, match=key.removeprefix("smpc.")):
         SMPCEvaluator(**options)
 
 

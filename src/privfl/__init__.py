@@ -10,7 +10,6 @@ from privfl.client import ClientData, LocalTrainer, LocalTraining
 from privfl.client_data import ClientDataSource, FolderData, PartitionedData, write_client_folders
 from privfl.client_runtime import ClientApp, ClientHost
 from privfl.components import (
-    Accountant,
     Aggregator,
     Attack,
     ClientSampler,
@@ -19,12 +18,8 @@ from privfl.components import (
     DatasetSource,
     Evaluator,
     Executor,
-    MechanismSetup,
     Partitioner,
-    PrivacyMechanism,
     Sampling,
-    SecureSum,
-    SecureSumClient,
     ServerOptimizer,
     TensorPair,
 )
@@ -37,6 +32,13 @@ from privfl.errors import (
     RoundAborted,
 )
 from privfl.federation import Federation, accuracy
+from privfl.mechanisms import (
+    Accountant,
+    MechanismSetup,
+    PrivacyMechanism,
+    SecureSum,
+    SecureSumClient,
+)
 from privfl.messages import Failure, Message, MessageError
 from privfl.plugins import get_plugin_manager, hookimpl
 from privfl.records import ClientResult, RoundRecord

@@ -62,8 +62,9 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
-from privfl.components import Accountant, Sampling
+from privfl.components import Sampling
 from privfl.errors import ConfigError
+from privfl.mechanisms import Accountant
 
 ADD_OR_REMOVE = "add or remove one client"
 REPLACE = "replace one client's data"

@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -116,3 +117,53 @@ def write_client_folders(
             source.path(client_id),
         )
     return source
+
+
+def client_data_source(
+    train: TensorPair | Sequence[torch.Tensor] | None,
+    partition: Sequence[np.ndarray | torch.Tensor] | None,
+    client_data: ClientDataSource | None,
+) -> ClientDataSource:
+    """Return the clients' data source: ``client_data``, or simulated owners of the rows
+    ``partition`` gives each client of ``train``."""
+    if client_data is not None:
+        if train is not None or partition is not None:
+            raise ConfigError(
+                "client_data",
+                type(client_data).__name__,
+                "either client_data or train and partition, not both",
+            )
+        return client_data
+    if train is None or partition is None:
+        raise ConfigError(
+            "train", None, "training data and a partition, or client_data (each client's own data)"
+        )
+    pair = as_pair(train, "train")
+    return PartitionedData(pair, check_partition(partition, len(pair)))
+
+
+def as_pair(data: TensorPair | Sequence[torch.Tensor], key: str) -> TensorPair:
+    """Return ``data`` as a :class:`TensorPair` (it may be an ``(inputs, targets)`` pair)."""
+    if isinstance(data, TensorPair):
+        return data
+    if len(data) != 2:
+        raise ConfigError(key, type(data).__name__, "a TensorPair or (inputs, targets) tensors")
+    return TensorPair(*data)
+
+
+def check_partition(
+    partition: Sequence[np.ndarray | torch.Tensor], num_examples: int
+) -> list[torch.Tensor]:
+    """Return the partition as int64 tensors; refuse empty clients and indices outside
+    the dataset."""
+    if len(partition) == 0:
+        raise ConfigError("partition", "[]", "at least one client")
+    tensors = [torch.as_tensor(np.asarray(p), dtype=torch.int64) for p in partition]
+    for client, indices in enumerate(tensors):
+        if len(indices) == 0:
+            raise ConfigError(f"partition[{client}]", "[]", "at least one example per client")
+        if int(indices.min()) < 0 or int(indices.max()) >= num_examples:
+            raise ConfigError(
+                f"partition[{client}]", "out-of-range indices", f"indices in 0..{num_examples - 1}"
+            )
+    return tensors

@@ -28,7 +28,8 @@ import torch
 
 from privfl.client import LocalTrainer, LocalTraining, Loss
 from privfl.client_data import ClientDataSource
-from privfl.components import Attack, PrivacyMechanism, SecureSumClient
+from privfl.components import Attack
+from privfl.mechanisms import PrivacyMechanism, SecureSumClient
 from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes
 from privfl.seeding import torch_generator
 

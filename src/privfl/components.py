@@ -8,16 +8,17 @@ the class with keyword options: the component's ``[<name>]`` table of the config
 type are refused before the constructor runs (:mod:`privfl.options`); constructors
 check bounds and raise :class:`privfl.ConfigError` for values that cannot work.
 
-Components with state that must survive a resume (server optimizer moments, privacy
-accountants) implement :meth:`Component.state_dict` and
+The base classes of privacy components (mechanisms, secure sums, accountants) are in
+:mod:`privfl.mechanisms`. Components with state that must survive a resume (server
+optimizer moments, privacy accountants) implement :meth:`Component.state_dict` and
 :meth:`Component.load_state_dict`; the checkpoint stores it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
@@ -140,196 +141,6 @@ class ServerOptimizer(Component):
         ``update`` points from the global parameters towards the clients' local ones
         (``local - global``), so plain FedAvg is ``params + update``.
         """
-
-
-@dataclass(frozen=True)
-class MechanismSetup:
-    """What the core tells a privacy mechanism once, before the first round.
-
-    :ivar sampling: How the sampler draws clients, or None if it cannot say.
-    :ivar expected_clients: The sampler's expected number of clients per round.
-    :ivar num_clients: The number of clients in the federation.
-    :ivar dimension: The number of model parameters (the length of an update).
-    :ivar seed: The federation's root seed.
-    :ivar position: The mechanism's position in the federation's list.
-    :ivar create: Builds another registered component, ``create(kind, name)``, with
-        the options the run gives it (DP builds its accountant this way).
-    """
-
-    sampling: Sampling | None
-    expected_clients: float
-    num_clients: int
-    dimension: int
-    seed: int
-    position: int
-    create: Callable[[str, str], Any]
-
-
-class PrivacyMechanism(Component):
-    """A privacy step with a client half and a server half that meet only in messages.
-
-    The **server half** is set up once (:meth:`setup`), says per round what the
-    clients need (:meth:`client_config`, sent with each client's task) and transforms
-    the aggregate (:meth:`server_step`: central noise, accounting), returning the
-    values the round's record gets. The **client half** runs where the client runs, on
-    the client's own update, from that config alone (:meth:`client_step`: clip,
-    noise). A secure-aggregation mechanism (:attr:`sums_securely`) also has a
-    client-side protocol object (:meth:`secure_client`) and a server-side one
-    (:meth:`secure_sum`) that exchange the protocol's messages, so that the server
-    learns the sum of the contributions and never one of them.
-    """
-
-    fixed_denominator: ClassVar[bool] = False
-    """True for mechanisms that bound each client's share of the sum (client-level DP):
-    clients then contribute with weight 1, and the server divides the sum by the
-    expected number of clients instead of the weight received (McMahan et al. 2018).
-    Needs an aggregator that works on a sum."""
-
-    sums_securely: ClassVar[bool] = False
-    """True for secure aggregation: the server learns the sum of the clients'
-    contributions through :meth:`secure_sum`, never a single one. At most one mechanism
-    of a federation may say so, and its aggregator must work on a secure sum."""
-
-    def setup(self, context: MechanismSetup) -> None:
-        """Server half: prepare for a run (build an accountant, derive seeds); default: nothing.
-
-        Raise :class:`privfl.ConfigError` when the mechanism cannot work in this
-        federation (for example DP with a sampler that cannot state its scheme).
-        """
-
-    def client_config(self, *, round: int, client_ids: Sequence[int]) -> dict[str, Any]:
-        """Server half: what each client's half needs this round; default: nothing.
-
-        Values must be JSON-safe or tensors; they travel in the ``train`` message.
-        """
-        return {}
-
-    def client_step(
-        self,
-        update: torch.Tensor,
-        *,
-        config: Mapping[str, Any],
-        generator: torch.Generator,
-        statistics: dict[str, float],
-    ) -> torch.Tensor:
-        """Client half: transform one client's update (clip, noise); default: unchanged.
-
-        :param config: This round's :meth:`client_config`, as the client received it.
-        :param generator: Randomness derived from (seed, round, client, position).
-        :param statistics: A mechanism may put scalars here (such as whether the update
-            was below the clip norm); privfl sums them with the updates, under secure
-            aggregation too, and hands their mean to :meth:`server_step`.
-        """
-        return update
-
-    def secure_client(self, *, client_id: int, config: Mapping[str, Any]) -> SecureSumClient:
-        """Client half of a secure sum: the protocol object of one client for one round."""
-        raise NotImplementedError(f"{type(self).__name__} does not sum securely")
-
-    def secure_sum(
-        self,
-        *,
-        round: int,
-        client_ids: Sequence[int],
-        first: Mapping[int, bytes],
-        exchange: Exchange,
-    ) -> SecureSum:
-        """Server half of a secure sum: run the protocol's phases through ``exchange``.
-
-        Called only when :attr:`sums_securely` is True.
-
-        :param client_ids: The clients the round's tasks went to.
-        :param first: The first protocol message of each client that answered its task.
-        :param exchange: ``exchange(phase, {client: bytes})`` sends each client its
-            message of ``phase`` and returns the replies that came back; a client
-            missing from them dropped out.
-        :raises privfl.RoundAborted: when too few clients remain to finish the round.
-        """
-        raise NotImplementedError(f"{type(self).__name__} does not sum securely")
-
-    def server_step(
-        self,
-        aggregate: torch.Tensor,
-        *,
-        expected_clients: float,
-        contributors: int,
-        statistics: Mapping[str, float],
-        generator: torch.Generator,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Server half: transform the aggregate; return it and values for the round's record.
-
-        :param expected_clients: The sampler's expected clients per round.
-        :param contributors: How many clients' contributions are in the aggregate.
-        :param statistics: Mean of the clients' statistics (see :meth:`client_step`).
-        :returns: The new aggregate and values such as ``epsilon`` for the record.
-        """
-        return aggregate, {}
-
-
-Exchange = Callable[[str, Mapping[int, bytes]], dict[int, bytes]]
-"""Sends one protocol phase's messages to clients and returns the replies that came."""
-
-
-class SecureSumClient(ABC):
-    """One client's side of a secure sum, kept by the client half between messages."""
-
-    first_phase: ClassVar[str]
-    """The phase whose message :meth:`start` returns."""
-
-    @abstractmethod
-    def start(self, contribution: torch.Tensor) -> bytes:
-        """Take the client's contribution (kept secret) and return its first message."""
-
-    @abstractmethod
-    def step(self, phase: str, data: bytes) -> bytes:
-        """Answer the server's message of ``phase``."""
-
-    @property
-    @abstractmethod
-    def finished(self) -> bool:
-        """True once the client has sent its last message of the round."""
-
-
-@dataclass(frozen=True)
-class SecureSum:
-    """The result of a secure summation: the sum, whose contributions it holds, and
-    values for the round's record (protocol cost, dropouts)."""
-
-    total: torch.Tensor
-    contributors: list[int]
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-class Accountant(Component):
-    """Tracks the privacy spent by a sequence of subsampled Gaussian rounds.
-
-    ``neighbouring`` states the neighbouring relation the guarantee is for (adding or
-    removing one client's data, or replacing it), since it differs between sampling
-    schemes. The state (the rounds composed so far) is checkpointed, so a resumed run
-    reports the same epsilon.
-    """
-
-    @property
-    def neighbouring(self) -> str:
-        """The neighbouring relation of the guarantee, in words."""
-        return "add or remove one client"
-
-    @abstractmethod
-    def compose(self, *, sampling: Sampling, noise_multiplier: float, rounds: int = 1) -> None:
-        """Account ``rounds`` more rounds of the Gaussian mechanism with ``noise_multiplier``.
-
-        Raises :class:`privfl.ConfigError` for a sampling scheme it cannot account.
-        """
-
-    @abstractmethod
-    def epsilon(self, delta: float) -> float:
-        """Return epsilon at ``delta`` for the rounds composed so far (0 before any)."""
-
-    @abstractmethod
-    def epsilon_after(
-        self, *, sampling: Sampling, noise_multiplier: float, rounds: int, delta: float
-    ) -> float:
-        """Return epsilon at ``delta`` if ``rounds`` more rounds were composed (no change)."""
 
 
 class Attack(Component):

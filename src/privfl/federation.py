@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from privfl.client import LocalTraining, Loss, flatten_parameters
-from privfl.client_data import ClientDataSource, PartitionedData
+from privfl.client_data import ClientDataSource, PartitionedData, as_pair, client_data_source
 from privfl.client_runtime import ClientApp
 from privfl.components import (
     Aggregator,
@@ -29,13 +29,12 @@ from privfl.components import (
     ClientSampler,
     Evaluator,
     Executor,
-    MechanismSetup,
     Metric,
-    PrivacyMechanism,
     ServerOptimizer,
     TensorPair,
 )
 from privfl.errors import ConfigError, PluginError
+from privfl.mechanisms import MechanismSetup, PrivacyMechanism
 from privfl.plugins import PluginManager, get_plugin_manager
 from privfl.records import RoundRecord
 from privfl.registry import ComponentRegistry
@@ -110,8 +109,8 @@ class Federation:
         self.hook = self.plugins.hook
         self.registry: ComponentRegistry = self.plugins.components
         self._options = {name: dict(opts) for name, opts in (options or {}).items()}
-        self.test = _as_pair(test, "test") if test is not None else None
-        self.client_data = _client_data(train, partition, client_data)
+        self.test = as_pair(test, "test") if test is not None else None
+        self.client_data = client_data_source(train, partition, client_data)
         self.model = copy.deepcopy(model)
         self._model_flat = flatten_parameters(self.model)
         self.params = self._model_flat.clone()
@@ -374,13 +373,11 @@ class Federation:
             )
 
     def _num_classes(self) -> int:
-        """Number of classes, for label attacks: from the simulated training data, else the
-        test split, else client 0's data."""
-        if isinstance(self.client_data, PartitionedData):
-            return int(self.client_data.train.targets.max()) + 1
-        if self.test is not None:
-            return int(self.test.targets.max()) + 1
-        return int(self.client_data.load(0).examples.targets.max()) + 1
+        """Number of classes, for label attacks: the simulated training data's, else the
+        test split's, else client 0's."""
+        data = self.client_data
+        pair = data.train if isinstance(data, PartitionedData) else self.test
+        return int((pair or data.load(0).examples).targets.max()) + 1
 
     def _choose_malicious(self, fraction: float) -> frozenset[int]:
         """The ids of ``round(fraction * clients)`` clients drawn with the seed."""
@@ -400,50 +397,3 @@ class Federation:
         if not isinstance(spec, base):
             raise ConfigError(kind, spec, f"a registered name or a {base.__name__} instance")
         return spec
-
-
-def _client_data(
-    train: TensorPair | Sequence[torch.Tensor] | None,
-    partition: Sequence[np.ndarray | torch.Tensor] | None,
-    client_data: ClientDataSource | None,
-) -> ClientDataSource:
-    """The clients' data source: given, or simulated from ``train`` and ``partition``."""
-    if client_data is not None:
-        if train is not None or partition is not None:
-            raise ConfigError(
-                "client_data",
-                type(client_data).__name__,
-                "either client_data or train and partition, not both",
-            )
-        return client_data
-    if train is None or partition is None:
-        raise ConfigError(
-            "train", None, "training data and a partition, or client_data (each client's own data)"
-        )
-    pair = _as_pair(train, "train")
-    return PartitionedData(pair, _check_partition(partition, len(pair)))
-
-
-def _as_pair(data: TensorPair | Sequence[torch.Tensor], key: str) -> TensorPair:
-    if isinstance(data, TensorPair):
-        return data
-    if len(data) != 2:
-        raise ConfigError(key, type(data).__name__, "a TensorPair or (inputs, targets) tensors")
-    return TensorPair(*data)
-
-
-def _check_partition(
-    partition: Sequence[np.ndarray | torch.Tensor], num_examples: int
-) -> list[torch.Tensor]:
-    """Convert to int64 tensors and check each index lies in the dataset."""
-    if len(partition) == 0:
-        raise ConfigError("partition", "[]", "at least one client")
-    tensors = [torch.as_tensor(np.asarray(p), dtype=torch.int64) for p in partition]
-    for client, indices in enumerate(tensors):
-        if len(indices) == 0:
-            raise ConfigError(f"partition[{client}]", "[]", "at least one example per client")
-        if int(indices.min()) < 0 or int(indices.max()) >= num_examples:
-            raise ConfigError(
-                f"partition[{client}]", "out-of-range indices", f"indices in 0..{num_examples - 1}"
-            )
-    return tensors

@@ -15,7 +15,7 @@ from typing import Any
 import pluggy
 import torch
 
-from privfl import components
+from privfl import components, mechanisms
 from privfl.errors import ConfigError, PluginError
 from privfl.options import check_options, declared_options
 
@@ -23,8 +23,8 @@ KINDS: dict[str, tuple[str, type]] = {
     "sampler": ("privfl_register_samplers", components.ClientSampler),
     "aggregator": ("privfl_register_aggregators", components.Aggregator),
     "server_optimizer": ("privfl_register_server_optimizers", components.ServerOptimizer),
-    "mechanism": ("privfl_register_mechanisms", components.PrivacyMechanism),
-    "accountant": ("privfl_register_accountants", components.Accountant),
+    "mechanism": ("privfl_register_mechanisms", mechanisms.PrivacyMechanism),
+    "accountant": ("privfl_register_accountants", mechanisms.Accountant),
     "evaluator": ("privfl_register_evaluators", components.Evaluator),
     "executor": ("privfl_register_executors", components.Executor),
     "dataset": ("privfl_register_datasets", components.DatasetSource),

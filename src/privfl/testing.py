@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from privfl.client import LocalTraining
-from privfl.components import Exchange, PrivacyMechanism, SecureSum, SecureSumClient, TensorPair
+from privfl.components import TensorPair
 from privfl.data.partition import iid
 from privfl.federation import Federation
+from privfl.mechanisms import Exchange, PrivacyMechanism, SecureSum, SecureSumClient
 from privfl.plugins import PluginManager, get_plugin_manager
 
 

@@ -39,7 +39,7 @@ class SignFlip(Attack):
     name = "sign-flip"
 
     def __init__(self, scale: float = 1.0) -> None:
-        self.scale = _positive("options.sign-flip.scale", scale)
+        self.scale = _positive("scale", scale)
 
     def poison_updates(self, malicious, benign, *, generator):
         return attacks.sign_flip(malicious, self.scale)
@@ -51,7 +51,7 @@ class GaussianAttack(Attack):
     name = "gaussian"
 
     def __init__(self, sigma: float = 1.0) -> None:
-        self.sigma = _positive("options.gaussian.sigma", sigma)
+        self.sigma = _positive("sigma", sigma)
 
     def poison_updates(self, malicious, benign, *, generator):
         return attacks.gaussian_updates(malicious.shape, self.sigma, generator, malicious.dtype)
@@ -68,7 +68,7 @@ class LittleIsEnough(Attack):
     name = "alie"
 
     def __init__(self, z: float | None = None) -> None:
-        self.z = None if z is None else _positive("options.alie.z", z)
+        self.z = None if z is None else _positive("z", z)
 
     def poison_updates(self, malicious, benign, *, generator):
         honest = torch.cat([benign, malicious])

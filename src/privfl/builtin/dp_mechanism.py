@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from privfl.components import Accountant, MechanismSetup, PrivacyMechanism, Sampling
+from privfl.components import Sampling
 from privfl.dp import (
     ADAPTIVE_LEARNING_RATE,
     centred_unclipped,
@@ -44,6 +44,7 @@ from privfl.dp import (
     update_noise_multiplier,
 )
 from privfl.errors import ConfigError, PrivacyWarning
+from privfl.mechanisms import Accountant, MechanismSetup, PrivacyMechanism
 from privfl.plugins import hookimpl
 
 MODES = ("central", "local", "distributed")

@@ -22,9 +22,9 @@ class PlaintextEvaluator(Evaluator):
 
     def __init__(self, batch_size: int = 1000, limit: int = 0) -> None:
         if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ConfigError("options.plaintext.batch_size", batch_size, "an integer >= 1")
+            raise ConfigError("batch_size", batch_size, "an integer >= 1")
         if not (isinstance(limit, int) and limit >= 0):
-            raise ConfigError("options.plaintext.limit", limit, "an integer >= 0 (0: all)")
+            raise ConfigError("limit", limit, "an integer >= 0 (0: all)")
         self.batch_size = batch_size
         self.limit = limit
 

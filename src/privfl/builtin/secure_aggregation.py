@@ -28,14 +28,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from privfl.components import (
+from privfl.errors import ConfigError
+from privfl.mechanisms import (
     Exchange,
     MechanismSetup,
     PrivacyMechanism,
     SecureSum,
     SecureSumClient,
 )
-from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
 from privfl.secagg import (
     DropoutPlan,

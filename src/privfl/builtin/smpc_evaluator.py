@@ -47,13 +47,13 @@ class SMPCEvaluator(Evaluator):
         reveal: str = "predictions",
     ) -> None:
         if not (isinstance(limit, int) and limit >= 0):
-            raise ConfigError("options.smpc.limit", limit, "an integer >= 0 (0: all)")
+            raise ConfigError("limit", limit, "an integer >= 0 (0: all)")
         if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ConfigError("options.smpc.batch_size", batch_size, "an integer >= 1")
+            raise ConfigError("batch_size", batch_size, "an integer >= 1")
         if not (isinstance(frac_bits, int) and 8 <= frac_bits <= 24):
-            raise ConfigError("options.smpc.frac_bits", frac_bits, "an integer from 8 to 24")
+            raise ConfigError("frac_bits", frac_bits, "an integer from 8 to 24")
         if reveal not in REVEAL:
-            raise ConfigError("options.smpc.reveal", reveal, f"one of {', '.join(REVEAL)}")
+            raise ConfigError("reveal", reveal, f"one of {', '.join(REVEAL)}")
         self.limit = limit
         self.batch_size = batch_size
         self.frac_bits = frac_bits
