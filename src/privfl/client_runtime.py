@@ -153,7 +153,7 @@ class ClientHost:
         first = client.start(contribution)
         if not client.finished:
             self._secure[client_id] = client
-        values = {**report, "phase": client.first_phase, "statistics": names}
+        values = {**report, "phase": client.first_phase, "statistic_names": names}
         return Message("secure-reply", values, {"data": bytes_tensor(first)})
 
     def _secure_step(self, client_id: int, message: Message) -> Message:

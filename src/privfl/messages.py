@@ -19,8 +19,8 @@ kind                way     content
                             tensor ``update``
 ``secure``          down    ``phase`` of secure aggregation; tensor ``data``
                             (the protocol's own bytes)
-``secure-reply``    up      ``phase``; the first one also ``num_examples`` and
-                            ``train_loss``; tensor ``data``
+``secure-reply``    up      ``phase``; the first one also ``num_examples``,
+                            ``train_loss`` and ``statistic_names``; tensor ``data``
 ``refused``         up      ``reason``: the client will not take part this round
 ==================  ======  ==================================================
 """

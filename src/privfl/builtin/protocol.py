@@ -27,6 +27,16 @@ from privfl.records import ClientResult, RoundRecord
 from privfl.seeding import derive_seed, torch_generator
 
 
+@dataclass(frozen=True)
+class _Report:
+    """What a secure-sum client says in the open with its first protocol message."""
+
+    client_id: int
+    num_examples: int
+    train_loss: float
+    statistic_names: tuple[str, ...]
+
+
 @dataclass
 class _Replies:
     """A round's replies to its tasks, sorted by what they hold."""
@@ -35,8 +45,8 @@ class _Replies:
     """Plaintext updates (no secure aggregation)."""
     first: dict[int, bytes] = field(default_factory=dict)
     """Each client's first secure-sum message (secure aggregation)."""
-    reports: dict[int, ClientResult] = field(default_factory=dict)
-    """What secure-sum clients said in the open: example count, loss, statistic names."""
+    reports: dict[int, _Report] = field(default_factory=dict)
+    """What secure-sum clients said in the open."""
     rejected: dict[int, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -65,7 +75,7 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
             accepted.append(result)
         else:
             replies.rejected[result.client_id] = reason
-    counted: list[ClientResult] = []
+    counted: list[ClientResult | _Report] = []
     if accepted or replies.first:
         try:
             # 5. aggregation (a secure sum's phases are exchanged here)
@@ -160,8 +170,8 @@ def _read_replies(fed, answers: Mapping[int, Message | Failure]) -> _Replies:
             raise MessageError(f"{sender} sent num_examples = {num_examples!r}, not a count >= 1")
         loss = reply.value("train_loss", sender)
         train_loss = float("nan") if loss is None else check_finite(loss, "train_loss", sender)
-        stats = reply.value("statistics", sender)
         if expected == "update":
+            stats = reply.value("statistics", sender)
             if not isinstance(stats, dict):
                 raise MessageError(f"{sender} sent statistics that are not a table")
             statistics = {k: check_finite(v, k, sender) for k, v in stats.items()}
@@ -170,12 +180,11 @@ def _read_replies(fed, answers: Mapping[int, Message | Failure]) -> _Replies:
                 ClientResult(client, update, num_examples, train_loss, statistics)
             )
         else:
-            if not (isinstance(stats, list) and all(isinstance(n, str) for n in stats)):
+            names = reply.value("statistic_names", sender)
+            if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
                 raise MessageError(f"{sender} sent statistic names that are not a list of names")
             replies.first[client] = tensor_bytes(reply.tensor("data", sender))
-            replies.reports[client] = ClientResult(
-                client, torch.empty(0), num_examples, train_loss, dict.fromkeys(stats, 0.0)
-            )
+            replies.reports[client] = _Report(client, num_examples, train_loss, tuple(names))
     return replies
 
 
@@ -190,8 +199,8 @@ def _aggregate(
     """Step 5: return the aggregate, the ids it holds and the clients' mean statistics."""
     dim = fed.params.numel()
     if fed.secure_position is not None:
-        names = sorted(next(iter(replies.reports.values())).statistics)
-        if any(sorted(r.statistics) != names for r in replies.reports.values()):
+        names = sorted(next(iter(replies.reports.values())).statistic_names)
+        if any(sorted(r.statistic_names) != names for r in replies.reports.values()):
             raise MessageError("clients reported different statistics for one secure sum")
         summed = fed.mechanisms[fed.secure_position].secure_sum(
             round=round,
