@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from privfl import aggregation
-from privfl.models import CNN, count_parameters
+from privfl.algorithms import aggregation
+from privfl.algorithms.models import CNN, count_parameters
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import time
 
 import torch
 
+from privfl.algorithms.models import CNN, TwoNN
 from privfl.components import TensorPair
 from privfl.data.mnist import images_to_float, load_bundled_mnist, load_mnist
-from privfl.models import CNN, TwoNN
 
 MODELS = {"2nn": TwoNN, "cnn": CNN}
 

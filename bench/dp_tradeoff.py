@@ -19,10 +19,10 @@ import time
 import torch
 
 import privfl
+from privfl.algorithms.dp import clip_to_norm
+from privfl.algorithms.models import TwoNN
 from privfl.builtin.datasets import MNISTSource
 from privfl.data.partition import iid
-from privfl.dp import clip_to_norm
-from privfl.models import TwoNN
 from privfl.testing import make_plugin_manager
 
 

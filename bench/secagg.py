@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 import privfl
+from privfl.algorithms.models import CNN, TwoNN
 from privfl.builtin.datasets import MNISTSource
 from privfl.builtin.samplers import UniformSampler
 from privfl.data.partition import iid
-from privfl.models import CNN, TwoNN
 from privfl.secagg import (
     DropoutPlan,
     decode,

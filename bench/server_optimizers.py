@@ -16,9 +16,9 @@ import argparse
 import torch
 
 import privfl
+from privfl.algorithms.models import TwoNN
 from privfl.builtin.datasets import MNISTSource
 from privfl.data.partition import iid
-from privfl.models import TwoNN
 from privfl.testing import make_plugin_manager
 
 GRID = {

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, special, stats
 
-from privfl.accounting import (
+from privfl.builtin.accountants import (
     PldPrivacyAccountant,
     RdpPrivacyAccountant,
     _DpAccountingAccountant,

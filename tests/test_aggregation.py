@@ -8,8 +8,14 @@ import pytest
 import torch
 
 import privfl
-from privfl import aggregation
-from privfl.aggregation import coordinate_median, krum, krum_scores, multi_krum, trimmed_mean
+from privfl.algorithms import aggregation
+from privfl.algorithms.aggregation import (
+    coordinate_median,
+    krum,
+    krum_scores,
+    multi_krum,
+    trimmed_mean,
+)
 from privfl.builtin.aggregators import Krum, Median, MultiKrum, TrimmedMean
 from privfl.plugins import get_plugin_manager
 from privfl.testing import tiny_federation

@@ -7,7 +7,7 @@ import torch
 from scipy.stats import norm
 
 import privfl
-from privfl import attacks
+from privfl.algorithms import attacks
 from privfl.builtin.attacks import GaussianAttack, LittleIsEnough, SignFlip
 from privfl.testing import make_plugin_manager, tiny_federation
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from privfl.algorithms.models import TwoNN
+from privfl.app.config import load_toml
 from privfl.cli.main import main, parse_options
-from privfl.config import load_toml
 from privfl.errors import ConfigError
-from privfl.models import TwoNN
 
 FAST = ["--model", "2nn", "--clients", "20", "--clients-per-round", "5", "--rounds", "3"]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import privfl
-from privfl.aggregation import fedavg
+from privfl.algorithms.aggregation import fedavg
+from privfl.algorithms.models import CNN, TwoNN, count_parameters
 from privfl.builtin.evaluators import PlaintextEvaluator
 from privfl.builtin.executors import SINGLE_THREAD_FLOPS, training_threads
 from privfl.builtin.samplers import AllSampler, PoissonSampler, UniformSampler
@@ -15,7 +16,6 @@ from privfl.client import LocalTraining
 from privfl.client_data import PartitionedData
 from privfl.client_runtime import ClientApp
 from privfl.components import TensorPair
-from privfl.models import CNN, TwoNN, count_parameters
 
 
 def test_uniform_sampler_draws_distinct_sorted_ids():

@@ -11,8 +11,8 @@ from types import ModuleType
 import pytest
 
 from privfl import hookspecs
+from privfl.app.config import check_components, config_fields, load_toml, make_config
 from privfl.cli.main import build_parser
-from privfl.config import check_components, config_fields, load_toml, make_config
 from privfl.plugins import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Tests of the DP-FedAvg math in privfl.dp: clipping, noise, distributed and adaptive DP."""
+"""Tests of the DP-FedAvg math in privfl.algorithms.dp: clipping, noise, distributed, adaptive."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from privfl.dp import (
+from privfl.algorithms.dp import (
     centred_unclipped,
     clip_to_norm,
     default_count_stddev,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import privfl
-from privfl.accounting import RdpPrivacyAccountant
+from privfl.app.checkpoint import load_checkpoint, save_checkpoint
+from privfl.builtin.accountants import RdpPrivacyAccountant
 from privfl.builtin.dp_mechanism import DPFedAvg
-from privfl.checkpoint import load_checkpoint, save_checkpoint
 from privfl.testing import tiny_federation
 
 SECURE = {"secure_noise": True}

@@ -8,9 +8,9 @@ import torch
 
 import privfl
 from privfl import hookimpl
-from privfl.config import make_config
+from privfl.app.config import make_config
+from privfl.app.runner import build_federation
 from privfl.records import RoundRecord
-from privfl.runner import build_federation
 from privfl.testing import make_plugin_manager, tiny_dataset, tiny_federation
 
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import privfl
-from privfl.checkpoint import load_checkpoint, save_checkpoint, save_model, write_atomic
+from privfl.app.checkpoint import load_checkpoint, save_checkpoint, save_model, write_atomic
 from privfl.seeding import derive_seed, torch_generator
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import privfl
-from privfl import server_optimization as so
+from privfl.algorithms import server_optimization as so
+from privfl.app.checkpoint import load_checkpoint, save_checkpoint
 from privfl.builtin.server_optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
-from privfl.checkpoint import load_checkpoint, save_checkpoint
 from privfl.plugins import get_plugin_manager
 from privfl.testing import tiny_federation
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import privfl
+from privfl.algorithms.models import CNN, TwoNN
 from privfl.builtin.smpc_evaluator import SMPCEvaluator
 from privfl.cli.main import main
 from privfl.data.mnist import images_to_float, load_mnist
 from privfl.data.partition import iid
-from privfl.models import CNN, TwoNN
 from privfl.testing import make_plugin_manager, tiny_federation
 
 MNIST = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist"

@@ -6,8 +6,8 @@ Run ``python bench/smpc/bench_smpc.py`` (``--batch``, ``--cnn-batch``, ``--threa
 * ``MLP``: the 784-500-10 ReLU perceptron;
 * ``CNN``: the small conv(1,8,5)-ReLU-maxpool2-conv(8,16,5)-ReLU-maxpool2-fc(256,100)-
   ReLU-fc(100,10);
-* ``2NN``: McMahan et al.'s 784-200-200-10 perceptron, :class:`privfl.models.TwoNN`;
-* ``McCNN``: McMahan et al.'s CNN, :class:`privfl.models.CNN` (conv 32 and 64 channels,
+* ``2NN``: McMahan et al.'s 784-200-200-10 perceptron, :class:`privfl.algorithms.models.TwoNN`;
+* ``McCNN``: McMahan et al.'s CNN, :class:`privfl.algorithms.models.CNN` (conv 32 and 64 channels,
   padding 2, fc 3136-512-10). It runs on a smaller batch (``--cnn-batch``, default 20):
   at 100 images the dealer's precomputed material alone would take about 3 GB and one
   secure run over a minute on a 2-core machine.
@@ -30,7 +30,7 @@ import time
 import torch
 from torch import nn
 
-from privfl.models import CNN, TwoNN
+from privfl.algorithms.models import CNN, TwoNN
 from privfl.smpc import (
     ChaChaPRG,
     Session,

@@ -11,7 +11,7 @@ Directives (usable from MyST as ```` ```{name} ````):
     The ``--help`` text of ``privfl COMMAND`` (or of ``privfl``), from
     :func:`privfl.cli.main.build_parser`.
 ``privfl-config-keys``
-    A table of every key of :class:`privfl.config.RunConfig`: key, flag, type,
+    A table of every key of :class:`privfl.app.config.RunConfig`: key, flag, type,
     default, help.
 ``privfl-component-options``
     A table of the options the built-in components declare, the keys of their
@@ -84,7 +84,7 @@ def flag_of(spec: dataclasses.Field) -> str:
 
 def config_rows() -> list[dict[str, str]]:
     """Return one row per config key: key, flag, type, default (as TOML), help."""
-    from privfl.config import config_fields
+    from privfl.app.config import config_fields
 
     rows = []
     for spec in config_fields():

@@ -24,9 +24,7 @@ class CoordinateMedian(privfl.Aggregator):
 
     def __init__(self, min_clients: int = 1) -> None:
         if not (isinstance(min_clients, int) and min_clients >= 1):
-            raise privfl.ConfigError(
-                "min_clients", min_clients, "an integer >= 1"
-            )
+            raise privfl.ConfigError("min_clients", min_clients, "an integer >= 1")
         self.min_clients = min_clients
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,9 @@ import time
 import torch
 
 import privfl
+from privfl.algorithms.models import TwoNN
 from privfl.data.mnist import images_to_float, load_bundled_mnist
 from privfl.data.partition import iid
-from privfl.models import TwoNN
 from privfl.smpc import (
     OpeningKind,
     Session,

@@ -8,10 +8,10 @@ finishes in a few seconds on a laptop CPU. The docs build runs it and shows its 
 import torch
 
 import privfl
+from privfl.algorithms.models import TwoNN
 from privfl.builtin.samplers import UniformSampler
 from privfl.data.mnist import images_to_float, load_bundled_mnist
 from privfl.data.partition import iid
-from privfl.models import TwoNN
 from privfl.seeding import derive_seed
 
 # [end-imports]

@@ -9,9 +9,9 @@ its output.
 import torch
 
 import privfl
+from privfl.algorithms.models import TwoNN
 from privfl.data.mnist import images_to_float, load_bundled_mnist
 from privfl.data.partition import dirichlet
-from privfl.models import TwoNN
 
 mnist = load_bundled_mnist()
 train = privfl.TensorPair(images_to_float(mnist.train_images), mnist.train_labels)

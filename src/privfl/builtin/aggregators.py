@@ -1,4 +1,4 @@
-"""Built-in aggregators: thin classes around the rules in :mod:`privfl.aggregation`.
+"""Built-in aggregators: thin classes around the rules in :mod:`privfl.algorithms.aggregation`.
 
 FedAvg (McMahan et al. 2017) needs only the weighted sum of the updates, so it can run
 behind secure aggregation. The Byzantine-robust rules look at every update on its
@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import torch
 
-from privfl.aggregation import (
+from privfl.algorithms.aggregation import (
     check_byzantine,
     check_selected,
     check_trim_fraction,

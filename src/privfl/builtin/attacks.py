@@ -1,6 +1,6 @@
 """Built-in attacks: label flipping, sign flipping, Gaussian updates, A Little Is Enough.
 
-Thin classes around :mod:`privfl.attacks`. Select one with ``--attack NAME`` and the
+Thin classes around :mod:`privfl.algorithms.attacks`. Select one with ``--attack NAME`` and the
 malicious clients with ``--malicious-fraction``.
 """
 
@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from privfl import attacks
+from privfl.algorithms import attacks
 from privfl.components import Attack
 from privfl.errors import ConfigError
 from privfl.plugins import hookimpl

@@ -31,8 +31,7 @@ from typing import Any
 
 import torch
 
-from privfl.components import Sampling
-from privfl.dp import (
+from privfl.algorithms.dp import (
     ADAPTIVE_LEARNING_RATE,
     centred_unclipped,
     clip_to_norm,
@@ -43,6 +42,7 @@ from privfl.dp import (
     update_clip_norm,
     update_noise_multiplier,
 )
+from privfl.components import Sampling
 from privfl.errors import ConfigError, PrivacyWarning
 from privfl.mechanisms import Accountant, MechanismSetup, PrivacyMechanism
 from privfl.plugins import hookimpl

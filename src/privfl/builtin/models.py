@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from privfl.models import CNN, TwoNN
+from privfl.algorithms.models import CNN, TwoNN
 from privfl.plugins import hookimpl
 
 

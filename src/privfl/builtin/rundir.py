@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from privfl import __version__
-from privfl.checkpoint import save_checkpoint, save_model, write_atomic
+from privfl.app.checkpoint import save_checkpoint, save_model, write_atomic
 from privfl.plugins import hookimpl
 
 HISTORY = "history.jsonl"

@@ -4,7 +4,7 @@
 weighted mean of the clients' models). ``fedavgm`` adds server momentum (Hsu et al.
 2019); ``fedadam``, ``fedyogi`` and ``fedadagrad`` are the adaptive server optimizers
 of Reddi et al. 2021 ("Adaptive Federated Optimization", Algorithm 2). The math lives
-in :mod:`privfl.server_optimization`; the classes here keep the state between rounds
+in :mod:`privfl.algorithms.server_optimization`; the classes here keep the state between rounds
 (moments and the step count) and checkpoint it with ``state_dict``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from privfl import server_optimization as so
+from privfl.algorithms import server_optimization as so
 from privfl.components import ServerOptimizer
 from privfl.errors import ConfigError
 from privfl.plugins import hookimpl

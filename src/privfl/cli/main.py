@@ -1,6 +1,6 @@
-"""The ``privfl`` command: a thin layer over :mod:`privfl.runner`.
+"""The ``privfl`` command: a thin layer over :mod:`privfl.app.runner`.
 
-Flags of ``privfl run`` are generated from the fields of :class:`privfl.config.RunConfig`.
+Flags of ``privfl run`` are generated from the fields of :class:`privfl.app.config.RunConfig`.
 Errors a user can fix (bad values, unknown names, missing data) print one message and
 exit with status 2, without a traceback.
 """
@@ -20,12 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from privfl import __version__
-from privfl.config import RunConfig, component_flags, config_fields, load_toml, tomllib
-from privfl.errors import ConfigError, PluginError, PrivacyWarning, PrivflError
-from privfl.options import OptionSpec, declared_options
-from privfl.plugins import get_plugin_manager
-from privfl.registry import KINDS, ComponentRegistry
-from privfl.runner import (
+from privfl.app.config import RunConfig, component_flags, config_fields, load_toml, tomllib
+from privfl.app.runner import (
     Run,
     config_from_file_and_flags,
     evaluate_run,
@@ -33,6 +29,10 @@ from privfl.runner import (
     resume_run,
     start_run,
 )
+from privfl.errors import ConfigError, PluginError, PrivacyWarning, PrivflError
+from privfl.options import OptionSpec, declared_options
+from privfl.plugins import get_plugin_manager
+from privfl.registry import KINDS, ComponentRegistry
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

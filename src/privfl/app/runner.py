@@ -1,4 +1,4 @@
-"""Runs described by a :class:`privfl.config.RunConfig`: build, run, resume, evaluate.
+"""Runs described by a :class:`privfl.app.config.RunConfig`: build, run, resume, evaluate.
 
 The command line is a thin layer over these functions. Every setting is checked
 before anything is trained or written: unknown component names, impossible values
@@ -18,17 +18,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from privfl.builtin.rundir import CHECKPOINT, MODEL
-from privfl.checkpoint import load_checkpoint, write_atomic
-from privfl.client import LocalTraining
-from privfl.components import Datasets
-from privfl.config import (
+from privfl.app.checkpoint import load_checkpoint, write_atomic
+from privfl.app.config import (
     RunConfig,
     apply_component_flags,
     check_components,
     load_toml,
     make_config,
 )
+from privfl.builtin.rundir import CHECKPOINT, MODEL
+from privfl.client import LocalTraining
+from privfl.components import Datasets
 from privfl.errors import ConfigError
 from privfl.federation import Federation, accuracy
 from privfl.plugins import PluginManager, get_plugin_manager

@@ -4,7 +4,7 @@ DP-FedAvg (McMahan, Ramage, Talwar, Zhang 2018, "Learning Differentially Private
 Recurrent Language Models", ICLR) bounds each client's influence by clipping its
 update to L2 norm ``C`` and adds Gaussian noise of standard deviation ``z * C`` to the
 sum of clipped updates; ``z`` is the noise multiplier that the accountants of
-:mod:`privfl.accounting` turn into epsilon.
+:mod:`privfl.builtin.accountants` turn into epsilon.
 
 Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially Private
 Learning with Adaptive Clipping", NeurIPS) lets ``C`` follow a quantile of the update

@@ -68,7 +68,7 @@ def fedadam_step(
     "Adaptive Federated Optimization" (ICLR 2021), without bias correction:
     ``m' = beta1 m + (1 - beta1) update``, ``v' = beta2 v + (1 - beta2) update^2``,
     ``params' = params + server_lr * m' / (sqrt(v') + tau)``; ``m`` starts at 0 and ``v``
-    at :func:`~privfl.server_optimization.initial_second_moment`.
+    at :func:`~privfl.algorithms.server_optimization.initial_second_moment`.
 
     :returns: ``(params', m', v')``.
     """
@@ -91,7 +91,7 @@ def fedyogi_step(
     """One FedYogi step (Reddi et al. 2021, Algorithm 2).
 
     "Adaptive Federated Optimization" (ICLR 2021): as
-    :func:`~privfl.server_optimization.fedadam_step` but with Yogi's additive second
+    :func:`~privfl.algorithms.server_optimization.fedadam_step` but with Yogi's additive second
     moment, ``v' = v - (1 - beta2) update^2 sign(v - update^2)``.
 
     :returns: ``(params', m', v')``.
@@ -115,7 +115,7 @@ def fedadagrad_step(
     "Adaptive Federated Optimization" (ICLR 2021): ``v' = v + update^2``,
     ``params' = params + server_lr * update / (sqrt(v') + tau)``: Algorithm 2 with
     ``beta1 = 0`` (no server momentum, so ``m_t = Delta_t``) and ``v`` starting at
-    :func:`~privfl.server_optimization.initial_second_moment`.
+    :func:`~privfl.algorithms.server_optimization.initial_second_moment`.
 
     :returns: ``(params', v')``.
     """
