@@ -21,7 +21,7 @@ from privfl.builtin.process_executor import ProcessExecutor
 from privfl.client_data import FolderData, PartitionedData, write_client_folders
 from privfl.plugins import hookimpl
 from privfl.secagg.messages import MaskedInput
-from privfl.testing import tiny_federation
+from privfl.testing import ClearSum, tiny_federation
 
 DP_DISTRIBUTED = {"dp": {"mode": "distributed", "noise_multiplier": 0.5, "clip": 1.0}}
 
@@ -155,3 +155,64 @@ def test_a_dead_worker_turns_its_clients_into_dropped_failures():
     assert len(failed) < 4  # the other worker's clients answered
     assert 0 < record.num_examples < 200
     assert torch.isfinite(fed.params).all()
+
+
+class TamperingExecutor(privfl.Executor):
+    """In-process clients; the reply of client 2 is rewritten on its way to the server."""
+
+    name = "tampering"
+
+    def __init__(self, tamper) -> None:
+        self.tamper = tamper
+
+    def start(self, app):
+        self.host = privfl.ClientHost(app)
+
+    def send_and_receive(self, messages):
+        replies = {c: self.host.handle(c, m) for c, m in messages.items()}
+        if 2 in replies:
+            replies[2] = self.tamper(replies[2])
+        return replies
+
+
+def _with_values(message, **values):
+    return privfl.Message(message.kind, {**message.values, **values}, message.tensors)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda m: _with_values(m, num_examples=0), "client 2 sent num_examples = 0"),
+        (lambda m: _with_values(m, num_examples=True), "client 2 sent num_examples = True"),
+        (lambda m: privfl.Message("update", m.values), "lacks tensor 'update'"),
+        (lambda m: _with_values(m, train_loss="low"), "client 2 sent train_loss = 'low'"),
+        (lambda m: privfl.Message("secure", m.values, m.tensors), "answered its task with"),
+        (lambda m: _with_values(m, statistics=[1]), "statistics that are not a table"),
+    ],
+)
+def test_a_malformed_reply_rejects_its_client_and_the_round_goes_on(tamper, reason):
+    fed = tiny_federation(num_clients=4, executor=TamperingExecutor(tamper))
+    reference = tiny_federation(num_clients=4, mechanisms=[ClearSum(keep={0, 1, 3})])
+    (record,) = fed.run(1)
+    reference.run(1)
+    assert list(record.rejected) == [2]
+    assert reason in record.rejected[2]
+    assert record.num_examples == sum(len(fed.client_data.partition[c]) for c in (0, 1, 3))
+    assert torch.allclose(fed.params, reference.params, atol=1e-6)
+
+
+def test_under_secagg_a_client_with_another_layout_is_left_out_not_the_round():
+    def other_layout(message):
+        first = "statistic_names" in message.values
+        return _with_values(message, statistic_names=["forged"]) if first else message
+
+    fed = tiny_federation(
+        num_clients=8,
+        mechanisms=["secagg"],
+        options={"secagg": {"tolerated_dropout": 0.3}},
+        executor=TamperingExecutor(other_layout),
+    )
+    (record,) = fed.run(1)
+    assert "reported statistics ['forged']" in record.rejected[2]
+    assert record.values["secagg_contributors"] == 7
+    assert 2 in record.values["secagg_dropped"]["advertise_keys"]

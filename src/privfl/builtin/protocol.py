@@ -12,6 +12,7 @@ protocol, if any, runs instead.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,40 +153,56 @@ def _tasks(fed, round: int, client_ids: list[int]) -> dict[int, Message]:
 
 
 def _read_replies(fed, answers: Mapping[int, Message | Failure]) -> _Replies:
-    """Check each reply and sort it; a malformed one is a MessageError naming its client."""
+    """Check each reply and sort it. A malformed reply rejects its client, with the
+    reason, and the round goes on with the others."""
     replies = _Replies()
-    expected = "secure-reply" if fed.secure_position is not None else "update"
     for client, reply in answers.items():
-        sender = f"client {client}"
         if isinstance(reply, Failure):
             replies.failed[str(client)] = reply.reason
             continue
-        if reply.kind == "refused":
-            replies.rejected[client] = str(reply.value("reason", sender))
-            continue
-        if reply.kind != expected:
-            raise MessageError(f"{sender} answered its task with {reply.kind!r}, not {expected!r}")
-        num_examples = reply.value("num_examples", sender)
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-            raise MessageError(f"{sender} sent num_examples = {num_examples!r}, not a count >= 1")
-        loss = reply.value("train_loss", sender)
-        train_loss = float("nan") if loss is None else check_finite(loss, "train_loss", sender)
-        if expected == "update":
-            stats = reply.value("statistics", sender)
-            if not isinstance(stats, dict):
-                raise MessageError(f"{sender} sent statistics that are not a table")
-            statistics = {k: check_finite(v, k, sender) for k, v in stats.items()}
-            update = reply.tensor("update", sender)
-            replies.updates.append(
-                ClientResult(client, update, num_examples, train_loss, statistics)
-            )
-        else:
-            names = reply.value("statistic_names", sender)
-            if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-                raise MessageError(f"{sender} sent statistic names that are not a list of names")
-            replies.first[client] = tensor_bytes(reply.tensor("data", sender))
-            replies.reports[client] = _Report(client, num_examples, train_loss, tuple(names))
+        try:
+            _read_reply(fed, client, reply, replies)
+        except MessageError as error:
+            replies.rejected[client] = str(error)
+    if replies.reports:  # every secure-sum contribution must have the same layout
+        layouts = Counter(r.statistic_names for r in replies.reports.values())
+        usual = layouts.most_common(1)[0][0]
+        for client, report in list(replies.reports.items()):
+            if report.statistic_names != usual:
+                replies.rejected[client] = (
+                    f"client {client} reported statistics {list(report.statistic_names)}, "
+                    f"not {list(usual)} as the others"
+                )
+                del replies.reports[client], replies.first[client]
     return replies
+
+
+def _read_reply(fed, client: int, reply: Message, replies: _Replies) -> None:
+    sender = f"client {client}"
+    if reply.kind == "refused":
+        replies.rejected[client] = str(reply.value("reason", sender))
+        return
+    expected = "secure-reply" if fed.secure_position is not None else "update"
+    if reply.kind != expected:
+        raise MessageError(f"{sender} answered its task with {reply.kind!r}, not {expected!r}")
+    num_examples = reply.value("num_examples", sender)
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise MessageError(f"{sender} sent num_examples = {num_examples!r}, not a count >= 1")
+    loss = reply.value("train_loss", sender)
+    train_loss = float("nan") if loss is None else check_finite(loss, "train_loss", sender)
+    if expected == "update":
+        stats = reply.value("statistics", sender)
+        if not isinstance(stats, dict):
+            raise MessageError(f"{sender} sent statistics that are not a table")
+        statistics = {k: check_finite(v, k, sender) for k, v in stats.items()}
+        update = reply.tensor("update", sender)
+        replies.updates.append(ClientResult(client, update, num_examples, train_loss, statistics))
+        return
+    names = reply.value("statistic_names", sender)
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise MessageError(f"{sender} sent statistic names that are not a list of names")
+    replies.first[client] = tensor_bytes(reply.tensor("data", sender))
+    replies.reports[client] = _Report(client, num_examples, train_loss, tuple(sorted(names)))
 
 
 def _aggregate(
@@ -199,9 +216,7 @@ def _aggregate(
     """Step 5: return the aggregate, the ids it holds and the clients' mean statistics."""
     dim = fed.params.numel()
     if fed.secure_position is not None:
-        names = sorted(next(iter(replies.reports.values())).statistic_names)
-        if any(sorted(r.statistic_names) != names for r in replies.reports.values()):
-            raise MessageError("clients reported different statistics for one secure sum")
+        names = list(next(iter(replies.reports.values())).statistic_names)
         summed = fed.mechanisms[fed.secure_position].secure_sum(
             round=round,
             client_ids=client_ids,
@@ -247,10 +262,14 @@ def _exchange(fed, phase: str, messages: Mapping[int, bytes]) -> dict[int, bytes
     }
     replies: dict[int, bytes] = {}
     for client, reply in fed.executor.send_and_receive(out).items():
-        if isinstance(reply, Failure):
-            continue
-        sender = f"client {client}"
-        if reply.kind != "secure-reply" or reply.value("phase", sender) != phase:
-            raise MessageError(f"{sender} answered secure phase {phase!r} with {reply.kind!r}")
-        replies[client] = tensor_bytes(reply.tensor("data", sender))
+        # A failed or malformed answer leaves the client out of the phase: the protocol
+        # counts it as dropped there.
+        if isinstance(reply, Message) and reply.kind == "secure-reply":
+            data = reply.tensors.get("data")
+            if (
+                reply.values.get("phase") == phase
+                and data is not None
+                and data.dtype == torch.uint8
+            ):
+                replies[client] = tensor_bytes(data)
     return replies
