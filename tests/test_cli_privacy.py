@@ -7,7 +7,7 @@ import json
 from privfl.cli.main import main
 
 DP = [
-    "--model", "2nn", "--clients", "50", "--sampler", "poisson", "--sample-rate", "0.2",
+    "--model", "2nn", "--clients", "500", "--sampler", "poisson", "--sample-rate", "0.2",
     "--dp", "--dp-clip", "1.0", "--dp-noise", "1.0", "--delta", "1e-5",
 ]  # fmt: skip
 

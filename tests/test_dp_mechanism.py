@@ -9,12 +9,20 @@ import pytest
 import torch
 
 import privfl
+from privfl.algorithms.dp import noise_to_signal
 from privfl.app.checkpoint import load_checkpoint, save_checkpoint
 from privfl.builtin.accountants import RdpPrivacyAccountant
 from privfl.builtin.dp_mechanism import DPFedAvg
 from privfl.testing import tiny_federation
 
 SECURE = {"secure_noise": True}
+
+# Tiny federations have a few clients and many parameters per client: both warnings
+# are right about them, and are tested on their own below.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:client-level DP over:privfl.PrivacyWarning"),
+    pytest.mark.filterwarnings("ignore:DP noise will drown:privfl.UtilityWarning"),
+]
 
 
 def bound(mechanism: DPFedAvg, *, expected: float = 10.0, kind: str = "poisson") -> DPFedAvg:
@@ -28,6 +36,7 @@ def bound(mechanism: DPFedAvg, *, expected: float = 10.0, kind: str = "poisson")
             seed=0,
             position=0,
             create=lambda kind, name: RdpPrivacyAccountant(),
+            secure_aggregation=True,
         )
     )
     return mechanism
@@ -250,3 +259,50 @@ def test_huge_finite_updates_are_clipped_and_nan_ones_left_to_screening():
     assert float(huge.double().norm()) == pytest.approx(1.0, rel=1e-5)
     nan = torch.full((10,), float("nan"))
     assert client_step(mechanism, nan, torch.Generator()) is nan
+
+
+def _setup(mechanism: DPFedAvg, *, num_clients: int, expected: float, dimension: int, secure: bool):
+    mechanism.setup(
+        privfl.MechanismSetup(
+            sampling=privfl.Sampling("poisson", num_clients, rate=expected / num_clients),
+            expected_clients=expected,
+            num_clients=num_clients,
+            dimension=dimension,
+            seed=0,
+            position=0,
+            create=lambda kind, name: RdpPrivacyAccountant(),
+            secure_aggregation=secure,
+        )
+    )
+
+
+@pytest.mark.filterwarnings("error")
+def test_distributed_noise_without_secure_aggregation_is_refused():
+    with pytest.raises(privfl.ConfigError, match=r"mode = 'distributed'.*add secure aggregation"):
+        _setup(
+            DPFedAvg(mode="distributed", **SECURE),
+            num_clients=1000,
+            expected=100,
+            dimension=10_000,
+            secure=False,
+        )
+
+
+@pytest.mark.filterwarnings("error")
+def test_noise_that_drowns_the_update_is_warned_about_with_numbers_and_a_fix():
+    # The README's old example: 2NN, 100 clients, Poisson rate 0.1.
+    with pytest.warns(privfl.UtilityWarning, match=r"about 44\.6x the clip norm") as caught:
+        _setup(DPFedAvg(**SECURE), num_clients=100, expected=10, dimension=199_210, secure=False)
+    assert "about 45 clients per round" in str(caught[0].message)
+    # 100 expected clients keep it at 4.5: no warning.
+    _setup(DPFedAvg(**SECURE), num_clients=1000, expected=100, dimension=199_210, secure=False)
+
+
+def test_noise_to_signal_follows_where_the_noise_is_added():
+    assert noise_to_signal(1.0, 10_000, 100) == pytest.approx(1.0)
+    assert noise_to_signal(2.0, 10_000, 100, local=True) == pytest.approx(20.0)
+
+
+def test_client_level_dp_over_a_few_owners_points_to_record_level_dp():
+    with pytest.warns(privfl.PrivacyWarning, match="over 2 clients.*record-level DP"):
+        _setup(DPFedAvg(**SECURE), num_clients=2, expected=2, dimension=10, secure=False)

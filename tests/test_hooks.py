@@ -11,7 +11,7 @@ from privfl import hookimpl
 from privfl.app.config import make_config
 from privfl.app.runner import build_federation
 from privfl.records import RoundRecord
-from privfl.testing import make_plugin_manager, tiny_dataset, tiny_federation
+from privfl.testing import ClearSum, make_plugin_manager, tiny_dataset, tiny_federation
 
 
 class CountingSampler(privfl.ClientSampler):
@@ -99,6 +99,8 @@ def test_hook_register_mechanisms():
     assert torch.equal(fed.params, before)
 
 
+@pytest.mark.filterwarnings("ignore:client-level DP over:privfl.PrivacyWarning")
+@pytest.mark.filterwarnings("ignore:DP noise will drown:privfl.UtilityWarning")
 def test_hook_register_accountants():
     class Counting(privfl.Accountant):
         name = "counting"
@@ -357,9 +359,16 @@ def test_hook_register_attacks():
             return [Zeroing]
 
     fed = tiny_federation(plugins=[Plugin()], attack="zeroing", malicious_fraction=0.5)
+    honest = set(range(4)) - fed.malicious
+    reference = tiny_federation(mechanisms=[ClearSum(keep=honest)])
     assert len(fed.malicious) == 2
     before = fed.params.clone()
     (record,) = fed.run(1)
+    reference.run(1)
     assert sorted(record.values["malicious"]) == sorted(fed.malicious)
-    # Two of four updates are zero: the FedAvg step is half the honest clients' mean.
-    assert not torch.equal(fed.params, before)
+    # Two of four updates are zero: the FedAvg step is the honest clients' weighted
+    # mean times their share of the examples.
+    sizes = {c: len(p) for c, p in enumerate(fed.client_data.partition)}
+    share = sum(sizes[c] for c in honest) / sum(sizes.values())
+    expected = before + share * (reference.params - before)
+    torch.testing.assert_close(fed.params, expected, rtol=0, atol=1e-6)

@@ -62,6 +62,8 @@ def test_secure_aggregation_refuses_robust_aggregators():
         tiny_federation(mechanisms=["secagg+"], aggregator="trimmed-mean")
 
 
+@pytest.mark.filterwarnings("ignore:client-level DP over:privfl.PrivacyWarning")
+@pytest.mark.filterwarnings("ignore:DP noise will drown:privfl.UtilityWarning")
 def test_distributed_dp_behind_secure_aggregation_accounts_the_realized_noise():
     options = {"dp": {"mode": "distributed", "noise_multiplier": 2.0, "secure_noise": True}}
     full = tiny_federation(num_clients=10, mechanisms=["dp", "secagg+"], options=options)

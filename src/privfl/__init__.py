@@ -30,6 +30,7 @@ from privfl.errors import (
     PrivacyWarning,
     PrivflError,
     RoundAborted,
+    UtilityWarning,
 )
 from privfl.federation import Federation, accuracy
 from privfl.mechanisms import (
@@ -83,6 +84,7 @@ __all__ = [
     "SecureSumClient",
     "ServerOptimizer",
     "TensorPair",
+    "UtilityWarning",
     "__version__",
     "accuracy",
     "get_plugin_manager",

@@ -45,3 +45,8 @@ class RoundAborted(PrivflError):  # noqa: N818 -- names an event, not a bug
 
 class PrivacyWarning(UserWarning):
     """A setting weakens a privacy guarantee (such as DP noise from a non-secure generator)."""
+
+
+class UtilityWarning(UserWarning):
+    """A setting will likely keep the model from learning (such as DP noise that drowns
+    the averaged update); the message gives the numbers and the fix."""

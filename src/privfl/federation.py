@@ -369,6 +369,7 @@ class Federation:
                     create=lambda kind, name: self.registry.create(
                         kind, name, self.options_for(name)
                     ),
+                    secure_aggregation=self.secure_position is not None,
                 )
             )
 

@@ -30,6 +30,8 @@ class MechanismSetup:
     :ivar dimension: The number of model parameters (the length of an update).
     :ivar seed: The federation's root seed.
     :ivar position: The mechanism's position in the federation's list.
+    :ivar secure_aggregation: Whether a secure-sum mechanism is in the federation (so
+        the server sees only the sum of the contributions).
     :ivar create: Builds another registered component, ``create(kind, name)``, with
         the options the run gives it (DP builds its accountant this way).
     """
@@ -41,6 +43,7 @@ class MechanismSetup:
     seed: int
     position: int
     create: Callable[[str, str], Any]
+    secure_aggregation: bool = False
 
 
 class PrivacyMechanism(Component):

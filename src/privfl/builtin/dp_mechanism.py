@@ -33,17 +33,19 @@ import torch
 
 from privfl.algorithms.dp import (
     ADAPTIVE_LEARNING_RATE,
+    NOISE_TO_SIGNAL_LIMIT,
     centred_unclipped,
     clip_to_norm,
     default_count_stddev,
     gaussian_noise,
+    noise_to_signal,
     realized_noise_multiplier,
     unclipped_fraction,
     update_clip_norm,
     update_noise_multiplier,
 )
 from privfl.components import Sampling
-from privfl.errors import ConfigError, PrivacyWarning
+from privfl.errors import ConfigError, PrivacyWarning, UtilityWarning
 from privfl.mechanisms import Accountant, MechanismSetup, PrivacyMechanism
 from privfl.plugins import hookimpl
 
@@ -156,6 +158,15 @@ class DPFedAvg(PrivacyMechanism):
                 "a sampler that states how it samples (uniform, poisson or all): client-level "
                 "DP is accounted for the sampling scheme actually used",
             )
+        if self.mode == "distributed" and not context.secure_aggregation:
+            raise ConfigError(
+                "mode",
+                self.mode,
+                "central or local, or add secure aggregation (--secagg secagg+): each client "
+                "adds only a share of the noise, which protects it only if the server sees "
+                "nothing but the sum",
+            )
+        _warn_about_the_setting(self, context)
         self.accountant = context.create("accountant", self.accountant_name)
         self.sampling = context.sampling
         self.expected_clients = context.expected_clients
@@ -262,6 +273,40 @@ class DPFedAvg(PrivacyMechanism):
     def _noise(self, numel: int, std: float, generator: torch.Generator) -> torch.Tensor:
         return gaussian_noise(
             numel, std, generator=None if self.secure_noise else generator, secure=self.secure_noise
+        )
+
+
+FEW_CLIENTS = 20
+"""Below this many clients, client-level DP is warned about as the wrong guarantee."""
+
+
+def _warn_about_the_setting(mechanism: DPFedAvg, context: MechanismSetup) -> None:
+    """Warn, with numbers and the fix, about settings that defeat the purpose."""
+    local = mechanism.mode == "local"
+    ratio = noise_to_signal(
+        mechanism.noise_multiplier, context.dimension, context.expected_clients, local=local
+    )
+    if ratio > NOISE_TO_SIGNAL_LIMIT:
+        scale = (ratio / NOISE_TO_SIGNAL_LIMIT) ** (2 if local else 1)
+        warnings.warn(
+            f"DP noise will drown the averaged update: its norm is about {ratio:.1f}x the "
+            f"clip norm (z sqrt(d) / {'sqrt(E)' if local else 'E'} with z = "
+            f"{mechanism.noise_multiplier:g}, d = {context.dimension} parameters, E = "
+            f"{context.expected_clients:g} expected clients per round), and training will "
+            f"likely not learn; keep it under {NOISE_TO_SIGNAL_LIMIT:g} with about "
+            f"{math.ceil(scale * context.expected_clients)} clients per round, a smaller "
+            "model, or a smaller noise multiplier (less privacy)",
+            UtilityWarning,
+            stacklevel=2,
+        )
+    if context.num_clients < FEW_CLIENTS:
+        warnings.warn(
+            f"client-level DP over {context.num_clients} clients: it bounds what one "
+            "client's whole data can change, so its epsilon says little when each client "
+            "is a large data owner (cross-silo); record-level DP, DP-SGD inside each "
+            "owner's training, is the guarantee that fits a few owners",
+            PrivacyWarning,
+            stacklevel=2,
         )
 
 

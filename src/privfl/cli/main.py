@@ -29,7 +29,13 @@ from privfl.app.runner import (
     resume_run,
     start_run,
 )
-from privfl.errors import ConfigError, PluginError, PrivacyWarning, PrivflError
+from privfl.errors import (
+    ConfigError,
+    PluginError,
+    PrivacyWarning,
+    PrivflError,
+    UtilityWarning,
+)
 from privfl.options import OptionSpec, declared_options
 from privfl.plugins import get_plugin_manager
 from privfl.registry import KINDS, ComponentRegistry
@@ -189,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args.run_dir, args.backend, args.limit, console)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrivacyWarning)
+            warnings.simplefilter("always", UtilityWarning)
             if args.command == "resume":
                 run = resume_run(args.run_dir)
                 console.print(f"resuming [bold]{run.run_dir}[/] after round {run.federation.round}")
