@@ -34,7 +34,7 @@ from privfl.components import (
     TensorPair,
 )
 from privfl.errors import ConfigError, PluginError
-from privfl.mechanisms import MechanismSetup, PrivacyMechanism
+from privfl.mechanisms import MechanismSetup, PrivacyMechanism, check_combination
 from privfl.plugins import PluginManager, get_plugin_manager
 from privfl.records import RoundRecord
 from privfl.registry import ComponentRegistry
@@ -137,7 +137,7 @@ class Federation:
         self.attack: Attack | None = (
             None if attack is None else self._component("attack", attack, Attack)
         )
-        self.secure_position: int | None = self._check_mechanisms()
+        self.secure_position = check_combination(self.mechanisms, self.aggregator, self.attack)
         """Position of the secure-aggregation mechanism in ``mechanisms``, or None."""
         self.fixed_denominator = any(m.fixed_denominator for m in self.mechanisms)
         """True when a mechanism (client-level DP) needs sums divided by expected clients."""
@@ -157,6 +157,10 @@ class Federation:
         """The latest scores of each evaluator, by evaluator name."""
         self.stash: dict[str, Any] = {}
         """Per-federation state that plugins keep between hook calls, under their own keys."""
+        self.settings: dict[str, Any] = {}
+        """The settings the run was made with (the command line puts its configuration
+        here, less what may change on resume); checkpoints carry them, and loading a
+        checkpoint made with other settings is refused."""
         self._set_up_mechanisms()
         self.hook.privfl_configure(federation=self)
 
@@ -302,14 +306,35 @@ class Federation:
                 state = component.state_dict()
                 if state:
                     states[f"{kind}.{position}.{component.name}"] = state
-        return {"round": self.round, "params": self.params.clone(), "components": states}
+        return {
+            "round": self.round,
+            "params": self.params.clone(),
+            "components": states,
+            "settings": dict(self.settings),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`; components must match by kind and name."""
+        """Restore a state from :meth:`state_dict`; components must match by kind and name,
+        the settings must be the same, and the parameters finite."""
         params = state["params"]
         if params.shape != self.params.shape:
             raise ConfigError(
                 "checkpoint", f"{params.numel()} parameters", f"{self.params.numel()} parameters"
+            )
+        if not bool(torch.isfinite(params).all()):
+            raise ConfigError("checkpoint", "NaN or infinite parameters", "finite parameters")
+        saved_settings = state.get("settings", {})
+        changed = sorted(
+            k
+            for k in {*saved_settings, *self.settings}
+            if saved_settings.get(k) != self.settings.get(k)
+        )
+        if changed:
+            raise ConfigError(
+                "checkpoint",
+                f"made with other {', '.join(changed)}",
+                "the settings it was made with (only rounds, the executor, evaluators and "
+                "the evaluation and checkpoint intervals may change on resume)",
             )
         saved = dict(state["components"])
         for kind, value in self.components().items():
@@ -321,38 +346,6 @@ class Federation:
             raise ConfigError("checkpoint", sorted(saved), "component states of this federation")
         self.params = params.clone()
         self.round = int(state["round"])
-
-    def _check_mechanisms(self) -> int | None:
-        """Check the combination of mechanisms and aggregator, in one place, before any
-        round; return the position of the secure-sum mechanism, if any."""
-        secure = [i for i, m in enumerate(self.mechanisms) if m.sums_securely]
-        if len(secure) > 1:
-            raise ConfigError(
-                "mechanisms",
-                [self.mechanisms[i].name for i in secure],
-                "at most one secure-aggregation mechanism",
-            )
-        needs_sum = [m.name for m in self.mechanisms if m.fixed_denominator or m.sums_securely]
-        if needs_sum and not self.aggregator.works_on_secure_sum:
-            raise ConfigError(
-                "aggregator",
-                self.aggregator.name,
-                f"an aggregator that works on a sum, such as fedavg, with {', '.join(needs_sum)}: "
-                f"{self.aggregator.name} must see every client's update, but secure aggregation "
-                "reveals only their sum and client-level DP bounds each client's share of a sum",
-            )
-        poisons_updates = (
-            self.attack is not None
-            and type(self.attack).poison_updates is not Attack.poison_updates
-        )
-        if secure and poisons_updates:
-            raise ConfigError(
-                "attack",
-                self.attack.name,
-                "an attack on labels only with secure aggregation: this attack replaces "
-                "updates knowing the benign ones, which the server half never sees then",
-            )
-        return secure[0] if secure else None
 
     def _set_up_mechanisms(self) -> None:
         """Call every mechanism's set-up with what it needs (the one contract for all)."""

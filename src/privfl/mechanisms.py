@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from privfl.components import Component, Sampling
+from privfl.components import Attack, Component, Sampling
+from privfl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -211,3 +212,42 @@ class Accountant(Component):
         self, *, sampling: Sampling, noise_multiplier: float, rounds: int, delta: float
     ) -> float:
         """Return epsilon at ``delta`` if ``rounds`` more rounds were composed (no change)."""
+
+
+def check_combination(
+    mechanisms: Sequence[PrivacyMechanism], aggregator: Any, attack: Any
+) -> int | None:
+    """Check the combination of mechanisms, aggregator and attack, in one place, before
+    any round; return the position of the secure-sum mechanism, if any.
+
+    :raises ConfigError: for two secure-sum mechanisms; a secure sum or client-level DP
+        with an aggregator that needs every update; an attack that replaces updates
+        behind secure aggregation.
+    """
+    secure = [i for i, m in enumerate(mechanisms) if m.sums_securely]
+    if len(secure) > 1:
+        raise ConfigError(
+            "mechanisms",
+            [mechanisms[i].name for i in secure],
+            "at most one secure-aggregation mechanism",
+        )
+    needs_sum = [m.name for m in mechanisms if m.fixed_denominator or m.sums_securely]
+    if needs_sum and not aggregator.works_on_secure_sum:
+        raise ConfigError(
+            "aggregator",
+            aggregator.name,
+            f"an aggregator that works on a sum, such as fedavg, with {', '.join(needs_sum)}: "
+            f"{aggregator.name} must see every client's update, but secure aggregation "
+            "reveals only their sum and client-level DP bounds each client's share of a sum",
+        )
+    poisons_updates = (
+        attack is not None and type(attack).poison_updates is not Attack.poison_updates
+    )
+    if secure and poisons_updates:
+        raise ConfigError(
+            "attack",
+            attack.name,
+            "an attack on labels only with secure aggregation: this attack replaces "
+            "updates knowing the benign ones, which the server half never sees then",
+        )
+    return secure[0] if secure else None

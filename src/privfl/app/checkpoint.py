@@ -50,7 +50,12 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
                 tensors[f"{component}/{key}"] = value.contiguous()
             else:
                 values.setdefault(component, {})[key] = value
-    meta = {"format": FORMAT, "round": state["round"], "values": values}
+    meta = {
+        "format": FORMAT,
+        "round": state["round"],
+        "values": values,
+        "settings": dict(state.get("settings", {})),
+    }
     write_atomic(path, save_safetensors(tensors, metadata={"privfl": json.dumps(meta)}))
 
 
@@ -69,7 +74,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         if name != "params":
             component, key = name.split("/", 1)
             components.setdefault(component, {})[key] = tensor
-    return {"round": meta["round"], "params": tensors["params"], "components": components}
+    return {
+        "round": meta["round"],
+        "params": tensors["params"],
+        "components": components,
+        "settings": meta.get("settings", {}),
+    }
 
 
 def save_model(path: Path, model: torch.nn.Module) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -118,6 +119,18 @@ class RunConfig:
     def table(self, name: str) -> dict[str, Any]:
         """Return the options given for the component named ``name``."""
         return dict(self.tables.get(name, {}))
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a checkpoint of this run must match: everything but what may
+        change on resume (rounds, run folder, evaluators, evaluation and checkpoint
+        intervals, and the executor, which gives the same bytes wherever clients run),
+        as JSON values."""
+        changeable = {"rounds", "run_dir", "evaluators", "eval_every", "checkpoint_every"}
+        changeable |= {"executor", "tables"}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in changeable}
+        ignored = {self.executor, *self.evaluators}
+        values["tables"] = {k: v for k, v in self.tables.items() if k not in ignored}
+        return json.loads(json.dumps(values))
 
     def to_toml(self) -> str:
         """Return the configuration as TOML: core keys, then one table per component."""

@@ -8,6 +8,7 @@ and unreadable data fail first, and the run directory is created only afterwards
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -26,7 +27,14 @@ from privfl.app.config import (
     load_toml,
     make_config,
 )
-from privfl.builtin.rundir import CHECKPOINT, MODEL
+from privfl.builtin.rundir import (
+    CHECKPOINT,
+    HISTORY,
+    MODEL,
+    lock_run_dir,
+    read_history,
+    remove_leftovers,
+)
 from privfl.client import LocalTraining
 from privfl.components import Datasets
 from privfl.errors import ConfigError
@@ -47,6 +55,8 @@ class Run:
     federation: Federation
     data: Datasets
     run_dir: Path
+    lock: int | None = None
+    """The open file that locks the run folder while this process uses it."""
 
 
 def build_federation(
@@ -89,6 +99,7 @@ def build_federation(
         seed=config.seed,
         plugins=pm,
     )
+    federation.settings = config.settings()
     return federation, data
 
 
@@ -102,21 +113,36 @@ def start_run(config: RunConfig, *, plugins: PluginManager | None = None) -> Run
         )
     config = replace(config, run_dir=str(run_dir))
     write_atomic(run_dir / CONFIG, config.to_toml().encode())
-    return Run(config, federation, data, run_dir)
+    return Run(config, federation, data, run_dir, lock_run_dir(run_dir))
 
 
 def resume_run(run_dir: str | Path, *, plugins: PluginManager | None = None) -> Run:
     """Rebuild a run from its folder and load its last checkpoint, if any."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).exists():
+    if not (run_dir / CONFIG).is_file():
         raise ConfigError("run_dir", str(run_dir), f"a run folder holding {CONFIG}")
-    config = make_config(load_toml(run_dir / CONFIG))
-    federation, data = build_federation(config, plugins=plugins)
-    if (run_dir / CHECKPOINT).exists():
-        federation.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
-    if federation.round >= config.rounds:
-        raise ConfigError("run_dir", str(run_dir), "a run that has rounds left to run")
-    return Run(config, federation, data, run_dir)
+    lock = lock_run_dir(run_dir)
+    try:
+        remove_leftovers(run_dir)
+        config = make_config(load_toml(run_dir / CONFIG))
+        federation, data = build_federation(config, plugins=plugins)
+        if (run_dir / CHECKPOINT).exists():
+            federation.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
+        elif read_history(run_dir):
+            raise ConfigError(
+                "run_dir",
+                str(run_dir),
+                f"a run folder whose {CHECKPOINT} is there: {HISTORY} records rounds, "
+                "but their checkpoint is missing (restore it, or start a new run)",
+            )
+        if federation.round >= config.rounds and (run_dir / MODEL).exists():
+            raise ConfigError("run_dir", str(run_dir), "a run that has rounds left to run")
+    except BaseException:
+        os.close(lock)
+        raise
+    # A run killed after its last checkpoint but before its model was written resumes
+    # with no round to run and writes the model.
+    return Run(config, federation, data, run_dir, lock)
 
 
 def execute(run: Run, *, console: Any = None) -> list[RoundRecord]:
@@ -125,13 +151,18 @@ def execute(run: Run, *, console: Any = None) -> list[RoundRecord]:
     Evaluators marked ``final_only`` (such as ``smpc``) also get their scores written
     to ``evaluation-NAME.json`` when the last round has run.
     """
-    with run.federation:
-        records = run.federation.run(
-            run.config.rounds,
-            run_dir=run.run_dir,
-            console=console,
-            checkpoint_every=run.config.checkpoint_every,
-        )
+    try:
+        with run.federation:
+            records = run.federation.run(
+                run.config.rounds,
+                run_dir=run.run_dir,
+                console=console,
+                checkpoint_every=run.config.checkpoint_every,
+            )
+    finally:
+        if run.lock is not None:
+            os.close(run.lock)
+            run.lock = None
     if run.federation.round == run.config.rounds:
         for evaluator in run.federation.evaluators:
             scores = run.federation.evaluations.get(evaluator.name)

@@ -10,7 +10,10 @@ Active when :meth:`privfl.Federation.run` is given a ``run_dir``. The folder hol
     ``running``, ``complete``, ``stopped`` or ``failed``, the last round and why it
     stopped; only ``complete`` and ``stopped`` runs have a final model;
 ``model.safetensors``
-    the final global model's state dict.
+    the final global model's state dict;
+``run.lock``
+    locked (``flock``) by the process that runs or resumes the run, so two processes
+    never write one folder.
 
 ``history.jsonl`` is appended and flushed to disk after each round; the other files
 are replaced atomically (write, flush, rename). A resumed run rewrites
@@ -20,18 +23,51 @@ point and resumed writes the same model.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
 
 from privfl import __version__
 from privfl.app.checkpoint import save_checkpoint, save_model, write_atomic
+from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
 
 HISTORY = "history.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 STATUS = "status.json"
 MODEL = "model.safetensors"
+LOCK = "run.lock"
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """Take the run folder's lock for this process; return the open file that holds it.
+
+    The lock is ``flock`` on ``run.lock``: the operating system releases it when the
+    file is closed or the process ends, also by a kill, so a stale lock never blocks a
+    resume. A second ``privfl`` process on the same folder is refused.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(handle, 32).decode(errors="replace").strip() or "another process"
+        os.close(handle)
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            f"a run folder that no other privfl process is using (process {holder} is)",
+        ) from None
+    os.ftruncate(handle, 0)
+    os.write(handle, str(os.getpid()).encode())
+    return handle
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the temporary files that a kill during an atomic write left behind."""
+    for leftover in run_dir.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def write_status(run_dir: Path, status: str, round: int, stop_reason: str | None = None) -> None:
