@@ -18,6 +18,7 @@ from scipy import stats
 
 import privfl
 from privfl.builtin.process_executor import ProcessExecutor
+from privfl.builtin.secure_aggregation import SecAgg
 from privfl.client_data import FolderData, PartitionedData, write_client_folders
 from privfl.plugins import hookimpl
 from privfl.secagg.messages import MaskedInput
@@ -216,3 +217,51 @@ def test_under_secagg_a_client_with_another_layout_is_left_out_not_the_round():
     assert "reported statistics ['forged']" in record.rejected[2]
     assert record.values["secagg_contributors"] == 7
     assert 2 in record.values["secagg_dropped"]["advertise_keys"]
+
+
+class _CrashingClient(privfl.SecureSumClient):
+    """A SecAgg client whose process dies when asked for its masked input."""
+
+    first_phase = "advertise_keys"
+
+    def __init__(self, inner, server_pid: int) -> None:
+        self.inner, self.server_pid = inner, server_pid
+
+    def start(self, contribution):
+        return self.inner.start(contribution)
+
+    def step(self, phase, data):
+        if phase == "masked_input" and os.getpid() != self.server_pid:
+            os._exit(3)
+        return self.inner.step(phase, data)
+
+    @property
+    def finished(self):
+        return self.inner.finished
+
+
+class CrashingSecAgg(SecAgg):
+    """SecAgg whose clients 1, 3, 5 and 7 crash before sending their masked input."""
+
+    name = "crashing-secagg"
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.server_pid = os.getpid()
+
+    def secure_client(self, *, client_id, config):
+        inner = super().secure_client(client_id=client_id, config=config)
+        return _CrashingClient(inner, self.server_pid) if client_id % 2 else inner
+
+
+def test_clients_that_die_mid_protocol_are_dropouts_and_the_sum_survives():
+    mechanism = CrashingSecAgg(tolerated_dropout=0.5)
+    with tiny_federation(num_clients=8, executor="process", mechanisms=[mechanism]) as fed:
+        (record,) = fed.run(1)
+    # Sorted clients alternate between the two workers: clients 1, 3, 5, 7 share one,
+    # which dies with client 1.
+    assert record.values["secagg_dropped"] == {"masked_input": [1, 3, 5, 7]}
+    assert record.values["secagg_contributors"] == 4
+    reference = tiny_federation(num_clients=8, mechanisms=[ClearSum(keep={0, 2, 4, 6})])
+    reference.run(1)
+    assert torch.allclose(fed.params, reference.params, atol=1e-5)

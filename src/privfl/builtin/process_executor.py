@@ -95,6 +95,7 @@ class ProcessExecutor(Executor):
         self._app: ClientApp | None = None
         self._pool: list[tuple[multiprocessing.Process, Connection] | None] = []
         self._assigned: dict[int, int] = {}  # client -> worker, for the current round
+        self._lost: set[int] = set()  # clients whose worker died this round
 
     def start(self, app: ClientApp) -> None:
         if self._app is not app:
@@ -118,6 +119,7 @@ class ProcessExecutor(Executor):
         return entry[1]
 
     def _stop(self, index: int) -> None:
+        self._lost |= {c for c, worker in self._assigned.items() if worker == index}
         entry = self._pool[index]
         if entry is not None:
             process, conn = entry
@@ -130,11 +132,15 @@ class ProcessExecutor(Executor):
 
     def send_and_receive(self, messages: Mapping[int, Message]) -> dict[int, Message | Failure]:
         batches: dict[int, list[int]] = {}
+        replies: dict[int, Message | Failure] = {}
         for position, client in enumerate(sorted(messages)):
             if messages[client].kind == "train":  # a new round: spread clients evenly
                 self._assigned[client] = position % self.workers
+                self._lost.discard(client)
+            elif client in self._lost:  # its state died with its worker
+                replies[client] = Failure("dropped")
+                continue
             batches.setdefault(self._assigned.get(client, client % self.workers), []).append(client)
-        replies: dict[int, Message | Failure] = {}
         pending: dict[Connection, tuple[int, set[int]]] = {}
         for index, clients in batches.items():
             try:
@@ -190,6 +196,7 @@ class ProcessExecutor(Executor):
         for index in range(len(self._pool)):
             self._stop(index)
         self._assigned.clear()
+        self._lost.clear()
 
 
 @hookimpl
