@@ -102,6 +102,8 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
         (["--option", "plaintext.bogus=1"], "plaintext.bogus = 1 is not allowed"),
         (["--option", "plaintext.batch_sise=1"], "did you mean 'batch_size'?"),
         (["--option", "nodot"], "NAME.KEY=VALUE"),
+        (["--lr", "1e300"], "lr = 1e+300 is not allowed: a finite number > 0 (at most 3.4e38"),
+        (["--proximal-mu", "1e39"], "proximal_mu = 1e+39 is not allowed"),
     ],
 )
 def test_bad_input_exits_2_before_creating_the_run_folder(tmp_path, capsys, flags, message):
@@ -162,3 +164,13 @@ def test_parse_options_reads_toml_values():
     }
     with pytest.raises(ConfigError, match=r"NAME\.KEY=VALUE"):
         parse_options(["=3"])
+
+
+def test_a_config_path_that_is_a_folder_or_a_run_dir_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "taken").write_text("a file")
+    assert main(["run", str(tmp_path / "folder.toml")]) == 2
+    assert "a readable TOML file" in capsys.readouterr().out
+    assert main(["run", *FAST, "--run-dir", str(tmp_path / "taken")]) == 2
+    assert "a folder (a file of that name is there)" in capsys.readouterr().out
+    assert (tmp_path / "taken").read_text() == "a file"

@@ -189,6 +189,10 @@ def _with_values(message, **values):
         (lambda m: _with_values(m, train_loss="low"), "client 2 sent train_loss = 'low'"),
         (lambda m: privfl.Message("secure", m.values, m.tensors), "answered its task with"),
         (lambda m: _with_values(m, statistics=[1]), "statistics that are not a table"),
+        (
+            lambda m: privfl.Message("update", m.values, {"update": m.tensors["update"].double()}),
+            "dtype torch.float64 differs from the model's torch.float32",
+        ),
     ],
 )
 def test_a_malformed_reply_rejects_its_client_and_the_round_goes_on(tamper, reason):

@@ -24,6 +24,7 @@ from privfl.errors import ConfigError
 from privfl.seeding import torch_generator
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,13 @@ class LocalTraining:
             raise ConfigError("epochs", self.epochs, "an integer >= 1")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError("batch_size", self.batch_size, "an integer >= 1")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError("lr", self.lr, "a finite number > 0")
-        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
-            raise ConfigError("proximal_mu", self.proximal_mu, "a finite number >= 0")
+        # Steps are float32: a step size float32 cannot hold would overflow in the first step.
+        if not (math.isfinite(self.lr) and 0 < self.lr <= FLOAT32_MAX):
+            raise ConfigError("lr", self.lr, "a finite number > 0 (at most 3.4e38, float32)")
+        if not (math.isfinite(self.proximal_mu) and 0 <= self.proximal_mu <= FLOAT32_MAX):
+            raise ConfigError(
+                "proximal_mu", self.proximal_mu, "a finite number >= 0 (at most 3.4e38, float32)"
+            )
 
 
 def flatten_parameters(model: torch.nn.Module) -> torch.Tensor:

@@ -220,7 +220,7 @@ def privfl_update_received(federation: Federation, round: int, result: ClientRes
     """Inspect a client's update when it reaches the server; return a reason to reject it.
 
     The built-in implementation rejects updates that hold NaN or infinite values or
-    whose shape differs from the global parameters. A rejected update is left out of
+    whose shape or dtype differs from the global parameters. A rejected update is left out of
     aggregation and the round goes on with the rest. Under secure aggregation the
     server sees no update, so this hook is not called; each client half checks its own
     update instead and refuses the round if it holds NaN or infinite values.

@@ -157,6 +157,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError("config", str(path), "an existing TOML file") from None
+    except OSError as exc:  # a folder, or no permission to read it
+        raise ConfigError("config", str(path), f"a readable TOML file ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", str(path), f"valid TOML ({exc})") from None
 

@@ -107,6 +107,8 @@ def start_run(config: RunConfig, *, plugins: PluginManager | None = None) -> Run
     """Check everything, then create the run directory and write the resolved config."""
     federation, data = build_federation(config, plugins=plugins)
     run_dir = Path(config.run_dir) if config.run_dir else _new_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError("run_dir", str(run_dir), "a folder (a file of that name is there)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(
             "run_dir", str(run_dir), "a new or empty folder (continue a run with `privfl resume`)"

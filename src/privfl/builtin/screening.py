@@ -1,6 +1,6 @@
 """Built-in update screening: refuse updates that would poison the aggregate.
 
-An update with NaN or infinite values, or of another shape than the global
+An update with NaN or infinite values, or of another shape or dtype than the global
 parameters, is rejected before aggregation; the round goes on without it and the
 round record lists the client and the reason.
 """
@@ -19,6 +19,8 @@ def privfl_update_received(federation, result: ClientResult) -> str | None:
     if tuple(result.update.shape) != expected:
         return f"shape {tuple(result.update.shape)} differs from the model's {expected}"
     update = result.update
+    if update.dtype != federation.params.dtype:
+        return f"dtype {update.dtype} differs from the model's {federation.params.dtype}"
     # Fast path: a sum is finite whenever every value is (NaN and infinity propagate);
     # only a non-finite sum needs the element-wise check, since huge values can overflow.
     suspicious = update.is_floating_point() and not bool(torch.isfinite(update.sum()))
