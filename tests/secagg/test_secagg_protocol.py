@@ -299,3 +299,17 @@ def test_inputs_must_match_the_config():
     assert secure_sum(_inputs(range(2), 32), lenient, dropout=early).survivors == [0, 1]
     with pytest.raises(ConfigError, match="dropout"):
         secure_sum(_inputs(range(3), 32), config, dropout=DropoutPlan(unmasking={7}))
+
+
+def test_a_masked_input_of_the_wrong_length_is_refused_naming_its_client():
+    config = SecAggConfig(4, threshold=2)
+    clients = {u: SecAggClient(u, config) for u in range(4)}
+    server = SecAggServer(config)
+    broadcasts = server.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
+    relays = server.relay_shares({u: clients[u].share_keys(m) for u, m in broadcasts.items()})
+    masked = {
+        u: clients[u].masked_input(relays[u], np.zeros(5 if u == 1 else 4, np.uint64))
+        for u in range(4)
+    }
+    with pytest.raises(ProtocolError, match=r"clients \[1\] differ in length from the others' 4"):
+        server.collect_masked_inputs(masked)

@@ -24,6 +24,7 @@ the complete graph: at least t + 1 clients left), or the round stops with
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -144,8 +145,13 @@ class SecAggServer:
             if message.vector.dtype != self.config.dtype:
                 raise ProtocolError(f"client {sender}'s input is not {self.config.dtype}")
             self._inputs[sender] = message.vector
-        if len({v.size for v in self._inputs.values()}) > 1:
-            raise ProtocolError("the masked inputs differ in length")
+        sizes = Counter(v.size for v in self._inputs.values())
+        if len(sizes) > 1:
+            usual = sizes.most_common(1)[0][0]
+            odd = sorted(u for u, v in self._inputs.items() if v.size != usual)
+            raise ProtocolError(
+                f"the masked inputs of clients {odd} differ in length from the others' {usual}"
+            )
         survivors = set(self._inputs)
         gone = set(self._shared) - survivors
         needed = survivors | {u for u in gone if self.config.neighbours_of(u) & survivors}
