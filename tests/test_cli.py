@@ -174,3 +174,14 @@ def test_a_config_path_that_is_a_folder_or_a_run_dir_that_is_a_file_exits_2(tmp_
     assert main(["run", *FAST, "--run-dir", str(tmp_path / "taken")]) == 2
     assert "a folder (a file of that name is there)" in capsys.readouterr().out
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_python_dash_m_privfl_is_the_command_and_the_package_is_typed():
+    result = subprocess.run(
+        [sys.executable, "-m", "privfl", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("privfl ")
+    import privfl
+
+    assert (Path(privfl.__file__).parent / "py.typed").is_file()

@@ -132,7 +132,7 @@ class LocalTrainer:
         self.model = copy.deepcopy(model)
         self.flat = flatten_parameters(self.model)
         self.flat_grad = flatten_gradients(self.model)
-        self._grad_pointers = [p.grad.data_ptr() for p in self.model.parameters()]
+        self._grad_pointers = self._gradient_pointers()
         self.loss = loss
         self.training = training
 
@@ -174,9 +174,11 @@ class LocalTrainer:
         train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
         return self.flat - global_params, train_loss
 
+    def _gradient_pointers(self) -> list[int]:
+        return [p.grad.data_ptr() if p.grad is not None else 0 for p in self.model.parameters()]
+
     def _check_gradient_views(self) -> None:
-        pointers = [p.grad.data_ptr() if p.grad is not None else 0 for p in self.model.parameters()]
-        if pointers != self._grad_pointers:
+        if self._gradient_pointers() != self._grad_pointers:
             raise RuntimeError(
                 "gradients were not accumulated into the flat gradient vector (was .grad "
                 "replaced, e.g. by a hook or zero_grad(set_to_none=True)?); local training "

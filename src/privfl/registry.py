@@ -113,5 +113,6 @@ def collect_components(pm: pluggy.PluginManager) -> ComponentRegistry:
 def _check_class(cls: object, base: type, plugin: str, hook: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise PluginError(f"plugin {plugin!r}: {hook} returned {cls!r}, not a {base.__name__}")
-    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+    name = getattr(cls, "name", None)
+    if not (isinstance(name, str) and name):
         raise PluginError(f"plugin {plugin!r}: {cls.__name__} needs a string `name` attribute")

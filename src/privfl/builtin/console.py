@@ -41,8 +41,9 @@ def privfl_round_finish(federation, record) -> None:
     values = {k: v for k, v in record.values.items() if isinstance(v, (int, float))}
     console = state["progress"].console
     if state["extra"] is None:
-        state["extra"] = sorted(values)
-        console.print("".join(f"{name:>12}" for name in (*COLUMNS, *state["extra"])), style="bold")
+        extra = sorted(values)
+        state["extra"] = extra
+        console.print("".join(f"{name:>12}" for name in (*COLUMNS, *extra)), style="bold")
     cells = [
         f"{record.round:>12d}",
         _cell(record.metrics.get("accuracy")),

@@ -250,6 +250,12 @@ class DPFedAvg(PrivacyMechanism):
             )
         return aggregate, values
 
+    def epsilon_now(self) -> float:
+        """Epsilon at ``delta`` for the rounds accounted so far."""
+        if self.accountant is None:
+            raise RuntimeError("DPFedAvg.setup() was not called (the federation calls it)")
+        return self.accountant.epsilon(self.delta)
+
     def epsilon_after(self, rounds: int) -> float:
         """Epsilon at ``delta`` if ``rounds`` more rounds ran at the nominal noise."""
         assert self.accountant is not None
@@ -330,6 +336,6 @@ def privfl_should_stop(federation, record) -> str | None:
                 return (
                     f"privacy budget: one more round would take epsilon to {following:.4g}, "
                     f"above the target {mechanism.target_epsilon:g} (delta {mechanism.delta:g}); "
-                    f"epsilon now {mechanism.accountant.epsilon(mechanism.delta):.4g}"
+                    f"epsilon now {mechanism.epsilon_now():.4g}"
                 )
     return None

@@ -32,7 +32,9 @@ import time
 import traceback
 from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from types import MappingProxyType
+from typing import cast
 
 import torch
 
@@ -93,7 +95,7 @@ class ProcessExecutor(Executor):
         self.threads = threads or 1
         self.timeout = float(timeout)
         self._app: ClientApp | None = None
-        self._pool: list[tuple[multiprocessing.Process, Connection] | None] = []
+        self._pool: list[tuple[BaseProcess, Connection] | None] = []
         self._assigned: dict[int, int] = {}  # client -> worker, for the current round
         self._lost: set[int] = set()  # clients whose worker died this round
 
@@ -115,7 +117,8 @@ class ProcessExecutor(Executor):
             )
             process.start()
             theirs.close()
-            entry = self._pool[index] = (process, ours)
+            entry = (process, ours)
+            self._pool[index] = entry
         return entry[1]
 
     def _stop(self, index: int) -> None:
@@ -163,7 +166,9 @@ class ProcessExecutor(Executor):
         replies: dict[int, Message | Failure] = {}
         deadline = time.monotonic() + self.timeout
         while pending:
-            ready = wait(list(pending), timeout=max(deadline - time.monotonic(), 0))
+            ready = cast(
+                "list[Connection]", wait(list(pending), timeout=max(deadline - time.monotonic(), 0))
+            )
             if not ready:  # the rest timed out: stop those workers
                 for index, clients in pending.values():
                     self._stop(index)

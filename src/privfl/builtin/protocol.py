@@ -98,7 +98,7 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
                 values.update(mechanism_values)
             # 7. server update
             fed.params = fed.server_optimizer.step(fed.params, aggregate)
-            seen = [*accepted, *replies.reports.values()]
+            seen: list[ClientResult | _Report] = [*accepted, *replies.reports.values()]
             counted = [r for r in seen if r.client_id in contributors]
     # 8. evaluation
     metrics = fed.evaluate(final=round == fed.total_rounds) if fed.is_eval_round(round) else {}

@@ -33,7 +33,7 @@ class SecAggConfig:
     :param neighbours: Each client's neighbours (symmetric, no self-loops), or ``None``
         for the complete graph of plain SecAgg.
     :param ring_bits: 32 (``numpy.uint32`` inputs) or 64 (``numpy.uint64``).
-    :param client_ids: The clients' ids, distinct integers in ``[0, 2^32)``; ``None``
+    :param client_ids: The clients' ids, distinct integers in ``[0, 2^32)``; empty
         means ``0 .. num_clients - 1``. Stored as a sorted tuple.
     :raises ConfigError: for any inconsistency, for example a client with fewer than
         ``threshold`` neighbours.
@@ -43,14 +43,14 @@ class SecAggConfig:
     threshold: int
     neighbours: Mapping[int, frozenset[int]] | None = field(default=None, hash=False)
     ring_bits: int = 64
-    client_ids: tuple[int, ...] | None = None
+    client_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         n = self.num_clients
         if not (isinstance(n, int) and n >= 2):
             raise ConfigError("num_clients", n, "an integer >= 2")
         try:  # operator.index takes Python and numpy integers, and nothing else
-            given = range(n) if self.client_ids is None else self.client_ids
+            given = range(n) if len(self.client_ids) == 0 else self.client_ids
             ids = tuple(sorted(operator.index(u) for u in given))
         except TypeError as error:
             raise ConfigError("client_ids", self.client_ids, "integers") from error

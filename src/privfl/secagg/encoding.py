@@ -21,7 +21,7 @@ import torch
 
 from privfl.errors import ConfigError, DataError
 
-RING_DTYPES = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
+RING_DTYPES: dict[int, np.dtype] = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
 _SIGNED = {32: np.int32, 64: np.int64}
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from privfl.secagg import shamir
 
 VERSION = 1
 _KEY = 32  # raw X25519 public key bytes
-_RING_DTYPES = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+_RING_DTYPES: dict[int, np.dtype] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 
 
 class ProtocolError(PrivflError):
@@ -79,7 +79,7 @@ def _header(kind: int) -> bytes:
     return bytes((VERSION, kind))
 
 
-def _open(data: bytes, cls: type) -> _Reader:
+def _open(data: bytes, cls: Any) -> _Reader:
     reader = _Reader(data, cls.__name__)
     version, kind = reader.take(2)
     if version != VERSION or kind != cls.KIND:
@@ -196,7 +196,7 @@ class MaskedInput:
         bits = self.vector.dtype.itemsize * 8
         words = np.ascontiguousarray(self.vector, dtype=_RING_DTYPES[bits])
         header = _header(self.KIND) + _u32(self.sender) + bytes((bits,)) + _u32(words.size)
-        return b"".join((header, memoryview(words).cast("B")))  # one copy of the vector
+        return b"".join((header, words.data.cast("B")))  # one copy of the vector
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MaskedInput:

@@ -106,7 +106,7 @@ class MaskAccumulator:
         nbytes = length * self.dtype.itemsize
         self._zeros = bytes(nbytes)
         self._stream = np.empty(length, dtype=self.dtype.newbyteorder("<"))
-        self._buffer = memoryview(self._stream).cast("B")
+        self._buffer = self._stream.data.cast("B")
 
     def expand(self, seed: bytes) -> np.ndarray:
         """The mask ``PRG(seed)``; valid until the next call (the buffer is reused)."""
