@@ -252,3 +252,26 @@ def test_robust_aggregators_run_in_a_federation(name):
     assert torch.isfinite(fed.params).all()
     assert not torch.equal(fed.params, start)
     assert records[-1].metrics["accuracy"] > 0.6
+
+
+def test_a_fixed_cohort_below_krums_bound_is_refused_before_any_round():
+    with pytest.raises(privfl.ConfigError, match="krum needs at least 5") as info:
+        tiny_federation(num_clients=4, sampler="all", aggregator="krum")
+    assert "byzantine" in str(info.value)
+    tiny_federation(num_clients=5, sampler="all", aggregator="krum")  # 5 = 2 * 1 + 3
+
+
+def test_a_round_below_the_bound_is_skipped_not_the_run():
+    class RejectClientZero:
+        @privfl.hookimpl
+        def privfl_update_received(self, result):
+            return "refused by the test" if result.client_id == 0 else None
+
+    fed = tiny_federation(
+        num_clients=5, sampler="all", aggregator="krum", plugins=[RejectClientZero()]
+    )
+    before = fed.params.clone()
+    first, second = fed.run(2)
+    assert first.values["aborted"] == "4 updates accepted; krum needs at least 5"
+    assert second.values["aborted"] == first.values["aborted"]
+    assert torch.equal(fed.params, before)

@@ -123,6 +123,14 @@ class Aggregator(Component):
     weights) or one vote each (``"unit"``). It is data, not a method, because behind
     secure aggregation each client weights its own contribution."""
 
+    def minimum_updates(self) -> int:
+        """The fewest updates the rule can combine (default 1).
+
+        A round with fewer accepted updates is skipped (recorded ``aborted``, the global
+        model unchanged); a fixed cohort smaller than this is refused before any round.
+        """
+        return 1
+
     @abstractmethod
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Combine ``updates`` (``[n_clients, dim]``) with per-client ``weights`` (``[n]``).

@@ -137,7 +137,12 @@ class Federation:
         self.attack: Attack | None = (
             None if attack is None else self._component("attack", attack, Attack)
         )
-        self.secure_position = check_combination(self.mechanisms, self.aggregator, self.attack)
+        self.secure_position = check_combination(
+            self.mechanisms,
+            self.aggregator,
+            self.attack,
+            self.sampler.sampling(self.num_clients),
+        )
         """Position of the secure-aggregation mechanism in ``mechanisms``, or None."""
         self.fixed_denominator = any(m.fixed_denominator for m in self.mechanisms)
         """True when a mechanism (client-level DP) needs sums divided by expected clients."""

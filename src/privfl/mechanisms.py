@@ -215,15 +215,32 @@ class Accountant(Component):
 
 
 def check_combination(
-    mechanisms: Sequence[PrivacyMechanism], aggregator: Any, attack: Any
+    mechanisms: Sequence[PrivacyMechanism],
+    aggregator: Any,
+    attack: Any,
+    sampling: Sampling | None = None,
 ) -> int | None:
-    """Check the combination of mechanisms, aggregator and attack, in one place, before
-    any round; return the position of the secure-sum mechanism, if any.
+    """Check the combination of mechanisms, aggregator, attack and sampling, in one
+    place, before any round; return the position of the secure-sum mechanism, if any.
 
     :raises ConfigError: for two secure-sum mechanisms; a secure sum or client-level DP
         with an aggregator that needs every update; an attack that replaces updates
-        behind secure aggregation.
+        behind secure aggregation; a fixed cohort smaller than the aggregator's
+        :meth:`~privfl.Aggregator.minimum_updates`.
     """
+    cohort = (
+        {"fixed": sampling.size, "all": sampling.population}.get(sampling.kind)
+        if sampling
+        else None
+    )
+    needed = aggregator.minimum_updates()
+    if cohort is not None and cohort < needed:
+        raise ConfigError(
+            "aggregator",
+            aggregator.name,
+            f"a rule that works with the {cohort} updates of a round: {aggregator.name} "
+            f"needs at least {needed} (lower its byzantine option, or sample more clients)",
+        )
     secure = [i for i, m in enumerate(mechanisms) if m.sums_securely]
     if len(secure) > 1:
         raise ConfigError(

@@ -87,6 +87,9 @@ class Krum(Aggregator):
     def __init__(self, byzantine: int = 1) -> None:
         self.byzantine = check_byzantine(byzantine)
 
+    def minimum_updates(self) -> int:
+        return 2 * self.byzantine + 3
+
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return krum(updates, self.byzantine)
 
@@ -104,6 +107,9 @@ class MultiKrum(Aggregator):
     def __init__(self, byzantine: int = 1, selected: int = 0) -> None:
         self.byzantine = check_byzantine(byzantine)
         self.selected = check_selected(selected)
+
+    def minimum_updates(self) -> int:
+        return max(2 * self.byzantine + 3, self.selected)
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return multi_krum(updates, self.byzantine, self.selected)

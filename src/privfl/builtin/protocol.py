@@ -237,6 +237,12 @@ def _aggregate(
         )
         updates = torch.stack([r.update for r in accepted])
         if not fed.sums_only:
+            needed = fed.aggregator.minimum_updates()
+            if len(accepted) < needed:
+                raise RoundAborted(
+                    f"{len(accepted)} updates accepted; {fed.aggregator.name} needs at least "
+                    f"{needed}"
+                )
             weights = torch.tensor([r.num_examples for r in accepted], dtype=torch.float32)
             mean_stats = stats.mean(dim=0).tolist()
             aggregate = fed.aggregator.aggregate(updates, weights)
