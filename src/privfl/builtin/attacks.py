@@ -34,7 +34,10 @@ class LabelFlip(Attack):
 
 
 class SignFlip(Attack):
-    """Malicious clients send their update negated and scaled by ``scale``."""
+    """Malicious clients send their update negated and scaled by ``scale``.
+
+    :param scale: How much the negated update is scaled, > 0.
+    """
 
     name = "sign-flip"
 
@@ -46,7 +49,10 @@ class SignFlip(Attack):
 
 
 class GaussianAttack(Attack):
-    """Malicious clients send Gaussian noise with standard deviation ``sigma``."""
+    """Malicious clients send Gaussian noise with standard deviation ``sigma``.
+
+    :param sigma: The noise's standard deviation, > 0.
+    """
 
     name = "gaussian"
 
@@ -63,6 +69,8 @@ class LittleIsEnough(Attack):
     The attackers collude and know the round's benign updates (the strongest,
     omniscient variant); ``z`` is the paper's ``z_max`` for the round's numbers of
     clients and attackers, unless the option ``z`` fixes it.
+
+    :param z: How many standard deviations the attack shifts; unset: the paper's z_max.
     """
 
     name = "alie"

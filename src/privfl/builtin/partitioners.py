@@ -26,7 +26,10 @@ class IIDPartitioner(Partitioner):
 
 
 class ShardsPartitioner(Partitioner):
-    """Sort by label, cut into shards, deal ``shards_per_client`` shards to each client."""
+    """Sort by label, cut into shards, deal ``shards_per_client`` shards to each client.
+
+    :param shards_per_client: Shards (runs of one or two labels) each client gets.
+    """
 
     name = "shards"
 
@@ -42,7 +45,10 @@ class ShardsPartitioner(Partitioner):
 
 
 class DirichletPartitioner(Partitioner):
-    """Per-class shares drawn from Dirichlet(``alpha``): small alpha, strong label skew."""
+    """Per-class shares drawn from Dirichlet(``alpha``): small alpha, strong label skew.
+
+    :param alpha: The Dirichlet concentration, > 0.
+    """
 
     name = "dirichlet"
     flags = MappingProxyType({"alpha": "--alpha"})

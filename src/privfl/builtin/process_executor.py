@@ -76,7 +76,7 @@ class ProcessExecutor(Executor):
     """Runs client halves in worker processes; only message bytes cross.
 
     :param workers: Worker processes; 0 uses one per available core.
-    :param threads: torch threads in each worker.
+    :param threads: torch threads for local training in each worker.
     :param timeout: Seconds to wait for a worker's replies before its clients count
         as timed out.
     """

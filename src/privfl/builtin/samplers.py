@@ -18,7 +18,10 @@ from privfl.plugins import hookimpl
 
 
 class UniformSampler(ClientSampler):
-    """Exactly ``clients_per_round`` distinct clients, uniformly at random."""
+    """Exactly ``clients_per_round`` distinct clients, uniformly at random.
+
+    :param clients_per_round: How many clients each round has (at most the clients).
+    """
 
     name = "uniform"
     flags = MappingProxyType({"clients_per_round": "--clients-per-round"})
@@ -46,7 +49,10 @@ class UniformSampler(ClientSampler):
 
 
 class PoissonSampler(ClientSampler):
-    """Each client independently with probability ``sample_rate``; the cohort size varies."""
+    """Each client independently with probability ``sample_rate``; the cohort size varies.
+
+    :param sample_rate: The probability that a client joins a round, in (0, 1].
+    """
 
     name = "poisson"
     flags = MappingProxyType({"sample_rate": "--sample-rate"})

@@ -41,7 +41,10 @@ def _decay(key: str, value: float) -> float:
 
 
 class ServerSGD(ServerOptimizer):
-    """``params + server_lr * update``."""
+    """``params + server_lr * update``.
+
+    :param server_lr: The server learning rate; 1 is plain FedAvg.
+    """
 
     name = "sgd"
     flags = MappingProxyType({"server_lr": "--server-lr"})
@@ -136,6 +139,9 @@ class FedAvgM(_StatefulServerOptimizer):
     """FedAvgM, server momentum (Hsu et al. 2019).
 
     ``v = momentum * v + update``, then ``params + server_lr * v``.
+
+    :param server_lr: The server learning rate.
+    :param momentum: The decay of ``v``.
     """
 
     name = "fedavgm"
@@ -154,7 +160,13 @@ class FedAvgM(_StatefulServerOptimizer):
 
 
 class FedAdam(_StatefulServerOptimizer):
-    """FedAdam (Reddi et al. 2021, Algorithm 2; no bias correction, ``v`` starts at tau^2)."""
+    """FedAdam (Reddi et al. 2021, Algorithm 2; no bias correction, ``v`` starts at tau^2).
+
+    :param server_lr: The server learning rate eta.
+    :param beta1: Decay of the first moment.
+    :param beta2: Decay of the second moment.
+    :param tau: Adaptivity: added to the root of the second moment.
+    """
 
     name = "fedadam"
     state_names = ("m", "v")
@@ -191,14 +203,24 @@ class FedAdam(_StatefulServerOptimizer):
 
 
 class FedYogi(FedAdam):
-    """FedYogi (Reddi et al. 2021, Algorithm 2): FedAdam with Yogi's second moment."""
+    """FedYogi (Reddi et al. 2021, Algorithm 2): FedAdam with Yogi's second moment.
+
+    :param server_lr: The server learning rate eta.
+    :param beta1: Decay of the first moment.
+    :param beta2: Decay of the second moment.
+    :param tau: Adaptivity: added to the root of the second moment.
+    """
 
     name = "fedyogi"
     rule = staticmethod(so.fedyogi_step)
 
 
 class FedAdagrad(_StatefulServerOptimizer):
-    """FedAdagrad (Reddi et al. 2021, Algorithm 2 with beta1 = 0; ``v`` starts at tau^2)."""
+    """FedAdagrad (Reddi et al. 2021, Algorithm 2 with beta1 = 0; ``v`` starts at tau^2).
+
+    :param server_lr: The server learning rate eta.
+    :param tau: Adaptivity: added to the root of the summed squares.
+    """
 
     name = "fedadagrad"
     state_names = ("v",)

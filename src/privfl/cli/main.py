@@ -140,27 +140,26 @@ def _add_config_flag(parser: argparse.ArgumentParser, spec: Any) -> None:
 def _add_component_flag(
     group: argparse._ArgumentGroup, flag: str, owners: list[tuple[str, str, OptionSpec]]
 ) -> None:
-    spec = owners[0][2]
-    names = ", ".join(f"{name}.{option.name}" for _, name, option in owners)
-    common: dict[str, Any] = {"dest": COMPONENT_FLAG + flag, "default": argparse.SUPPRESS}
-    help_text = f"{spec.help} [{names}]".strip()
+    specs = [spec for _, _, spec in owners]
+    names = ", ".join(f"{name}.{spec.name}" for _, name, spec in owners)
+    defaults = {repr(spec.default) for spec in specs}
+    help_text = next((spec.help for spec in specs if spec.help), "").replace("``", "")
+    if len(defaults) == 1 and not specs[0].required:
+        help_text += f" (default: {specs[0].default})"
+    common: dict[str, Any] = {
+        "dest": COMPONENT_FLAG + flag,
+        "default": argparse.SUPPRESS,
+        "help": f"{help_text} [{names}]".strip(),
+    }
     try:
-        if spec.type == "bool":
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, help=help_text, **common
-            )
+        if specs[0].type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
             return
-        types = [t.strip() for t in spec.type.split("|")]
+        types = [t.strip() for t in specs[0].type.split("|")]
         value_type = int if "int" in types else float if "float" in types else str
-        default = "" if spec.required else f" (default: {spec.default})"
-        metavar = spec.name.upper()
-        group.add_argument(
-            flag, type=value_type, metavar=metavar, help=help_text + default, **common
-        )
+        group.add_argument(flag, type=value_type, metavar=specs[0].name.upper(), **common)
     except argparse.ArgumentError as error:
-        raise PluginError(
-            f"the flag {flag} of {names} clashes with another flag: {error}"
-        ) from None
+        raise PluginError(f"the flag {flag} of {names} clashes with another: {error}") from None
 
 
 def parse_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
