@@ -228,19 +228,6 @@ def check_combination(
         behind secure aggregation; a fixed cohort smaller than the aggregator's
         :meth:`~privfl.Aggregator.minimum_updates`.
     """
-    cohort = (
-        {"fixed": sampling.size, "all": sampling.population}.get(sampling.kind)
-        if sampling
-        else None
-    )
-    needed = aggregator.minimum_updates()
-    if cohort is not None and cohort < needed:
-        raise ConfigError(
-            "aggregator",
-            aggregator.name,
-            f"a rule that works with the {cohort} updates of a round: {aggregator.name} "
-            f"needs at least {needed} (lower its byzantine option, or sample more clients)",
-        )
     secure = [i for i, m in enumerate(mechanisms) if m.sums_securely]
     if len(secure) > 1:
         raise ConfigError(
@@ -266,5 +253,18 @@ def check_combination(
             attack.name,
             "an attack on labels only with secure aggregation: this attack replaces "
             "updates knowing the benign ones, which the server half never sees then",
+        )
+    cohort = (
+        {"fixed": sampling.size, "all": sampling.population}.get(sampling.kind)
+        if sampling
+        else None
+    )
+    needed = aggregator.minimum_updates()
+    if cohort is not None and cohort < needed:
+        raise ConfigError(
+            "aggregator",
+            aggregator.name,
+            f"a rule that works with the {cohort} updates of a round: {aggregator.name} "
+            f"needs at least {needed} (lower its byzantine option, or sample more clients)",
         )
     return secure[0] if secure else None
