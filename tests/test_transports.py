@@ -269,3 +269,28 @@ def test_clients_that_die_mid_protocol_are_dropouts_and_the_sum_survives():
     reference = tiny_federation(num_clients=8, mechanisms=[ClearSum(keep={0, 2, 4, 6})])
     reference.run(1)
     assert torch.allclose(fed.params, reference.params, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("message", "match"),
+    [
+        (
+            privfl.Message("train", {"seed": 1, "config": []}, {"params": torch.zeros(3)}),
+            r"params of shape \(3,\)",
+        ),
+        (
+            privfl.Message(
+                "train",
+                {"seed": 1, "config": []},
+                {"params": torch.zeros(18), "config.7.x": torch.zeros(1)},
+            ),
+            "stray tensor 'config.7.x'",
+        ),
+        (privfl.Message("update", {}), "cannot answer a 'update' message"),
+        (privfl.Message("secure", {"phase": "unmasking"}), "no secure sum under way"),
+    ],
+)
+def test_a_client_half_refuses_malformed_server_messages(message, match):
+    host = privfl.ClientHost(tiny_federation().client_app)
+    with pytest.raises(privfl.MessageError, match=match):
+        host.handle(0, message)

@@ -87,6 +87,8 @@ def unpack_configs(message: Message, count: int, sender: str) -> list[dict[str, 
     for name, tensor in message.tensors.items():
         if name.startswith(CONFIG_TENSOR_PREFIX):
             position, _, key = name[len(CONFIG_TENSOR_PREFIX) :].partition(".")
+            if not (position.isdigit() and int(position) < count and key):
+                raise MessageError(f"train message from {sender} has a stray tensor {name!r}")
             configs[int(position)][key] = tensor
     return configs
 
@@ -120,6 +122,12 @@ class ClientHost:
         seed = int(message.value("seed", server))
         configs = unpack_configs(message, len(app.mechanisms), server)
         params = message.tensor("params", server)
+        expected = self.trainer.flat
+        if params.shape != expected.shape or params.dtype != expected.dtype:
+            raise MessageError(
+                f"train message from {server}: params of shape {tuple(params.shape)} and "
+                f"{params.dtype}, not the model's {tuple(expected.shape)} and {expected.dtype}"
+            )
         poison = None
         if app.attack is not None and client_id in app.malicious:
             attack, classes = app.attack, app.num_classes
