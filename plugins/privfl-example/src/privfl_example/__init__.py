@@ -31,6 +31,7 @@ class UnweightedMean(privfl.Aggregator):
         return updates.mean(dim=0)
 
 
+# [start-mechanism]
 class UpdateNormBound(privfl.PrivacyMechanism):
     """Each client scales its update to an L2 norm of at most ``max_norm``.
 
@@ -48,6 +49,9 @@ class UpdateNormBound(privfl.PrivacyMechanism):
     def client_step(self, update, *, config, generator, statistics):
         norm = float(update.norm())
         return update * (self.max_norm / norm) if norm > self.max_norm else update
+
+
+# [end-mechanism]
 
 
 @privfl.hookimpl
