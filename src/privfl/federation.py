@@ -30,6 +30,7 @@ from privfl.components import (
     Evaluator,
     Executor,
     Metric,
+    Sampling,
     ServerOptimizer,
     TensorPair,
 )
@@ -137,11 +138,9 @@ class Federation:
         self.attack: Attack | None = (
             None if attack is None else self._component("attack", attack, Attack)
         )
+        sampling = self.sampler.sampling(self.num_clients)
         self.secure_position = check_combination(
-            self.mechanisms,
-            self.aggregator,
-            self.attack,
-            self.sampler.sampling(self.num_clients),
+            self.mechanisms, self.aggregator, self.attack, sampling
         )
         """Position of the secure-aggregation mechanism in ``mechanisms``, or None."""
         self.fixed_denominator = any(m.fixed_denominator for m in self.mechanisms)
@@ -166,7 +165,7 @@ class Federation:
         """The settings the run was made with (the command line puts its configuration
         here, less what may change on resume); checkpoints carry them, and loading a
         checkpoint made with other settings is refused."""
-        self._set_up_mechanisms()
+        self._set_up_mechanisms(sampling)
         self.hook.privfl_configure(federation=self)
 
     @property
@@ -352,9 +351,8 @@ class Federation:
         self.params = params.clone()
         self.round = int(state["round"])
 
-    def _set_up_mechanisms(self) -> None:
+    def _set_up_mechanisms(self, sampling: Sampling | None) -> None:
         """Call every mechanism's set-up with what it needs (the one contract for all)."""
-        sampling = self.sampler.sampling(self.num_clients)
         for position, mechanism in enumerate(self.mechanisms):
             mechanism.setup(
                 MechanismSetup(
