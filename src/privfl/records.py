@@ -19,8 +19,8 @@ class ClientResult:
 
     ``statistics`` holds scalars that the client's privacy mechanisms report (see
     :meth:`privfl.PrivacyMechanism.client_step`); they are summed like updates. Under
-    secure aggregation the server never holds the update (``update`` is empty) and
-    knows only the statistics' names.
+    secure aggregation the server never holds a client's update, so there is no
+    result of this kind then.
     """
 
     client_id: int

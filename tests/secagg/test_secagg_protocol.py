@@ -223,12 +223,18 @@ def test_secure_sum_transcript_and_byte_counts_agree():
     assert secure_sum(_inputs(ids), config).transcript is None
 
 
-def test_tampered_or_misrouted_share_is_rejected_naming_the_sender():
-    config = SecAggConfig(4, threshold=2)
-    clients = {u: SecAggClient(u, config) for u in range(4)}
+def _through_share_keys(config):
+    """Every client of ``config`` and the server, after keys and shares were exchanged."""
+    clients = {u: SecAggClient(u, config) for u in config.client_ids}
     server = SecAggServer(config)
     broadcasts = server.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
     relays = server.relay_shares({u: clients[u].share_keys(m) for u, m in broadcasts.items()})
+    return clients, server, relays
+
+
+def test_tampered_or_misrouted_share_is_rejected_naming_the_sender():
+    config = SecAggConfig(4, threshold=2)
+    clients, _, relays = _through_share_keys(config)
     relay = ShareRelay.from_bytes(relays[2]).ciphertexts
     (sender, ciphertext), rest = relay[0], relay[1:]
     flipped = bytearray(ciphertext)
@@ -245,10 +251,7 @@ def test_tampered_or_misrouted_share_is_rejected_naming_the_sender():
 
 
 def _client_after_masking(config, me=0):
-    clients = {u: SecAggClient(u, config) for u in config.client_ids}
-    server = SecAggServer(config)
-    broadcasts = server.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-    relays = server.relay_shares({u: clients[u].share_keys(m) for u, m in broadcasts.items()})
+    clients, _, relays = _through_share_keys(config)
     clients[me].masked_input(relays[me], np.zeros(4, np.uint64))
     return clients[me]
 
@@ -303,10 +306,7 @@ def test_inputs_must_match_the_config():
 
 def test_a_masked_input_of_the_wrong_length_is_refused_naming_its_client():
     config = SecAggConfig(4, threshold=2)
-    clients = {u: SecAggClient(u, config) for u in range(4)}
-    server = SecAggServer(config)
-    broadcasts = server.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-    relays = server.relay_shares({u: clients[u].share_keys(m) for u, m in broadcasts.items()})
+    clients, server, relays = _through_share_keys(config)
     masked = {
         u: clients[u].masked_input(relays[u], np.zeros(5 if u == 1 else 4, np.uint64))
         for u in range(4)

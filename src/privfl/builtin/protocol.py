@@ -21,8 +21,14 @@ import torch
 
 from privfl.client_runtime import pack_configs
 from privfl.errors import RoundAborted
-from privfl.messages import Failure, Message, MessageError, check_finite, tensor_bytes
-from privfl.messages import bytes_tensor as as_tensor
+from privfl.messages import (
+    Failure,
+    Message,
+    MessageError,
+    bytes_tensor,
+    check_finite,
+    tensor_bytes,
+)
 from privfl.plugins import hookimpl
 from privfl.records import ClientResult, RoundRecord
 from privfl.seeding import derive_seed, torch_generator
@@ -264,7 +270,8 @@ def _exchange(fed, phase: str, messages: Mapping[int, bytes]) -> dict[int, bytes
     if not messages:
         return {}
     out = {
-        c: Message("secure", {"phase": phase}, {"data": as_tensor(m)}) for c, m in messages.items()
+        c: Message("secure", {"phase": phase}, {"data": bytes_tensor(m)})
+        for c, m in messages.items()
     }
     replies: dict[int, bytes] = {}
     for client, reply in fed.executor.send_and_receive(out).items():
