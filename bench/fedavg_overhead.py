@@ -4,12 +4,18 @@ Workload (McMahan et al. 2017's MNIST setting): 100 IID clients, 10 per round, o
 local epoch, batch size 10, for the 2NN and the CNN. Two measurements, each printed
 as a ratio of times taken in this one run:
 
-* per round, for each executor asked for (``serial``: clients in this process;
-  ``process``: clients in worker processes, one per core, reached by message bytes):
-  a privfl round (sampling, local training of 10 clients, aggregation, server
-  update; no evaluation) against the floor doing the same number of batch-10 SGD
-  steps in a plain loop (:mod:`centralized_floor`), alternating round by round; the
-  floor is the faster of one thread and all threads;
+* per round, for each executor asked for (``serial``: clients one at a time in this
+  process; ``vectorized``: the round's clients stacked into one batched computation;
+  ``process``: clients in worker processes, one per core, reached by message bytes;
+  ``process+vectorize``: each worker's clients stacked): a privfl round (sampling,
+  local training of 10 clients, aggregation, server update; no evaluation) against
+  the floor doing the same number of batch-10 SGD steps in a plain loop
+  (:mod:`centralized_floor`), alternating round by round; the floor is the faster of
+  one thread and all threads, and, for ``--floor-threads 1``, one thread only (the
+  "on one core" comparison);
+* with ``--busy N``, the same per-round measurement while N busy-looping processes
+  started by the bench compete for the cores (the floor then at one thread, which is
+  its best under contention);
 * whole run: ``privfl run`` for 20 rounds in a fresh process (start-up, data loading,
   checkpoints, final evaluation included) against ``centralized_floor.py`` doing the
   same total steps in a fresh process (start-up, data loading and final evaluation
@@ -20,20 +26,31 @@ Usage: ``python bench/fedavg_overhead.py --data-dir ../shared/data/mnist``
 
 from __future__ import annotations
 
+import os
+
+# Both sides get what `privfl run` gets (privfl sets these when imported before torch):
+# idle OpenMP threads sleep rather than spin, and large tensors use huge pages.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 import argparse
+import contextlib
 import json
 import math
-import os
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from privfl import Federation, LocalTraining
+from privfl.builtin.executors import SerialExecutor, VectorizedExecutor
+from privfl.builtin.process_executor import ProcessExecutor
 from privfl.builtin.samplers import UniformSampler
 from privfl.data.partition import iid
 from privfl.testing import make_plugin_manager
@@ -48,8 +65,40 @@ def steps_of(partition_sizes: list[int], clients: list[int], batch_size: int) ->
     return sum(math.ceil(partition_sizes[c] / batch_size) for c in clients)
 
 
+EXECUTORS = {
+    "serial": SerialExecutor,
+    "vectorized": VectorizedExecutor,
+    "process": ProcessExecutor,
+    "process+vectorize": lambda: ProcessExecutor(vectorize=True),
+}
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def busy(processes: int) -> Iterator[None]:
+    """``processes`` busy-looping processes for the length of the block."""
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_spin, daemon=True) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.join()
+
+
 def per_round(
-    model_name: str, data_dir: str | None, rounds: int, executor: str
+    model_name: str,
+    data_dir: str | None,
+    rounds: int,
+    executor: str,
+    floor_threads: tuple[int, ...],
 ) -> dict[str, float]:
     train, _ = load(data_dir)
     partition = iid(len(train), 100, seed=0)
@@ -62,7 +111,7 @@ def per_round(
         training=LocalTraining(epochs=1, batch_size=10, lr=0.1),
         sampler=UniformSampler(clients_per_round=10),
         evaluators=(),
-        executor=executor,
+        executor=EXECUTORS[executor](),
         plugins=make_plugin_manager(),
     )
     floor_model = MODELS[model_name]()
@@ -72,7 +121,7 @@ def per_round(
         (record,) = fed.run(number)
         steps = steps_of(sizes, record.clients, 10)
         best = math.inf
-        for threads in (1, all_threads):
+        for threads in floor_threads:
             torch.set_num_threads(threads)
             started = time.perf_counter()
             train_steps(floor_model, train, steps, 10, 0.1, seed=number)
@@ -92,6 +141,8 @@ def _timed(command: list[str], cwd: str) -> tuple[float, float, str]:
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     out = proc.stdout.read().decode()
     proc.stdout.close()
     proc.stderr.close()
@@ -101,32 +152,33 @@ def _timed(command: list[str], cwd: str) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, out
 
 
+def privfl_command(data_flags: list[str], model_name: str, rounds: int, run_dir: Path) -> list[str]:
+    """``privfl run`` for the whole-run measurement: default executor, evaluation at the end."""
+    return [
+        sys.executable,
+        *("-m", "privfl.cli.main", "run", *data_flags),
+        *("--model", model_name, "--rounds", str(rounds), "--eval-every", str(rounds)),
+        *("--run-dir", str(run_dir)),
+    ]
+
+
+def floor_command(data_flags: list[str], model_name: str, steps: int, threads: int) -> list[str]:
+    """The floor's whole run: ``centralized_floor.py`` for ``steps`` steps in a fresh process."""
+    return [
+        sys.executable,
+        str(HERE / "centralized_floor.py"),
+        *data_flags,
+        *("--model", model_name, "--steps", str(steps), "--threads", str(threads)),
+    ]
+
+
 def whole_run(model_name: str, data_dir: str | None, rounds: int, repeats: int) -> dict[str, float]:
     data_flags = ["--data-dir", str(Path(data_dir).resolve())] if data_dir else []
     privfl_runs, floor_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(repeats):
             run_dir = Path(tmp) / f"run{repeat}"
-            privfl_runs.append(
-                _timed(
-                    [
-                        sys.executable,
-                        "-m",
-                        "privfl.cli.main",
-                        "run",
-                        *data_flags,
-                        "--model",
-                        model_name,
-                        "--rounds",
-                        str(rounds),
-                        "--eval-every",
-                        str(rounds),
-                        "--run-dir",
-                        str(run_dir),
-                    ],
-                    tmp,
-                )
-            )
+            privfl_runs.append(_timed(privfl_command(data_flags, model_name, rounds, run_dir), tmp))
             history = [
                 json.loads(x) for x in (run_dir / "history.jsonl").read_text().split("\n") if x
             ]
@@ -135,20 +187,7 @@ def whole_run(model_name: str, data_dir: str | None, rounds: int, repeats: int) 
             steps = sum(steps_of(sizes, r["clients"], 10) for r in history)
             floor = min(
                 (
-                    _timed(
-                        [
-                            sys.executable,
-                            str(HERE / "centralized_floor.py"),
-                            *data_flags,
-                            "--model",
-                            model_name,
-                            "--steps",
-                            str(steps),
-                            "--threads",
-                            str(t),
-                        ],
-                        tmp,
-                    )
+                    _timed(floor_command(data_flags, model_name, steps, t), tmp)
                     for t in (1, torch.get_num_threads())
                 ),
                 key=lambda run: run[0],
@@ -178,32 +217,50 @@ def main() -> None:
     parser.add_argument(
         "--executors",
         nargs="+",
-        default=["serial", "process"],
+        default=list(EXECUTORS),
+        choices=list(EXECUTORS),
         help="executors whose rounds are timed (the whole run uses privfl run's default)",
     )
+    parser.add_argument(
+        "--busy", type=int, default=2, help="busy processes for the contention rows (0: none)"
+    )
+    parser.add_argument("--no-whole-run", action="store_true", help="time rounds only")
     args = parser.parse_args()
+    all_threads = torch.get_num_threads()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, data "
+        f"torch {torch.__version__}, {all_threads} threads, data "
         f"{args.data_dir or 'bundled sample'}, load average {os.getloadavg()[0]:.2f}"
     )
     print(
-        f"{'model':<6}{'measure':<16}{'privfl s':>10}{'floor s':>10}{'ratio':>8}"
+        f"{'model':<6}{'measure':<30}{'privfl s':>10}{'floor s':>10}{'ratio':>8}"
         f"{'privfl MiB':>12}{'floor MiB':>11}{'mem ratio':>11}"
     )
+
+    def row(name: str, label: str, r: dict[str, float]) -> None:
+        print(
+            f"{name:<6}{label:<30}{r['privfl_s']:>10.3f}{r['floor_s']:>10.3f}{r['ratio']:>8.3f}"
+            f"   (load {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
+
     for name in args.models:
         for executor in args.executors:
-            r = per_round(name, args.data_dir, args.rounds, executor)
-            label = f"round {executor}"
-            print(
-                f"{name:<6}{label:<16}{r['privfl_s']:>10.3f}{r['floor_s']:>10.3f}"
-                f"{r['ratio']:>8.3f}",
-                flush=True,
-            )
+            r = per_round(name, args.data_dir, args.rounds, executor, (1, all_threads))
+            row(name, f"round {executor}", r)
+            r = per_round(name, args.data_dir, args.rounds, executor, (1,))
+            row(name, f"round {executor} vs 1-thread", r)
+        if args.busy:
+            with busy(args.busy):
+                for executor in args.executors:
+                    r = per_round(name, args.data_dir, args.rounds, executor, (1,))
+                    row(name, f"round {executor}, {args.busy} busy", r)
+        if args.no_whole_run:
+            continue
         w = whole_run(name, args.data_dir, args.whole_rounds, args.repeats)
         print(
-            f"{name:<6}{'whole run':<16}{w['privfl_s']:>10.2f}{w['floor_s']:>10.2f}"
+            f"{name:<6}{'whole run':<30}{w['privfl_s']:>10.2f}{w['floor_s']:>10.2f}"
             f"{w['ratio']:>8.3f}{w['privfl_mib']:>12.0f}{w['floor_mib']:>11.0f}"
-            f"{w['memory_ratio']:>11.2f}",
+            f"{w['memory_ratio']:>11.2f}   (load {os.getloadavg()[0]:.2f})",
             flush=True,
         )
 

@@ -1,46 +1,50 @@
-"""What secure aggregation adds to a FedAvg round: SecAgg and SecAgg+ side by side.
+"""What secure aggregation adds to a FedAvg round, measured through privfl's mechanism.
 
-Workload (McMahan et al. 2017's MNIST setting): 100 IID clients, one local epoch,
-batch size 10, learning rate 0.1 (privfl's default local training), for the 2NN
-(199,210 parameters) and the CNN (1,663,370), with 10, 50 and 100 clients per round.
-Each round is first run as a plain FedAvg round by :class:`privfl.Federation` (sampling,
-local training, aggregation, server update; no evaluation), timed as
-``bench/fedavg_overhead.py`` does. A hook keeps the round's real client updates; each
-is clamped to ``--bound`` and encoded with ``--frac-bits`` fractional bits into the
-smallest ring (32 or 64 bits) whose sum cannot wrap, and the encoded updates are then
-summed by :func:`privfl.secagg.secure_sum`, once with SecAgg (complete graph) and
-once with SecAgg+ (Harary graph), both with parameters for ``--planned-dropout`` and
-``--corruption``. ``--dropout`` makes that fraction of clients really drop out, each at
-a random phase.
+Through the real mechanism (the default): the federation that ``privfl run`` builds
+(:func:`privfl.app.runner.build_federation` of a :class:`~privfl.app.config.RunConfig`)
+for MNIST, the 2NN (199,210 parameters), 100 IID clients, 100 of them per round, one
+local epoch, batch size 10, learning rate 0.1, FedAvg, ``privfl run``'s executor (or
+``--executor``) and no evaluation: once as is, once with ``--secagg secagg+`` at its
+defaults. With ``dp`` in ``--settings`` both sides also run DP-FedAvg at its defaults,
+whose clip norm bounds what clients send, so that secure aggregation can pick a 32-bit
+ring. Both federations share the seed, so they train the same clients on the same
+batches; their rounds alternate (plain, secure, plain, ...) and the medians of the
+rounds after the first pair give ratio = secure round / plain round (wall seconds of
+the round: sampling, training, secure sum, aggregation, server update), and the same
+ratio of the process's CPU seconds, which a busy machine disturbs less. Columns: the
+ring, the clamping bound, k and t, the protocol's seconds inside the secure round,
+kilobytes each client sent, the values clamped over all rounds.
 
-Columns: k and t (neighbours and threshold), the ring's bits, client CPU seconds (all
-clients together, with encoding; and per client), server CPU seconds (with decoding),
-MB each surviving client sends, the plain round's seconds, the secure sum's wall
-seconds (clients, server and simulated network one after the other, as the serial
-executor trains the clients), ratio = (plain round + secure sum) / plain round, both
-in wall seconds, and the fraction of values clamped. Medians over the rounds after the
-first (which warms caches up). Every secure sum is checked to equal the plain ring sum
-of the survivors' encoded updates.
+``--protocol`` also prints the earlier table: the rounds' real updates encoded and
+summed by :func:`privfl.secagg.secure_sum` with SecAgg and SecAgg+ for the 2NN and the
+CNN at 10, 50 and 100 clients per round, against the plain round, on one torch thread
+(per-core costs, clients one after the other). ``--prg`` measures the keystream that
+masks are expanded from: ChaCha20 against AES-CTR (:mod:`privfl.secagg.primitives` uses
+AES-128-CTR).
 
-The secure sum runs on one core (numpy and OpenSSL), so local training runs on
-``--threads 1`` by default: one core each, a per-core comparison. (On a busy machine
-more torch threads can also be much slower than one, which would flatter the ratio.)
+The load average is printed with every table: the machine may be shared.
 
-Usage: ``python bench/secagg.py --data-dir ../shared/data/mnist [--quick] [--dropout 0.05]``
+Usage: ``python bench/secagg.py --data-dir ../shared/data/mnist [--rounds 7] [--prg]``
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 import privfl
 from privfl.algorithms.models import CNN, TwoNN
+from privfl.app.config import make_config
+from privfl.app.runner import build_federation
 from privfl.builtin.datasets import MNISTSource
+from privfl.builtin.executors import SerialExecutor
 from privfl.builtin.samplers import UniformSampler
 from privfl.data.partition import iid
 from privfl.secagg import (
@@ -49,12 +53,106 @@ from privfl.secagg import (
     encode,
     ring_bits_for,
     secagg_config,
+    secagg_plus_parameters,
     secure_sum,
 )
 from privfl.testing import make_plugin_manager
 
 MODELS = {"2nn": TwoNN, "cnn": CNN}
 VARIANTS = ("secagg", "secagg+")
+SETTINGS = {"defaults": (), "dp": ("dp",)}
+"""Mechanisms on both sides of a comparison; the secure side adds secagg+."""
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# -- Through the mechanism ------------------------------------------------------------
+
+
+def federation(mechanisms: tuple[str, ...], args: argparse.Namespace) -> privfl.Federation:
+    """The federation of ``privfl run --model 2nn --clients-per-round N [--dp] ...``."""
+    tables = {"uniform": {"clients_per_round": args.clients_per_round}}
+    if args.data_dir:
+        tables["mnist"] = {"data_dir": args.data_dir}
+    settings = {"model": "2nn", "evaluators": (), "mechanisms": mechanisms, "tables": tables}
+    if args.executor:
+        settings["executor"] = args.executor
+    config = make_config(settings)
+    with warnings.catch_warnings():  # DP's warnings about the setting, not the timing
+        warnings.simplefilter("ignore", privfl.PrivacyWarning)
+        warnings.simplefilter("ignore", privfl.UtilityWarning)
+        fed, _ = build_federation(config)
+    return fed
+
+
+def through_mechanism(setting: str, args: argparse.Namespace) -> dict[str, float]:
+    """Alternate plain and secure rounds; return medians and the secure rounds' values."""
+    plain = federation(SETTINGS[setting], args)
+    secure = federation((*SETTINGS[setting], "secagg+"), args)
+    plain_s, secure_s, plain_cpu, secure_cpu, values = [], [], [], [], []
+    for number in range(1, args.rounds + 1):
+        started = time.process_time()
+        (plain_record,) = plain.run(number)
+        middle = time.process_time()
+        (secure_record,) = secure.run(number)
+        ended = time.process_time()
+        if plain_record.clients != secure_record.clients:
+            raise AssertionError("the two federations sampled different clients")
+        if number > 1:  # the first pair warms caches up
+            plain_s.append(plain_record.seconds)
+            secure_s.append(secure_record.seconds)
+            plain_cpu.append(middle - started)
+            secure_cpu.append(ended - middle)
+            values.append(secure_record.values)
+    plain.close()
+    secure.close()
+    mechanism = secure.mechanisms[-1]
+    k, t = secagg_plus_parameters(
+        len(plain_record.clients),
+        dropout_rate=mechanism.tolerated_dropout,
+        corruption_rate=mechanism.corruption_rate,
+    )
+    row = {
+        "plain_s": statistics.median(plain_s),
+        "secure_s": statistics.median(secure_s),
+        "protocol_s": statistics.median(v["secagg_seconds"] for v in values),
+        "kb_up": statistics.median(v["secagg_kb_sent_per_client"] for v in values),
+        "bits": values[-1]["secagg_ring_bits"],
+        "bound": values[-1].get("secagg_bound", float("nan")),  # older privfl: absent
+        "clamped": sum(v["secagg_clamped"] for v in values),
+        "k": k,
+        "t": t,
+    }
+    row["ratio"] = row["secure_s"] / row["plain_s"]
+    row["cpu_ratio"] = statistics.median(secure_cpu) / statistics.median(plain_cpu)
+    return row
+
+
+def print_mechanism_table(args: argparse.Namespace) -> None:
+    executor = args.executor or make_config({}).executor
+    print(
+        f"Through the mechanism: 2NN, {args.clients_per_round} clients per round, secagg+ "
+        f"at its defaults, executor {executor}, medians of {args.rounds - 1} alternating "
+        f"rounds; {load_average()}"
+    )
+    print(
+        f"{'setting':<10}{'bits':>5}{'bound':>9}{'k':>4}{'t':>4}{'plain s':>9}{'secure s':>10}"
+        f"{'protocol s':>12}{'KB up':>8}{'clamped':>9}{'ratio':>7}{'CPU ratio':>10}"
+    )
+    for setting in args.settings:
+        r = through_mechanism(setting, args)
+        print(
+            f"{setting:<10}{r['bits']:>5}{r['bound']:>9.3g}{r['k']:>4}{r['t']:>4}"
+            f"{r['plain_s']:>9.3f}{r['secure_s']:>10.3f}{r['protocol_s']:>12.3f}"
+            f"{r['kb_up']:>8.0f}{r['clamped']:>9}{r['ratio']:>7.2f}{r['cpu_ratio']:>10.2f}   "
+            f"{load_average()}",
+            flush=True,
+        )
+
+
+# -- The protocol on encoded updates --------------------------------------------------
 
 
 class KeepUpdates:
@@ -114,7 +212,7 @@ def secure_round(updates, variant, round_number, args):
     }
 
 
-def measure(model_name, clients_per_round, train, args):
+def protocol_rows(model_name, clients_per_round, train, args):
     keep = KeepUpdates()
     torch.manual_seed(0)
     fed = privfl.Federation(
@@ -124,6 +222,7 @@ def measure(model_name, clients_per_round, train, args):
         training=privfl.LocalTraining(),
         sampler=UniformSampler(clients_per_round=clients_per_round),
         evaluators=(),
+        executor=SerialExecutor(threads=1),
         plugins=make_plugin_manager([keep]),
     )
     plain_s: list[float] = []
@@ -146,55 +245,94 @@ def measure(model_name, clients_per_round, train, args):
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="MNIST folder; default: the bundled sample")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=sorted(MODELS))
-    parser.add_argument("--clients", nargs="+", type=int, default=[10, 50, 100])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per cell, first is warm-up")
-    parser.add_argument("--dropout", type=float, default=0.0, help="fraction that really drops")
-    parser.add_argument("--planned-dropout", type=float, default=0.1, help="delta for k and t")
-    parser.add_argument("--corruption", type=float, default=0.1, help="gamma for k and t")
-    parser.add_argument("--frac-bits", type=int, default=20)
-    parser.add_argument("--bound", type=float, default=1.0, help="clamp |update| to this")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads for local training (see above)"
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="10 clients per round, 2 rounds: a smoke run"
-    )
-    args = parser.parse_args()
-    if args.quick:
-        args.clients, args.rounds = [10], 2
-    if args.rounds < 2:
-        parser.error("--rounds must be at least 2 (the first is a warm-up)")
-    if args.dropout > args.planned_dropout:
-        parser.error("--dropout above --planned-dropout would abort rounds")
-    torch.set_num_threads(args.threads)
-    data = MNISTSource(args.data_dir).load()
-    train = data.train
+def print_protocol_table(args: argparse.Namespace) -> None:
+    train = MNISTSource(args.data_dir).load().train
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(train)} training "
-        f"examples over 100 clients; planned dropout {args.planned_dropout}, corruption "
-        f"{args.corruption}, real dropout {args.dropout}; {args.frac_bits} fractional bits, "
-        f"bound {args.bound}; medians of {args.rounds - 1} rounds"
+        f"\nThe protocol on encoded updates, one torch thread: planned dropout "
+        f"{args.planned_dropout}, corruption {args.corruption}, real dropout {args.dropout}; "
+        f"{args.frac_bits} fractional bits, bound {args.bound}; medians of "
+        f"{args.rounds - 1} rounds; {load_average()}"
     )
     print(
         f"{'model':<5}{'n':>5} {'variant':<8}{'k':>4}{'t':>4}{'bits':>5}{'client s':>10}"
         f"{'per client':>11}{'server s':>10}{'MB up':>7}{'plain s':>9}{'secure s':>10}"
         f"{'ratio':>7}{'clamped':>9}"
     )
-    for name in args.models:
-        for n in args.clients:
-            for r in measure(name, n, train, args):
+    for name in MODELS:
+        for n in (10, 50, 100):
+            for r in protocol_rows(name, n, train, args):
                 print(
                     f"{name:<5}{n:>5} {r['variant']:<8}{r['k']:>4.0f}{r['t']:>4.0f}"
                     f"{r['bits']:>5.0f}{r['client_s']:>10.3f}{r['client_s'] / n:>11.4f}"
                     f"{r['server_s']:>10.3f}{r['mb_up']:>7.2f}{r['plain_s']:>9.3f}"
-                    f"{r['wall_s']:>10.3f}"
-                    f"{r['ratio']:>7.2f}{r['clamped']:>9.1e}",
+                    f"{r['wall_s']:>10.3f}{r['ratio']:>7.2f}{r['clamped']:>9.1e}",
                     flush=True,
                 )
+
+
+# -- The PRG's keystream --------------------------------------------------------------
+
+
+def keystream_gbps(cipher: Cipher, size: int, repeats: int) -> float:
+    """Best GB/s of writing ``size`` bytes of ``cipher``'s keystream into one buffer."""
+    zeros, out = bytes(size), bytearray(size)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        cipher.encryptor().update_into(zeros, out)
+        best = min(best, time.perf_counter() - started)
+    return size / best / 1e9
+
+
+def print_prg_table() -> None:
+    size = 199_212 * 8  # a 2NN contribution in a 64-bit ring
+    key = os.urandom(32)
+    ciphers = {
+        "chacha20": Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None),
+        "aes-256-ctr": Cipher(algorithms.AES(key), modes.CTR(bytes(16))),
+        "aes-128-ctr": Cipher(algorithms.AES(key[:16]), modes.CTR(key[16:])),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in ciphers}
+    for _ in range(5):  # alternating, so that both see the same load
+        for name, cipher in ciphers.items():
+            rates[name].append(keystream_gbps(cipher, size, 50))
+    medians = {name: statistics.median(rate) for name, rate in rates.items()}
+    print(
+        f"\nPRG keystream, {size / 1e6:.1f} MB per mask, GB/s (medians of best-of-50): "
+        + ", ".join(
+            f"{name} {rate:.2f} ({rate / medians['chacha20']:.2f}x ChaCha20)"
+            for name, rate in medians.items()
+        )
+        + f"; {load_average()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="MNIST folder; default: the bundled sample")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per side, first is warm-up")
+    parser.add_argument("--clients-per-round", type=int, default=100)
+    parser.add_argument("--executor", help="executor of both sides; default: privfl run's")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=sorted(SETTINGS))
+    parser.add_argument("--prg", action="store_true", help="also time the PRG keystreams")
+    parser.add_argument("--protocol", action="store_true", help="also the protocol table")
+    protocol = parser.add_argument_group("the protocol table")
+    protocol.add_argument("--dropout", type=float, default=0.0, help="fraction that drops")
+    protocol.add_argument("--planned-dropout", type=float, default=0.1, help="delta, k and t")
+    protocol.add_argument("--corruption", type=float, default=0.1, help="gamma for k and t")
+    protocol.add_argument("--frac-bits", type=int, default=20)
+    protocol.add_argument("--bound", type=float, default=1.0, help="clamp |update| to this")
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (the first is a warm-up)")
+    if args.dropout > args.planned_dropout:
+        parser.error("--dropout above --planned-dropout would abort rounds")
+    print(f"torch {torch.__version__}, data {args.data_dir or 'bundled sample'}")
+    if args.prg:
+        print_prg_table()
+    print_mechanism_table(args)
+    if args.protocol:
+        print_protocol_table(args)
 
 
 if __name__ == "__main__":

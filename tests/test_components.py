@@ -9,13 +9,14 @@ import privfl
 from privfl.algorithms.aggregation import fedavg
 from privfl.algorithms.models import CNN, TwoNN, count_parameters
 from privfl.builtin.evaluators import PlaintextEvaluator
-from privfl.builtin.executors import SINGLE_THREAD_FLOPS, training_threads
+from privfl.builtin.executors import training_threads
 from privfl.builtin.samplers import AllSampler, PoissonSampler, UniformSampler
 from privfl.builtin.server_optimizers import ServerSGD
 from privfl.client import LocalTraining
 from privfl.client_data import PartitionedData
 from privfl.client_runtime import ClientApp
 from privfl.components import TensorPair
+from privfl.vectorized import SINGLE_THREAD_FLOPS
 
 
 def test_uniform_sampler_draws_distinct_sorted_ids():

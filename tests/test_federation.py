@@ -220,7 +220,7 @@ def test_replaced_gradients_are_detected_not_ignored():
 
     model = torch.nn.Linear(8, 2)
     model.register_forward_pre_hook(drop_gradients)  # the client halves' copies keep it
-    fed = tiny_federation(model=model)
+    fed = tiny_federation(model=model, executor="serial")
     with pytest.raises(RuntimeError, match="not accumulated into the flat gradient"):
         fed.run(1)
 

@@ -165,7 +165,7 @@ def test_hook_register_executors():
         def privfl_register_executors(self):
             return [Reversed]
 
-    serial = tiny_federation()
+    serial = tiny_federation(executor="serial")
     backwards = tiny_federation(plugins=[Plugin()], executor="reversed")
     serial.run(2)
     backwards.run(2)
@@ -372,3 +372,19 @@ def test_hook_register_attacks():
     share = sum(sizes[c] for c in honest) / sum(sizes.values())
     expected = before + share * (reference.params - before)
     torch.testing.assert_close(fed.params, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("executor", ["serial", "vectorized", "process"])
+def test_hook_round_progress(executor):
+    """Each client's reply counts once, whichever executor delivers it."""
+    seen = []
+
+    class Plugin:
+        @hookimpl
+        def privfl_round_progress(self, federation, round, done, total):
+            seen.append((round, done, total))
+
+    with tiny_federation(plugins=[Plugin()], num_clients=3, executor=executor) as fed:
+        fed.run(2)
+    assert seen == [(r, d, 3) for r in (1, 2) for d in (1, 2, 3)]
+    assert fed.executor.on_reply is None  # set for the exchange only

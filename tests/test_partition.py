@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from privfl.data.partition import DIRICHLET_MAX_TRIES, dirichlet, iid, shards
+from privfl.builtin.partitioners import DirichletPartitioner, IIDPartitioner
+from privfl.data.partition import dirichlet, iid, shards, skewed_sizes
 from privfl.errors import ConfigError, DataError
 
 
@@ -88,6 +90,8 @@ def test_deterministic_per_seed() -> None:
         lambda seed: iid(600, 7, seed=seed),
         lambda seed: shards(labels, 7, shards_per_client=3, seed=seed),
         lambda seed: dirichlet(labels, 7, alpha=0.5, seed=seed),
+        lambda seed: dirichlet(labels, 300, alpha=0.1, seed=seed),  # tops up
+        lambda seed: iid(600, 7, seed=seed, quantity_skew=1.0),
     ]
     for call in calls:
         assert same(call(11), call(11))
@@ -130,12 +134,136 @@ def test_dirichlet_small_alpha_is_more_skewed() -> None:
     assert skewed > 5 * near_iid
 
 
-def test_dirichlet_gives_up_with_clear_error() -> None:
-    # Only an exactly even split satisfies min_examples; alpha 0.01 never draws one.
+def test_dirichlet_tops_up_instead_of_redrawing() -> None:
+    # Only an exactly even split satisfies min_examples; alpha 0.01 leaves most of the
+    # 10 clients short, and the top-up fills each to exactly 10 from the others' spares.
     labels = np.repeat([0, 1], 50)
-    with pytest.raises(ConfigError, match=f"no Dirichlet split in {DIRICHLET_MAX_TRIES}") as info:
-        dirichlet(labels, 10, alpha=0.01, seed=0, min_examples=10)
-    assert info.value.key == "alpha"
+    parts = dirichlet(labels, 10, alpha=0.01, seed=0, min_examples=10)
+    assert_exact_cover(parts, 100, 10)
+    assert [len(p) for p in parts] == [10] * 10
+
+
+def test_dirichlet_leaves_a_split_that_needs_no_top_up_as_drawn() -> None:
+    # min_examples 0 never tops up, so the draw itself is visible: a split whose draw
+    # already satisfies min_examples is the same with and without the requirement.
+    labels = random_labels(3000, seed=4)
+    drawn = dirichlet(labels, 10, alpha=1.0, seed=5, min_examples=0)
+    assert min(len(p) for p in drawn) >= 1
+    assert same(drawn, dirichlet(labels, 10, alpha=1.0, seed=5, min_examples=1))
+
+
+def test_dirichlet_top_up_moves_only_what_is_lacking() -> None:
+    labels = random_labels(2000, seed=6)
+    drawn = dirichlet(labels, 400, alpha=0.1, seed=7, min_examples=0)
+    lacking = sum(max(0, 2 - len(p)) for p in drawn)
+    assert lacking > 50  # the draw leaves many clients short
+    topped = dirichlet(labels, 400, alpha=0.1, seed=7, min_examples=2)
+    moved = owners(drawn, 2000) != owners(topped, 2000)
+    assert np.count_nonzero(moved) == lacking
+    for before, after in zip(drawn, topped, strict=True):
+        if len(before) < 2:  # short clients only gain, and just enough
+            assert set(before) <= set(after)
+            assert len(after) == 2
+        else:  # donors only give, and keep at least 2
+            assert set(after) <= set(before)
+            assert len(after) >= 2
+
+
+def owners(parts: list[np.ndarray], n: int) -> np.ndarray:
+    owner = np.full(n, -1)
+    for client, part in enumerate(parts):
+        owner[part] = client
+    return owner
+
+
+MNIST_LIKE = random_labels(22_699, seed=8)  # the size of the bundled real MNIST prefix
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.5, 10.0])
+def test_dirichlet_splits_ten_thousand_clients(alpha: float) -> None:
+    parts = dirichlet(MNIST_LIKE, 10_000, alpha=alpha, seed=0)
+    assert_exact_cover(parts, len(MNIST_LIKE), 10_000)
+    assert min(len(p) for p in parts) >= 1
+
+
+def test_iid_and_shards_split_ten_thousand_clients() -> None:
+    n = len(MNIST_LIKE)
+    parts = iid(n, 10_000, seed=0)
+    assert_exact_cover(parts, n, 10_000)
+    assert {len(p) for p in parts} == {2, 3}
+    parts = shards(MNIST_LIKE, 10_000, shards_per_client=2, seed=0)
+    assert_exact_cover(parts, n, 10_000)
+    present = np.zeros((10_000, 10), dtype=bool)  # label_runs for every client at once
+    present[owners(parts, n), MNIST_LIKE] = True
+    runs = present[:, 0].astype(int) + np.count_nonzero(present[:, 1:] & ~present[:, :-1], axis=1)
+    assert runs.max() <= 2
+
+
+def mean_label_entropy(parts: list[np.ndarray], labels: np.ndarray) -> float:
+    """Mean over clients of the entropy (nats) of the client's label mix."""
+    counts = np.stack([np.bincount(labels[p], minlength=10) for p in parts]).astype(float)
+    mix = counts / counts.sum(axis=1, keepdims=True)
+    terms = np.where(mix > 0, -mix * np.log(np.where(mix > 0, mix, 1.0)), 0.0)
+    return float(terms.sum(axis=1).mean())
+
+
+def test_dirichlet_skew_survives_ten_thousand_clients() -> None:
+    # 2.3 examples per client cap every entropy; measured on this data: 0.29 nats at
+    # alpha 0.1, 0.62 at 0.5, 0.68 at 10, 0.72 for the IID split.
+    entropy = {
+        alpha: mean_label_entropy(dirichlet(MNIST_LIKE, 10_000, alpha=alpha, seed=1), MNIST_LIKE)
+        for alpha in (0.1, 10.0)
+    }
+    assert entropy[0.1] < 0.6 * entropy[10.0]
+
+
+def test_dirichlet_small_alpha_lowers_label_entropy() -> None:
+    labels = random_labels(3000, seed=2)
+    skewed = mean_label_entropy(dirichlet(labels, 30, alpha=0.1, seed=0), labels)
+    near_iid = mean_label_entropy(dirichlet(labels, 30, alpha=10.0, seed=0), labels)
+    assert near_iid > 0.9 * math.log(10)
+    assert skewed < 0.5 * near_iid
+
+
+def test_iid_quantity_skew_zero_is_the_equal_split() -> None:
+    assert same(iid(1001, 13, seed=4, quantity_skew=0.0), iid(1001, 13, seed=4))
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 3.0])
+def test_iid_quantity_skew_covers_and_keeps_one_example(sigma: float) -> None:
+    parts = iid(22_699, 10_000, seed=2, quantity_skew=sigma)
+    assert_exact_cover(parts, 22_699, 10_000)
+    assert min(len(p) for p in parts) >= 1
+
+
+def test_iid_quantity_skew_sizes_vary_more_with_sigma() -> None:
+    spread = {}
+    for sigma in (0.0, 0.3, 1.0):
+        sizes = np.array([len(p) for p in iid(60_000, 100, seed=3, quantity_skew=sigma)])
+        spread[sigma] = sizes.std() / sizes.mean()
+    assert spread[0.0] < 0.01
+    assert 0.2 < spread[0.3] < 0.45  # log-normal: sqrt(exp(sigma^2) - 1) = 0.31
+    assert spread[1.0] > 2 * spread[0.3]
+
+
+def test_skewed_sizes_are_exact_and_seeded() -> None:
+    def draw(seed: int) -> np.ndarray:
+        return skewed_sizes(1000, 37, sigma=1.5, rng=np.random.default_rng(seed), min_examples=3)
+
+    sizes = draw(0)
+    assert sizes.sum() == 1000
+    assert sizes.min() >= 3
+    assert np.array_equal(sizes, draw(0))
+    assert not np.array_equal(sizes, draw(1))
+
+
+def test_partitioners_pass_their_options() -> None:
+    targets = torch.from_numpy(random_labels(5000, seed=9))
+    skewed = IIDPartitioner(quantity_skew=1.0).split(targets, 50, seed=0)
+    assert same(skewed, iid(5000, 50, seed=0, quantity_skew=1.0))
+    assert len({len(p) for p in skewed}) > 10
+    labelled = DirichletPartitioner(alpha=0.2).split(targets, 50, seed=0)
+    assert same(labelled, dirichlet(targets.numpy(), 50, alpha=0.2, seed=0))
 
 
 LABELS = random_labels(20)
@@ -155,6 +283,14 @@ CONFIG_ERRORS = [
     ("alpha", lambda: dirichlet(LABELS, 2, alpha=-1.0, seed=0)),
     ("alpha", lambda: dirichlet(LABELS, 2, alpha=math.nan, seed=0)),
     ("alpha", lambda: dirichlet(LABELS, 2, alpha=math.inf, seed=0)),
+    ("quantity_skew", lambda: iid(20, 2, seed=0, quantity_skew=-0.1)),
+    ("quantity_skew", lambda: iid(20, 2, seed=0, quantity_skew=math.nan)),
+    ("quantity_skew", lambda: IIDPartitioner(quantity_skew=-1.0)),
+    ("quantity_skew", lambda: IIDPartitioner(quantity_skew=math.inf)),
+    (
+        "clients",
+        lambda: skewed_sizes(20, 5, sigma=1.0, rng=np.random.default_rng(0), min_examples=5),
+    ),
 ]
 
 

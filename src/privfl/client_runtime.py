@@ -14,24 +14,28 @@ is addressed to:
 - ``secure``: answer one phase of the secure-sum protocol from the state kept.
 
 A host serves any number of clients with one :class:`~privfl.client.LocalTrainer`
-(one model copy); a client's only state between messages is its secure-sum protocol
-object, dropped when its round is over.
+(one model copy), or trains the clients of a batch of messages together with one
+:class:`~privfl.vectorized.StackedTrainer`; a client's only state between messages is
+its secure-sum protocol object, dropped when its round is over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from privfl.client import LocalTrainer, LocalTraining, Loss
+from privfl.client import ClientData, LocalTrainer, LocalTraining, Loss
 from privfl.client_data import ClientDataSource
 from privfl.components import Attack
+from privfl.errors import PerformanceWarning
 from privfl.mechanisms import PrivacyMechanism, SecureSumClient
 from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes
 from privfl.seeding import torch_generator
+from privfl.vectorized import SINGLE_THREAD_FLOPS, StackedTrainer, forward_flops, unsupported
 
 CONFIG_TENSOR_PREFIX = "config."
 
@@ -93,13 +97,49 @@ def unpack_configs(message: Message, count: int, sender: str) -> list[dict[str, 
     return configs
 
 
-class ClientHost:
-    """Answers messages for the clients of one :class:`ClientApp`, in this process."""
+@dataclass
+class _TrainTask:
+    """A checked ``train`` message: what training needs, and what finishing it needs."""
 
-    def __init__(self, app: ClientApp) -> None:
+    message: Message
+    seed: int
+    configs: list[dict[str, Any]]
+    params: torch.Tensor
+    data: ClientData
+    poison: Callable[[torch.Tensor], torch.Tensor] | None
+
+
+class ClientHost:
+    """Answers messages for the clients of one :class:`ClientApp`, in this process.
+
+    :param app: The client half's definition.
+    :param stack: Train the clients of one :meth:`handle_all` call together with a
+        :class:`~privfl.vectorized.StackedTrainer` where the model allows it and it
+        pays (results equal one-at-a-time training to float round-off, not bit for
+        bit). It pays when a training step's forward pass costs under
+        :data:`~privfl.vectorized.SINGLE_THREAD_FLOPS`; larger steps (the CNN's) keep
+        the cores busy on their own and train one at a time. Where the model cannot
+        be stacked (see :func:`privfl.vectorized.unsupported`), clients train one at a
+        time and a :class:`~privfl.errors.PerformanceWarning` says why, once.
+    """
+
+    def __init__(self, app: ClientApp, *, stack: bool = False) -> None:
         self.app = app
         self._trainer: LocalTrainer | None = None
+        self._stacked: StackedTrainer | None = None
+        self._stacking_pays: bool | None = None  # decided by the first client's data
+        if stack:
+            reason = unsupported(app.model, app.loss)
+            if reason is None:
+                self._stacked = StackedTrainer(app.model, app.loss, app.training)
+            else:
+                warnings.warn(
+                    f"training clients one at a time, not stacked: {reason}",
+                    PerformanceWarning,
+                    stacklevel=2,
+                )
         self._secure: dict[int, SecureSumClient] = {}
+        self._dim = sum(p.numel() for p in app.model.parameters())
 
     @property
     def trainer(self) -> LocalTrainer:
@@ -110,23 +150,75 @@ class ClientHost:
 
     def handle(self, client_id: int, message: Message) -> Message:
         """Return client ``client_id``'s reply to ``message`` from the server."""
-        if message.kind == "train":
-            return self._train(client_id, message)
-        if message.kind == "secure":
-            return self._secure_step(client_id, message)
-        raise MessageError(f"client {client_id} cannot answer a {message.kind!r} message")
+        return self.handle_all({client_id: message})[client_id]
 
-    def _train(self, client_id: int, message: Message) -> Message:
+    def handle_all(self, messages: Mapping[int, Message]) -> dict[int, Message]:
+        """Return each client's reply to its message (client id -> message).
+
+        With ``stack``, the ``train`` messages of honest clients that start from the
+        same parameters train as one stacked computation; every other message is
+        answered on its own.
+        """
+        replies: dict[int, Message] = {}
+        tasks: dict[int, _TrainTask] = {}
+        for client_id, message in messages.items():
+            if message.kind == "train":
+                tasks[client_id] = self._task(client_id, message)
+            elif message.kind == "secure":
+                replies[client_id] = self._secure_step(client_id, message)
+            else:
+                raise MessageError(f"client {client_id} cannot answer a {message.kind!r} message")
+        for group in self._stack_groups(tasks):
+            stacked = self._stacked
+            assert stacked is not None
+            updates, losses = stacked.train(
+                [tasks[c].data for c in group],
+                tasks[group[0]].params,
+                [tasks[c].seed for c in group],
+            )
+            for client_id, update, loss in zip(group, updates, losses, strict=True):
+                replies[client_id] = self._finish(client_id, tasks.pop(client_id), update, loss)
+        for client_id, task in tasks.items():
+            update, loss = self.trainer.train(
+                task.data, task.params, seed=task.seed, poison=task.poison
+            )
+            replies[client_id] = self._finish(client_id, task, update, loss)
+        return {client_id: replies[client_id] for client_id in messages}
+
+    def _stack_groups(self, tasks: Mapping[int, _TrainTask]) -> list[list[int]]:
+        """Clients to train stacked, in groups that start from equal parameters."""
+        if self._stacked is None or not tasks or not self._pays(next(iter(tasks.values()))):
+            return []
+        groups: list[list[int]] = []
+        for client_id, task in tasks.items():
+            if task.poison is not None or len(task.data) == 0:
+                continue
+            for group in groups:
+                first = tasks[group[0]].params
+                if first is task.params or torch.equal(first, task.params):
+                    group.append(client_id)
+                    break
+            else:
+                groups.append([client_id])
+        return [group for group in groups if len(group) > 1]
+
+    def _pays(self, task: _TrainTask) -> bool:
+        if self._stacking_pays is None and len(task.data):
+            example = task.data.examples.inputs[int(task.data.indices[0])]
+            work = forward_flops(self.app.model, example) * self.app.training.batch_size
+            self._stacking_pays = work < SINGLE_THREAD_FLOPS
+        return bool(self._stacking_pays)
+
+    def _task(self, client_id: int, message: Message) -> _TrainTask:
         self._secure.pop(client_id, None)  # a new round: any unfinished protocol is void
         app, server = self.app, "the server"
         seed = int(message.value("seed", server))
         configs = unpack_configs(message, len(app.mechanisms), server)
         params = message.tensor("params", server)
-        expected = self.trainer.flat
-        if params.shape != expected.shape or params.dtype != expected.dtype:
+        if params.shape != (self._dim,) or params.dtype != torch.float32:
             raise MessageError(
                 f"train message from {server}: params of shape {tuple(params.shape)} and "
-                f"{params.dtype}, not the model's {tuple(expected.shape)} and {expected.dtype}"
+                f"{params.dtype}, not the model's ({self._dim},) and {torch.float32}"
             )
         poison = None
         if app.attack is not None and client_id in app.malicious:
@@ -135,28 +227,35 @@ class ClientHost:
             def poison(targets: torch.Tensor) -> torch.Tensor:
                 return attack.poison_targets(targets, num_classes=classes)
 
-        data = app.data.load(client_id)
-        update, train_loss = self.trainer.train(data, params, seed=seed, poison=poison)
+        return _TrainTask(message, seed, configs, params, app.data.load(client_id), poison)
+
+    def _finish(
+        self, client_id: int, task: _TrainTask, update: torch.Tensor, train_loss: float
+    ) -> Message:
+        """Apply the mechanisms' client steps to a trained update and build the reply."""
+        app, server, message = self.app, "the server", task.message
         statistics: dict[str, float] = {}
-        for position, (mechanism, config) in enumerate(zip(app.mechanisms, configs, strict=True)):
+        for position, (mechanism, config) in enumerate(
+            zip(app.mechanisms, task.configs, strict=True)
+        ):
             update = mechanism.client_step(
                 update,
                 config=config,
-                generator=torch_generator(seed, "mechanism", position),
+                generator=torch_generator(task.seed, "mechanism", position),
                 statistics=statistics,
             )
-        report = {"num_examples": len(data), "train_loss": train_loss}
+        report = {"num_examples": len(task.data), "train_loss": train_loss}
         secure = message.values.get("secure")
         if secure is None:
             return Message("update", {**report, "statistics": statistics}, {"update": update})
         if not bool(torch.isfinite(update).all()):
             return Message("refused", {"reason": "the update holds NaN or infinite values"})
         names = sorted(statistics)
-        weight = 1.0 if message.value("weighting", server) == "unit" else float(len(data))
+        weight = 1.0 if message.value("weighting", server) == "unit" else float(len(task.data))
         stats = torch.tensor([statistics[n] for n in names], dtype=update.dtype)
         contribution = torch.cat([update * weight, stats * weight, update.new_tensor([weight])])
         client = app.mechanisms[int(secure)].secure_client(
-            client_id=client_id, config=configs[int(secure)]
+            client_id=client_id, config=task.configs[int(secure)]
         )
         first = client.start(contribution)
         if not client.finished:

@@ -189,6 +189,11 @@ class Executor(Component):
     returns the same replies where the arithmetic is the same.
     """
 
+    on_reply: Callable[[int], None] | None = None
+    """Set by the server half for the length of a round's training exchange: an
+    executor that can calls it with each client's id as that client's reply arrives,
+    so a long round shows its progress. Executors that never call it still work."""
+
     @abstractmethod
     def start(self, app: ClientApp) -> None:
         """Make the client halves of ``app`` reachable (build them lazily, start workers)."""

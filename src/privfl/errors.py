@@ -50,3 +50,8 @@ class PrivacyWarning(UserWarning):
 class UtilityWarning(UserWarning):
     """A setting will likely keep the model from learning (such as DP noise that drowns
     the averaged update); the message gives the numbers and the fix."""
+
+
+class PerformanceWarning(UserWarning):
+    """privfl takes a slower path than asked for (such as training clients one at a time
+    when the model cannot be stacked); results are unaffected, the message says why."""

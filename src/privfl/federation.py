@@ -96,7 +96,7 @@ class Federation:
         sampler: ComponentSpec = "uniform",
         aggregator: ComponentSpec = "fedavg",
         server_optimizer: ComponentSpec = "sgd",
-        executor: ComponentSpec = "serial",
+        executor: ComponentSpec = "vectorized",
         evaluators: Sequence[ComponentSpec] = ("plaintext",),
         mechanisms: Sequence[ComponentSpec] = (),
         attack: ComponentSpec | None = None,
@@ -366,6 +366,8 @@ class Federation:
                         kind, name, self.options_for(name)
                     ),
                     secure_aggregation=self.secure_position is not None,
+                    mechanisms=tuple(self.mechanisms),
+                    unit_weights=self.fixed_denominator or self.aggregator.weighting == "unit",
                 )
             )
 

@@ -235,6 +235,21 @@ def privfl_update_received(federation: Federation, round: int, result: ClientRes
 
 
 @hookspec
+def privfl_round_progress(federation: Federation, round: int, done: int, total: int) -> None:
+    """Report that ``done`` of the round's ``total`` clients have answered their task.
+
+    Called by the built-in round protocol as replies arrive, when the executor
+    reports them (see :attr:`privfl.Executor.on_reply`); the console reporter shows
+    it as a progress bar within the round, since a CNN round can take minutes.
+
+    :param federation: The federation that runs.
+    :param round: The round number.
+    :param done: Clients that have answered so far.
+    :param total: Clients sampled for the round.
+    """
+
+
+@hookspec
 def privfl_round_finish(federation: Federation, record: RoundRecord) -> None:
     """Record a finished round (history file, checkpoint, progress, table).
 

@@ -35,6 +35,10 @@ class MechanismSetup:
         the server sees only the sum of the contributions).
     :ivar create: Builds another registered component, ``create(kind, name)``, with
         the options the run gives it (DP builds its accountant this way).
+    :ivar mechanisms: The federation's mechanisms, in order (secure aggregation asks
+        them for :meth:`PrivacyMechanism.value_bound` to size its ring).
+    :ivar unit_weights: Whether clients contribute to sums with weight 1 rather than
+        their example count.
     """
 
     sampling: Sampling | None
@@ -45,6 +49,8 @@ class MechanismSetup:
     position: int
     create: Callable[[str, str], Any]
     secure_aggregation: bool = False
+    mechanisms: tuple[PrivacyMechanism, ...] = ()
+    unit_weights: bool = False
 
 
 class PrivacyMechanism(Component):
@@ -103,6 +109,20 @@ class PrivacyMechanism(Component):
             aggregation too, and hands their mean to :meth:`server_step`.
         """
         return update
+
+    def value_bound(self, bound: float | None) -> float | None:
+        """Server half: a bound on every value the client half sends this round, or None.
+
+        Given ``bound`` on the magnitude of every coordinate of the update the client
+        half receives (None: no bound known), return one on every coordinate of the
+        update it returns and every statistic it reports, for the state that this
+        round's :meth:`client_config` is made from. Secure aggregation clamps each
+        client's values to the bound it composes from these answers and sizes its ring
+        by it, so a bound that is too small clamps real values (counted in the record).
+        Default: ``bound`` when :meth:`client_step` is not overridden (the update passes
+        unchanged), else None.
+        """
+        return bound if type(self).client_step is PrivacyMechanism.client_step else None
 
     def secure_client(self, *, client_id: int, config: Mapping[str, Any]) -> SecureSumClient:
         """Client half of a secure sum: the protocol object of one client for one round."""

@@ -1,11 +1,19 @@
-"""Fixed-point encoding into Z_2^32 and Z_2^64, and the no-wrap bit count."""
+"""Fixed-point encoding into Z_2^32 and Z_2^64, the no-wrap bit count and the ring choice."""
 
 import numpy as np
 import pytest
 import torch
 
 from privfl.errors import ConfigError, DataError
-from privfl.secagg import decode, encode, required_bits, ring_bits_for, ring_dtype
+from privfl.secagg import (
+    clamp_bound,
+    decode,
+    encode,
+    encoded_bound,
+    required_bits,
+    ring_bits_for,
+    ring_dtype,
+)
 
 
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
@@ -78,3 +86,81 @@ def test_encode_checks_its_arguments():
         ring_dtype(16)
     with pytest.raises(ConfigError, match="dtype"):
         decode(np.zeros(3, np.int64), frac_bits=4)
+
+
+def _ring_sum(rows, *, bound, frac_bits, ring_bits):
+    """Encode each row, add them in the ring (wrapping as the protocol does), decode."""
+    dtype = ring_dtype(ring_bits)
+    total = np.zeros(len(rows[0]), dtype=dtype)
+    for row in rows:
+        total += encode(np.asarray(row), frac_bits=frac_bits, bound=bound, dtype=dtype)[0]
+    return decode(total, frac_bits=frac_bits)
+
+
+@pytest.mark.parametrize(
+    ("bound", "frac_bits", "fits_32"),
+    # n B <= 2^31 - 1 exactly up to these client counts (B = ceil(bound 2^frac_bits)).
+    [(1.0, 24, 127), (12.7, 24, 10), (0.3, 20, 6826), (2.0**20, 0, 2047)],
+)
+def test_the_ring_is_32_bits_up_to_the_bound_and_64_just_beyond(bound, frac_bits, fits_32):
+    assert ring_bits_for(bound, frac_bits, fits_32) == 32
+    assert ring_bits_for(bound, frac_bits, fits_32 + 1) == 64
+    for n, bits in [(fits_32, 32), (fits_32 + 1, 64)]:
+        # Adversarial contributions: every value at the bound, or far beyond it.
+        for extreme in (bound, -bound, 1e6 * bound, -1e6 * bound):
+            total = _ring_sum([[extreme]] * n, bound=bound, frac_bits=frac_bits, ring_bits=bits)
+            exact = n * np.rint(bound * 2.0**frac_bits) / 2.0**frac_bits
+            assert abs(total[0]) == pytest.approx(exact, rel=1e-12)
+            assert np.sign(total[0]) == np.sign(extreme)
+    # The test can fail: one client more in the 32-bit ring wraps the sum around.
+    wrapped = _ring_sum([[bound]] * (fits_32 + 1), bound=bound, frac_bits=frac_bits, ring_bits=32)
+    assert wrapped[0] < 0
+
+
+def test_a_fixed_ring_too_small_for_the_sum_is_refused_naming_the_fix():
+    assert ring_bits_for(1.0, 24, 127, requested=32) == 32
+    assert ring_bits_for(1.0, 24, 10, requested=64) == 64
+    with pytest.raises(ConfigError, match=r"ring_bits.*at least 33 bits.*set ring_bits = 64"):
+        ring_bits_for(1.0, 24, 128, requested=32)
+    with pytest.raises(ConfigError, match="ring_bits"):
+        ring_bits_for(1.0, 24, 2, requested=16)
+
+
+def test_clamp_bound_follows_the_declared_bound_only_under_unit_weights():
+    # Unit weights: the declared bound, but never below the weight itself, 1, and with
+    # room for float32 rounding.
+    slack = 1 + 2.0**-20
+    assert clamp_bound(2.0**20, 0.5, unit_weights=True) == slack
+    assert clamp_bound(2.0**20, 12.7, unit_weights=True) == 12.7 * slack
+    assert clamp_bound(2.0**20, 12.8, unit_weights=True) > float(np.float32(12.8)) > 12.8
+    # The user's bound caps it, and stays when nothing is declared.
+    assert clamp_bound(4.0, 12.7, unit_weights=True) == 4.0
+    assert clamp_bound(2.0**20, None, unit_weights=True) == 2.0**20
+    # Example-count weights scale the update by counts the server does not know yet.
+    assert clamp_bound(2.0**20, 1.0, unit_weights=False) == 2.0**20
+    with pytest.raises(ConfigError, match="value_bound"):
+        clamp_bound(1.0, -1.0, unit_weights=True)
+    with pytest.raises(ConfigError, match="bound"):
+        clamp_bound(float("inf"), 1.0, unit_weights=True)
+
+
+def test_encoded_values_never_exceed_the_encoded_bound():
+    rng = np.random.default_rng(3)
+    for bound, frac_bits in [(1.0, 24), (0.3, 20), (12.7, 7)]:
+        values = np.concatenate([rng.uniform(-2 * bound, 2 * bound, 10_000), [bound, -bound]])
+        ring, _ = encode(values, frac_bits=frac_bits, bound=bound, dtype=np.uint64)
+        assert np.abs(ring.view(np.int64)).max() == encoded_bound(bound, frac_bits)
+
+
+def test_encode_writes_into_out():
+    out = np.full(4, 7, dtype=np.uint32)
+    ring, clamped = encode(
+        torch.tensor([-1.0, 0.5, 3.0, 0.0]), frac_bits=4, bound=2.0, dtype=np.uint32, out=out
+    )
+    assert ring is out
+    assert clamped == 1
+    assert decode(out, frac_bits=4).tolist() == [-1.0, 0.5, 2.0, 0.0]
+    with pytest.raises(ConfigError, match="out"):
+        encode(np.zeros(3), frac_bits=4, bound=2.0, dtype=np.uint32, out=out)
+    with pytest.raises(DataError, match="NaN"):
+        encode(np.array([np.inf, 0.0]), frac_bits=4, bound=2.0, dtype=np.uint32)

@@ -88,7 +88,10 @@ class RunConfig:
         0.2, "Fraction of clients that are malicious, chosen with the seed (with --attack)."
     )
     executor: str = _key(
-        "serial", "Where clients run: serial (this process), process (worker processes)."
+        "vectorized",
+        "Where clients run: vectorized (this process, a round's clients stacked into one "
+        "batched computation where that pays), serial (this process, one at a time), "
+        "process (worker processes).",
     )
     evaluators: tuple[str, ...] = _key(
         ("plaintext",),

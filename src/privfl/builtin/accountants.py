@@ -48,31 +48,28 @@ from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
-
-from dp_accounting import (
-    GaussianDpEvent,
-    NeighboringRelation,
-    PoissonSampledDpEvent,
-    PrivacyAccountant,
-    SampledWithoutReplacementDpEvent,
-)
-from dp_accounting.dp_event import DpEvent
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
-from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
+from typing import TYPE_CHECKING, Any
 
 from privfl.components import Sampling
 from privfl.errors import ConfigError
 from privfl.mechanisms import Accountant
 from privfl.plugins import hookimpl
 
+if TYPE_CHECKING:  # dp-accounting is imported on first use: it takes a second (scipy)
+    from dp_accounting import NeighboringRelation, PrivacyAccountant
+    from dp_accounting.dp_event import DpEvent
+
 ADD_OR_REMOVE = "add or remove one client"
 REPLACE = "replace one client's data"
-_NEIGHBOURING = {
-    NeighboringRelation.ADD_OR_REMOVE_ONE: ADD_OR_REMOVE,
-    NeighboringRelation.REPLACE_ONE: REPLACE,
-}
+
+
+def _dp_relation(relation: str) -> NeighboringRelation:
+    """dp-accounting's name for one of our two neighbouring relations."""
+    from dp_accounting import NeighboringRelation
+
+    if relation == REPLACE:
+        return NeighboringRelation.REPLACE_ONE
+    return NeighboringRelation.ADD_OR_REMOVE_ONE
 
 
 @dataclass(frozen=True)
@@ -96,6 +93,12 @@ class _Run:
 
     def event(self) -> DpEvent:
         """Return the dp-accounting event of one round of the run."""
+        from dp_accounting import (
+            GaussianDpEvent,
+            PoissonSampledDpEvent,
+            SampledWithoutReplacementDpEvent,
+        )
+
         sampling, z = self.sampling, self.noise_multiplier
         if sampling.kind == "fixed":
             assert sampling.size is not None
@@ -137,17 +140,15 @@ class _DpAccountingAccountant(Accountant):
         """The neighbouring relation of the rounds composed (of Poisson rounds before any)."""
         if not self._ledger.runs:
             return ADD_OR_REMOVE
-        return _NEIGHBOURING[self._relation(self._ledger.runs[0].sampling)]
+        return self._relation(self._ledger.runs[0].sampling)
 
     @abstractmethod
-    def _backend(self, relation: NeighboringRelation) -> PrivacyAccountant:
+    def _backend(self, relation: str) -> PrivacyAccountant:
         """Return an empty dp-accounting accountant for ``relation``."""
 
-    def _relation(self, sampling: Sampling) -> NeighboringRelation:
+    def _relation(self, sampling: Sampling) -> str:
         """Return the neighbouring relation ``sampling`` is accounted under."""
-        if sampling.kind == "fixed":
-            return NeighboringRelation.REPLACE_ONE
-        return NeighboringRelation.ADD_OR_REMOVE_ONE
+        return REPLACE if sampling.kind == "fixed" else ADD_OR_REMOVE
 
     def compose(self, *, sampling: Sampling, noise_multiplier: float, rounds: int = 1) -> None:
         """Account ``rounds`` more rounds (0: only check that they could be accounted)."""
@@ -201,8 +202,8 @@ class _DpAccountingAccountant(Accountant):
                 "sampling",
                 sampling.kind,
                 f"a scheme accounted under the neighbouring relation of the rounds already "
-                f"composed ({_NEIGHBOURING[composed]!r}); {sampling.kind} sampling is "
-                f"accounted under {_NEIGHBOURING[relation]!r}, and one accountant cannot "
+                f"composed ({composed!r}); {sampling.kind} sampling is "
+                f"accounted under {relation!r}, and one accountant cannot "
                 "mix relations",
             )
         return run
@@ -248,6 +249,8 @@ class RdpPrivacyAccountant(_DpAccountingAccountant):
     def __init__(self, *, orders: Sequence[float] | None = None) -> None:
         super().__init__()
         if orders is None:
+            from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
+
             orders = DEFAULT_RDP_ORDERS
         if not (
             isinstance(orders, Sequence)
@@ -258,8 +261,10 @@ class RdpPrivacyAccountant(_DpAccountingAccountant):
             raise ConfigError("orders", orders, "a non-empty list of finite numbers > 1")
         self.orders: tuple[float, ...] = tuple(float(order) for order in orders)
 
-    def _backend(self, relation: NeighboringRelation) -> PrivacyAccountant:
-        return RdpAccountant(self.orders, relation)
+    def _backend(self, relation: str) -> PrivacyAccountant:
+        from dp_accounting.rdp import RdpAccountant
+
+        return RdpAccountant(self.orders, _dp_relation(relation))
 
 
 class PldPrivacyAccountant(_DpAccountingAccountant):
@@ -288,10 +293,12 @@ class PldPrivacyAccountant(_DpAccountingAccountant):
             )
         self.value_discretization_interval = float(value_discretization_interval)
 
-    def _backend(self, relation: NeighboringRelation) -> PrivacyAccountant:
-        return PLDAccountant(relation, self.value_discretization_interval)
+    def _backend(self, relation: str) -> PrivacyAccountant:
+        from dp_accounting.pld import PLDAccountant
 
-    def _relation(self, sampling: Sampling) -> NeighboringRelation:
+        return PLDAccountant(_dp_relation(relation), self.value_discretization_interval)
+
+    def _relation(self, sampling: Sampling) -> str:
         if sampling.kind == "fixed":
             raise ConfigError(
                 "accountant",

@@ -1,4 +1,4 @@
-"""Built-in console reporter: a progress bar and a per-round table.
+"""Built-in console reporter: progress bars (rounds, and clients within a round) and a table.
 
 Active when :meth:`privfl.Federation.run` is given a :class:`rich.console.Console`.
 Rows are printed above the progress bar as rounds finish: round, accuracy, loss,
@@ -21,7 +21,7 @@ def privfl_session_start(federation, start_round: int, total_rounds: int) -> Non
     if federation.console is None:
         return
     progress = Progress(
-        TextColumn("[bold]rounds"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -29,8 +29,22 @@ def privfl_session_start(federation, start_round: int, total_rounds: int) -> Non
         transient=True,
     )
     task = progress.add_task("rounds", total=total_rounds, completed=start_round - 1)
-    federation.stash[_KEY] = {"progress": progress, "task": task, "extra": None}
+    clients = progress.add_task("clients", total=None, visible=False)
+    federation.stash[_KEY] = {"progress": progress, "task": task, "clients": clients, "extra": None}
     progress.start()
+
+
+@hookimpl
+def privfl_round_progress(federation, round: int, done: int, total: int) -> None:
+    state = federation.stash.get(_KEY)
+    if state is not None:
+        state["progress"].update(
+            state["clients"],
+            description=f"round {round} clients",
+            completed=done,
+            total=total,
+            visible=done < total,
+        )
 
 
 @hookimpl

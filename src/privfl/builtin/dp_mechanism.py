@@ -50,6 +50,9 @@ from privfl.mechanisms import Accountant, MechanismSetup, PrivacyMechanism
 from privfl.plugins import hookimpl
 
 MODES = ("central", "local", "distributed")
+NOISE_TAIL = 10.0
+"""Standard deviations of client-added noise that :meth:`DPFedAvg.value_bound` allows
+for: a Gaussian leaves them with probability below 2e-23 per coordinate."""
 UNCLIPPED = "dp.unclipped"
 """The statistic each client reports under adaptive clipping: +1/2 if its update's
 norm is at most C, else -1/2 (Andrew et al. 2021's centred bit)."""
@@ -213,6 +216,15 @@ class DPFedAvg(PrivacyMechanism):
             if config["adaptive"]:
                 statistics[UNCLIPPED] += float(self._noise(1, config["count_std"], generator))
         return clipped
+
+    def value_bound(self, bound: float | None) -> float | None:
+        """The clip norm C, whatever comes in (an L2 norm bounds every coordinate), plus
+        NOISE_TAIL standard deviations of the noise clients add; the adaptive statistic
+        is 1/2 plus as much of its noise."""
+        config = self.client_config(round=0, client_ids=())  # the same for every round
+        update = config["clip"] + NOISE_TAIL * config["noise_std"]
+        count = 0.5 + NOISE_TAIL * config["count_std"] if config["adaptive"] else 0.0
+        return max(update, count)
 
     def server_step(
         self,

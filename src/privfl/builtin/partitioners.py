@@ -1,4 +1,4 @@
-"""Built-in partitioners: IID, McMahan shards and Dirichlet label skew.
+"""Built-in partitioners: IID (optionally quantity-skewed), McMahan shards, Dirichlet label skew.
 
 Thin classes around the seeded functions in :mod:`privfl.data.partition`.
 """
@@ -17,12 +17,27 @@ from privfl.plugins import hookimpl
 
 
 class IIDPartitioner(Partitioner):
-    """A uniformly random split into near-equal parts."""
+    """A uniformly random split into near-equal parts, or parts of log-normal sizes.
+
+    :param quantity_skew: Sigma of the log-normal client sizes (Acar et al. 2021); 0
+        gives equal sizes, 0.3 mildly and 1 to 2 strongly unequal ones; every client
+        keeps at least one example.
+    """
 
     name = "iid"
+    flags = MappingProxyType({"quantity_skew": "--quantity-skew"})
+
+    def __init__(self, quantity_skew: float = 0.0) -> None:
+        if not (
+            isinstance(quantity_skew, (int, float))
+            and np.isfinite(quantity_skew)
+            and quantity_skew >= 0
+        ):
+            raise ConfigError("quantity_skew", quantity_skew, "a finite number >= 0")
+        self.quantity_skew = float(quantity_skew)
 
     def split(self, targets: torch.Tensor, num_clients: int, *, seed: int) -> list[np.ndarray]:
-        return partition.iid(len(targets), num_clients, seed=seed)
+        return partition.iid(len(targets), num_clients, seed=seed, quantity_skew=self.quantity_skew)
 
 
 class ShardsPartitioner(Partitioner):
@@ -46,6 +61,10 @@ class ShardsPartitioner(Partitioner):
 
 class DirichletPartitioner(Partitioner):
     """Per-class shares drawn from Dirichlet(``alpha``): small alpha, strong label skew.
+
+    Client sizes follow from the draw (they vary more as alpha shrinks); clients the
+    draw leaves empty get an example taken at random from the others, so any number
+    of clients up to the examples works.
 
     :param alpha: The Dirichlet concentration, > 0.
     """

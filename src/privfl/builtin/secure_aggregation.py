@@ -5,21 +5,29 @@ client's task what the round's protocol is (the clients, the threshold, SecAgg+'
 neighbour graph, the ring and the fixed-point encoding). The client half
 (``SecAggProtocolClient``, kept by the client's host between messages) encodes
 its own contribution (weighted update, statistics and weight, after any clipping
-and noise) to fixed-point integers, appends the number of values it had to clamp,
+and noise) to fixed-point integers, appends the number of values it had to clamp
+(capped like any encoded value, so that the ring holds the sum of the counts too),
 and runs the four phases of :mod:`privfl.secagg`; the server half relays, collects
 and unmasks, and learns only the sum (the clamp count included, as a sum).
 
-The ring is 32 bits wide when the sum of every client's values, clamped to ``bound``
-and scaled by ``2**frac_bits``, fits in it, else 64 bits; more clients than 64 bits
-can hold is a configuration error. Dropouts are real (a client whose reply does not
-come is dropped in that phase) and can be simulated with a seeded rate: the server
-half then acts as if the chosen clients' messages from a chosen phase on never
-arrived. A round with too few clients left is aborted (:class:`privfl.RoundAborted`)
-with the global model unchanged.
+Each round the server half picks the clamping bound and the ring. The bound is the
+user's ``bound``, or less when the federation's mechanisms declare a smaller one
+(:meth:`~privfl.PrivacyMechanism.value_bound`: DP's clip norm) and clients contribute
+with weight 1 (:func:`~privfl.secagg.encoding.clamp_bound`). The ring is 32 bits wide
+when the sum of every client's values, clamped to that bound and scaled by
+``2**frac_bits``, fits in it, else 64 bits
+(:func:`~privfl.secagg.encoding.ring_bits_for`); ``ring_bits`` fixes it instead, and
+a fixed ring too narrow for a round's sum is a configuration error, raised when the
+round's tasks are made. Dropouts are real (a client whose reply does not come is
+dropped in that phase) and can be simulated with a seeded rate: the server half then
+acts as if the chosen clients' messages from a chosen phase on never arrived. A round
+with too few clients left is aborted (:class:`privfl.RoundAborted`) with the global
+model unchanged.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -43,8 +51,10 @@ from privfl.secagg import (
     SecAggClient,
     SecAggConfig,
     SecAggServer,
+    clamp_bound,
     decode,
     encode,
+    encoded_bound,
     ring_bits_for,
     secagg_config,
 )
@@ -69,18 +79,24 @@ class SecAggProtocolClient(SecureSumClient):
 
     def start(self, contribution: torch.Tensor) -> bytes:
         dtype = self._config.dtype
-        encoded, clamped = encode(
-            contribution, frac_bits=self._frac_bits, bound=self._bound, dtype=dtype
+        self._input = np.empty(contribution.numel() + 1, dtype=dtype)
+        _, clamped = encode(
+            contribution,
+            frac_bits=self._frac_bits,
+            bound=self._bound,
+            dtype=dtype,
+            out=self._input[:-1],
         )
-        self._input = np.append(encoded, np.array([clamped], dtype=dtype))
+        # Capped like every other value, so that the ring holds the sum of the counts too.
+        self._input[-1] = min(clamped, encoded_bound(self._bound, self._frac_bits))
         return self._client.advertise_keys()
 
     def step(self, phase: str, data: bytes) -> bytes:
         if phase not in PHASE_STEPS:
             raise ProtocolError(f"client {self._client.client_id}: no secure phase {phase!r}")
         method = getattr(self._client, PHASE_STEPS[phase])
-        if phase == "masked_input":
-            return method(data, self._input)
+        if phase == "masked_input":  # the input is needed no more: mask it in place
+            return method(data, self._input, overwrite=True)
         reply = method(data)
         self._finished = phase == "unmasking"
         return reply
@@ -99,8 +115,11 @@ class SecAgg(PrivacyMechanism):
         unset: the simulated rate, at least 0.1.
     :param corruption_rate: The fraction of clients assumed to collude with the server.
     :param frac_bits: Fractional bits of the fixed-point encoding (precision 2^-frac_bits).
-    :param bound: Values are clamped to [-bound, bound] before encoding (the number of
+    :param bound: Values are clamped to [-bound, bound] before encoding, or to the
+        smaller bound the other mechanisms declare, such as DP's clip norm (the number of
         clamped values, summed securely, is in the round's record).
+    :param ring_bits: 32 or 64 to fix the ring; unset: the smallest ring that holds each
+        round's sum.
     """
 
     name = "secagg"
@@ -115,6 +134,7 @@ class SecAgg(PrivacyMechanism):
         corruption_rate: float = 0.1,
         frac_bits: int = 24,
         bound: float = 2.0**20,
+        ring_bits: int | None = None,
     ) -> None:
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
             raise ConfigError("dropout", dropout, "a fraction in [0, 1)")
@@ -124,8 +144,10 @@ class SecAgg(PrivacyMechanism):
             raise ConfigError("corruption_rate", corruption_rate, "a fraction in [0, 1)")
         if not (isinstance(frac_bits, int) and 0 <= frac_bits <= 40):
             raise ConfigError("frac_bits", frac_bits, "an integer in 0..40")
-        if not bound > 0:
-            raise ConfigError("bound", bound, "a number > 0")
+        if not (isinstance(bound, (int, float)) and 0 < bound < math.inf):
+            raise ConfigError("bound", bound, "a finite number > 0")
+        if ring_bits not in (None, 32, 64):
+            raise ConfigError("ring_bits", ring_bits, "32 or 64, or unset to choose per round")
         self.dropout = float(dropout)
         self.tolerated_dropout = (
             max(self.dropout, 0.1) if tolerated_dropout is None else float(tolerated_dropout)
@@ -133,16 +155,35 @@ class SecAgg(PrivacyMechanism):
         self.corruption_rate = float(corruption_rate)
         self.frac_bits = frac_bits
         self.bound = float(bound)
+        self.ring_bits = ring_bits
         self.seed = 0
         """Seed of the simulated dropouts and the neighbour graph (set up from the
         federation's seed)."""
+        self._mechanisms: tuple[PrivacyMechanism, ...] = ()
+        self._unit_weights = False
+        self._last_protocol: tuple[tuple[Any, ...], SecAggConfig] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The mechanism without the kept protocol settings (a cache that does not pickle)."""
+        return {**self.__dict__, "_last_protocol": None}
 
     def setup(self, context: MechanismSetup) -> None:
         self.seed = derive_seed(context.seed, "secagg", context.position)
+        self._mechanisms = context.mechanisms
+        self._unit_weights = context.unit_weights
+
+    def round_bound(self) -> float:
+        """This round's clamping bound: ``bound``, or less if the mechanisms declare less."""
+        declared: float | None = None  # the update as trained: no bound known
+        for mechanism in self._mechanisms:
+            declared = mechanism.value_bound(declared)
+        return clamp_bound(self.bound, declared, unit_weights=self._unit_weights)
 
     def _round_config(self, round: int, client_ids: Sequence[int]) -> SecAggConfig:
         """The round's protocol settings: the same on both halves, computed by the server."""
-        ring_bits = ring_bits_for(self.bound, self.frac_bits, len(client_ids))
+        ring_bits = ring_bits_for(
+            self.round_bound(), self.frac_bits, len(client_ids), requested=self.ring_bits
+        )
         return secagg_config(
             client_ids,
             variant=self.variant,
@@ -158,7 +199,7 @@ class SecAgg(PrivacyMechanism):
             "threshold": config.threshold,
             "ring_bits": config.ring_bits,
             "frac_bits": self.frac_bits,
-            "bound": self.bound,
+            "bound": self.round_bound(),
             "ids": torch.tensor(config.client_ids, dtype=torch.int64),
         }
         if config.neighbours is not None:
@@ -168,19 +209,34 @@ class SecAgg(PrivacyMechanism):
         return values
 
     def secure_client(self, *, client_id: int, config: Mapping[str, Any]) -> SecureSumClient:
-        ids = tuple(int(u) for u in config["ids"].tolist())
-        graph = config.get("graph")
-        neighbours = (
-            None
-            if graph is None
-            else {u: frozenset(row) for u, row in zip(ids, graph.tolist(), strict=True)}
-        )
-        protocol = SecAggConfig(
-            len(ids), int(config["threshold"]), neighbours, int(config["ring_bits"]), ids
-        )
         return SecAggProtocolClient(
-            client_id, protocol, int(config["frac_bits"]), float(config["bound"])
+            client_id, self._protocol(config), int(config["frac_bits"]), float(config["bound"])
         )
+
+    def _protocol(self, config: Mapping[str, Any]) -> SecAggConfig:
+        """The round's protocol settings, read from a task's config.
+
+        Reading and checking the neighbour graph costs O(n k) for n clients of degree
+        k, so a host that serves many clients of one round reads it once: the last
+        one read is kept, under the bytes it was read from.
+        """
+        graph = config.get("graph")
+        key = (
+            int(config["threshold"]),
+            int(config["ring_bits"]),
+            config["ids"].numpy().tobytes(),
+            None if graph is None else graph.numpy().tobytes(),
+        )
+        if self._last_protocol is None or self._last_protocol[0] != key:
+            ids = tuple(int(u) for u in config["ids"].tolist())
+            neighbours = (
+                None
+                if graph is None
+                else {u: frozenset(row) for u, row in zip(ids, graph.tolist(), strict=True)}
+            )
+            protocol = SecAggConfig(len(ids), key[0], neighbours, key[1], ids)
+            self._last_protocol = (key, protocol)
+        return self._last_protocol[1]
 
     def secure_sum(
         self,
@@ -218,6 +274,7 @@ class SecAgg(PrivacyMechanism):
         values = {
             "secagg_clamped": int(total[-1]),
             "secagg_ring_bits": config.ring_bits,
+            "secagg_bound": self.round_bound(),
             "secagg_seconds": seconds,
             "secagg_contributors": len(survivors),
             "secagg_dropped": {phase: ids for phase, ids in server.dropped.items() if ids},

@@ -14,7 +14,7 @@ clients drop out at any point. Clients also refuse the one request by which a
 misbehaving server could unmask a single input (both shares of one client).
 
 Modules: :mod:`.encoding` (fixed point in Z_2^32 / Z_2^64), :mod:`.shamir` (secret
-sharing), :mod:`.primitives` (X25519, HKDF, ChaCha20-Poly1305, ChaCha20 PRG from
+sharing), :mod:`.primitives` (X25519, HKDF, ChaCha20-Poly1305, AES-CTR PRG from
 ``cryptography``), :mod:`.graph` and :mod:`.parameters` (neighbours, k and t),
 :mod:`.config`, :mod:`.messages` (byte format), :mod:`.client`, :mod:`.server` and
 :mod:`.simulation` (a whole round in one process, with dropouts).
@@ -22,7 +22,15 @@ sharing), :mod:`.primitives` (X25519, HKDF, ChaCha20-Poly1305, ChaCha20 PRG from
 
 from privfl.secagg.client import SecAggClient
 from privfl.secagg.config import SecAggConfig, secagg_config
-from privfl.secagg.encoding import decode, encode, required_bits, ring_bits_for, ring_dtype
+from privfl.secagg.encoding import (
+    clamp_bound,
+    decode,
+    encode,
+    encoded_bound,
+    required_bits,
+    ring_bits_for,
+    ring_dtype,
+)
 from privfl.secagg.graph import complete_graph, harary_graph
 from privfl.secagg.messages import ProtocolError
 from privfl.secagg.parameters import secagg_plus_parameters, secagg_threshold
@@ -38,9 +46,11 @@ __all__ = [
     "SecAggConfig",
     "SecAggServer",
     "SecureSumOutcome",
+    "clamp_bound",
     "complete_graph",
     "decode",
     "encode",
+    "encoded_bound",
     "harary_graph",
     "required_bits",
     "ring_bits_for",

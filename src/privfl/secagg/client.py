@@ -117,11 +117,13 @@ class SecAggClient:
         )
         return ShareKeys(self.client_id, ciphertexts).to_bytes()
 
-    def masked_input(self, relay: bytes, values: np.ndarray) -> bytes:
+    def masked_input(self, relay: bytes, values: np.ndarray, *, overwrite: bool = False) -> bytes:
         """Round 2: keep the shares in ``relay``; send ``values`` under the masks.
 
         :param relay: The server's :class:`ShareRelay` for this client.
         :param values: The encoded input, a 1-D ring vector of the config's dtype.
+        :param overwrite: Mask ``values`` in place rather than a copy (for a caller that
+            needs them no more: it saves a copy of the vector).
         """
         self._step("masked_input")
         values = np.asarray(values)
@@ -148,11 +150,15 @@ class SecAggClient:
             except ValueError as error:
                 raise ProtocolError(f"bad share from client {u}: {error}") from error
             self._held[u] = held
-        masker = primitives.MaskAccumulator(values.size, values.dtype)
-        masked = np.add(values, masker.expand(self._seed), dtype=values.dtype)
-        for u in senders:
-            seed = primitives.mask_seed(primitives.agree(self._s_key, self._peers[u][1]))
-            masker.add(masked, seed, 1 if self.client_id < u else -1)
+        masks = [(self._seed, 1)] + [
+            (
+                primitives.mask_seed(primitives.agree(self._s_key, self._peers[u][1])),
+                1 if self.client_id < u else -1,
+            )
+            for u in senders
+        ]
+        masked = values if overwrite else values.copy()
+        primitives.add_masks(masked, masks)
         return MaskedInput(self.client_id, masked).to_bytes()
 
     def unmask(self, request: bytes) -> bytes:

@@ -5,11 +5,13 @@ update to ``frac_bits`` fractional bits and writes it in two's complement into
 ``Z_2^32`` (``numpy.uint32``) or ``Z_2^64`` (``numpy.uint64``), whose wrap-around
 addition numpy does natively. The server decodes the ring sum as a signed number.
 
-The sum is right only if it does not wrap: with ``n`` clients whose values are clamped
-to ``|v| <= bound``, the sum lies in ``[-n B, n B]`` for ``B = ceil(bound 2^frac_bits)``
-and needs the bits that :func:`required_bits` returns. This check is the caller's to
-make before a round (it knows ``n``); :func:`encode` clamps every value to the bound and
-counts how many it clamped.
+The sum is right only if it does not wrap. :func:`encode` clamps every value to
+``[-bound, bound]``, so each encoded value has magnitude at most
+``B = ceil(bound 2^frac_bits)`` (:func:`encoded_bound`), and the sum of ``n`` clients'
+values lies in ``[-n B, n B]``: :func:`required_bits` counts the bits that holds and
+:func:`ring_bits_for` picks the ring, both before a round (the server knows ``n``).
+How small ``bound`` can be without clamping real values is :func:`clamp_bound`'s
+question: it depends on the weights and on what the privacy mechanisms declare.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from privfl.errors import ConfigError, DataError
 
 RING_DTYPES: dict[int, np.dtype] = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
 _SIGNED = {32: np.int32, 64: np.int64}
+FLOAT32_SLACK = 2.0**-20
+"""Relative room :func:`clamp_bound` leaves above a declared bound: 8 units in the last
+place of a float32 (whose relative spacing is at most 2^-23)."""
 
 
 def ring_dtype(ring_bits: int) -> np.dtype:
@@ -32,19 +37,31 @@ def ring_dtype(ring_bits: int) -> np.dtype:
     return RING_DTYPES[ring_bits]
 
 
+def encoded_bound(bound: float, frac_bits: int) -> int:
+    """``B = ceil(bound * 2^frac_bits)``: no value encoded with this clamp and scale exceeds it.
+
+    A value ``v`` with ``|v| <= bound`` becomes ``rint(v 2^frac_bits)``, which is
+    ``floor`` or ``ceil`` of ``v 2^frac_bits``, so its magnitude is at most ``B``.
+    """
+    _check_scale(bound, frac_bits)
+    return math.ceil(bound * 2.0**frac_bits)
+
+
 def required_bits(bound: float, frac_bits: int, num_clients: int) -> int:
     """The fewest ring bits for which the sum of ``num_clients`` encoded values cannot wrap.
 
-    Each encoded value has magnitude at most ``B = ceil(bound * 2^frac_bits)``; the sum
-    of ``num_clients`` of them needs ``bit_length(num_clients * B)`` bits plus a sign bit.
+    Each encoded value lies in ``[-B, B]`` (:func:`encoded_bound`), so the sum of
+    ``num_clients`` of them lies in ``[-n B, n B]``. A ``k``-bit ring read in two's
+    complement holds ``[-2^(k-1), 2^(k-1) - 1]``, and ``n B <= 2^(k-1) - 1`` exactly
+    when ``bit_length(n B) <= k - 1``: the sum needs ``bit_length(n B) + 1`` bits.
 
     :raises ConfigError: for a non-positive bound, ``frac_bits`` outside [0, 63], fewer than one
         client, or when more than 64 bits would be needed (the largest ring here).
     """
-    _check_scale(bound, frac_bits)
+    largest = encoded_bound(bound, frac_bits)
     if not (isinstance(num_clients, int) and num_clients >= 1):
         raise ConfigError("num_clients", num_clients, "an integer >= 1")
-    bits = (num_clients * math.ceil(bound * 2.0**frac_bits)).bit_length() + 1
+    bits = (num_clients * largest).bit_length() + 1
     if bits > 64:
         raise ConfigError(
             "frac_bits",
@@ -55,13 +72,69 @@ def required_bits(bound: float, frac_bits: int, num_clients: int) -> int:
     return bits
 
 
-def ring_bits_for(bound: float, frac_bits: int, num_clients: int) -> int:
-    """The smaller ring, 32 or 64 bits, that holds the sum (see :func:`required_bits`)."""
-    return 32 if required_bits(bound, frac_bits, num_clients) <= 32 else 64
+def ring_bits_for(
+    bound: float, frac_bits: int, num_clients: int, *, requested: int | None = None
+) -> int:
+    """The round's ring: the smaller of 32 and 64 bits that holds the sum, or ``requested``.
+
+    :param requested: A ring the user chose (32 or 64), or None to choose.
+    :raises ConfigError: as :func:`required_bits` does, and naming ``ring_bits`` when
+        ``requested`` is narrower than the sum needs (see :func:`required_bits`).
+    """
+    bits = required_bits(bound, frac_bits, num_clients)
+    if requested is None:
+        return 32 if bits <= 32 else 64
+    ring_dtype(requested)
+    if bits > requested:
+        raise ConfigError(
+            "ring_bits",
+            requested,
+            f"a ring of at least {bits} bits for the sum of {num_clients} clients' values "
+            f"with |v| <= {bound:g} at {frac_bits} fractional bits: set ring_bits = 64, or "
+            "leave it unset to pick the ring per round, or lower frac_bits or the bound "
+            "(a smaller clip norm for DP)",
+        )
+    return requested
+
+
+def clamp_bound(bound: float, declared: float | None, *, unit_weights: bool) -> float:
+    """The clamping bound of a round: the smallest that clamps no value the bounds allow.
+
+    A client's contribution is ``[w u, w s, w]``: its update ``u`` and statistics ``s``
+    weighted by ``w``, then ``w`` itself (the server divides the sums by the summed
+    weights). ``declared`` bounds every coordinate of ``u`` and every value of ``s``,
+    as the privacy mechanisms state it (DP's clip norm C bounds each coordinate by C,
+    since an L2 norm bounds every coordinate); None means no mechanism bounds them.
+
+    * Unit weights (``w = 1``, as under client-level DP): every value of the
+      contribution has magnitude at most ``max(declared, 1)``, and clamping there
+      changes nothing.
+    * Example-count weights (``w`` = the client's number of examples): ``w u`` is
+      bounded by ``w * declared``, but the server learns ``w`` only from the
+      clients' replies, after the ring is chosen, so no bound follows.
+
+    Updates are float32, and float32 arithmetic can leave a value that is at most
+    ``declared`` in exact arithmetic a few units in the last place above it (clipping
+    scales by ``C / norm`` in float32), so the result is ``max(declared, 1)`` raised by
+    :data:`FLOAT32_SLACK`, relative. The user's ``bound`` caps the result: it is kept
+    when nothing smaller follows, and wins when it is smaller (values beyond it are
+    clamped and counted).
+    """
+    _check_scale(bound, 0)
+    if declared is not None and not declared >= 0:
+        raise ConfigError("value_bound", declared, "a number >= 0, or None for no bound")
+    if declared is None or not unit_weights:
+        return bound
+    return min(bound, max(declared, 1.0) * (1 + FLOAT32_SLACK))
 
 
 def encode(
-    values: torch.Tensor | np.ndarray, *, frac_bits: int, bound: float, dtype: np.dtype | type
+    values: torch.Tensor | np.ndarray,
+    *,
+    frac_bits: int,
+    bound: float,
+    dtype: np.dtype | type,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Clamp ``values`` to ``[-bound, bound]``, round to ``frac_bits`` bits, map into the ring.
 
@@ -70,9 +143,11 @@ def encode(
         rounded to the nearest integer (the error is at most ``2^-(frac_bits + 1)``).
     :param bound: The clamping bound, for example the clipping norm of the update.
     :param dtype: ``numpy.uint32`` or ``numpy.uint64``, the ring of the round.
-    :returns: The ring vector and the number of values that were clamped.
-    :raises ConfigError: for a bad scale, or a bound that does not fit the ring even for
-        one client.
+    :param out: A 1-D vector of ``dtype`` with one place per value to write the result
+        into, or None for a new one.
+    :returns: The ring vector (``out`` if given) and the number of values that were clamped.
+    :raises ConfigError: for a bad scale, a bound that does not fit the ring even for
+        one client, or an ``out`` of the wrong dtype or size.
     :raises DataError: for NaN or infinite values.
     """
     dtype = np.dtype(dtype)
@@ -86,16 +161,23 @@ def encode(
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     work = np.array(values, dtype=np.float64).reshape(-1)  # a copy, changed in place below
-    magnitude = np.abs(work)
-    if work.size and not np.isfinite(magnitude.max()):
+    if out is None:
+        out = np.empty(work.size, dtype=dtype)
+    elif out.dtype != dtype or out.shape != work.shape:
+        raise ConfigError("out", f"{out.shape} {out.dtype}", f"a vector of {work.size} {dtype}")
+    low, high = (float(work.min()), float(work.max())) if work.size else (0.0, 0.0)
+    if not (math.isfinite(low) and math.isfinite(high)):  # min and max keep a NaN
         raise DataError("secure aggregation cannot encode NaN or infinite values")
-    clamped = int(np.count_nonzero(magnitude > bound))
-    np.clip(work, -bound, bound, out=work)
+    clamped = 0
+    if low < -bound or high > bound:
+        clamped = int(np.count_nonzero(np.abs(work) > bound))
+        np.clip(work, -bound, bound, out=work)
     work *= 2.0**frac_bits
     np.rint(work, out=work)
-    # |work| < 2^(bits-1) by the check above: the signed cast is exact, the view is the
-    # two's complement.
-    return work.astype(_SIGNED[bits]).view(dtype), clamped
+    # |work| < 2^(bits-1) by the check above: the signed cast is exact, and the signed
+    # view of ``out`` writes the two's complement.
+    np.copyto(out.view(_SIGNED[bits]), work, casting="unsafe")
+    return out, clamped
 
 
 def decode(sum_array: np.ndarray, *, frac_bits: int) -> np.ndarray:

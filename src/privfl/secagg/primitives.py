@@ -9,21 +9,29 @@
 * Authenticated encryption of shares: ChaCha20-Poly1305 (RFC 8439) with a random nonce
   and the sender and recipient ids as associated data, so the server, which relays the
   ciphertexts, can neither read nor alter nor redirect them.
-* PRG: the ChaCha20 keystream under a 32-byte seed, read as little-endian ring words.
-  :class:`MaskAccumulator` writes it into one reused buffer (``update_into``) and adds
-  or subtracts it in place: no Python loop over elements and no allocation per mask.
+* PRG: AES-128 in counter mode (NIST SP 800-38A) under a 32-byte seed, its first 16
+  bytes the key and its last 16 the initial counter block, the keystream read as
+  little-endian ring words. Each seed keys one stream only. A 128-bit key matches the
+  about 128-bit security of X25519, which the seeds are agreed with; OpenSSL runs AES on
+  the CPU's AES instructions, and on this project's machines AES-128-CTR wrote the
+  keystream about 1.6x as fast as ChaCha20 (``bench/secagg.py --prg``).
+  :func:`add_masks` adds or subtracts several masks into a vector block by block,
+  with one reused block-sized buffer: the keystream is written (``update_into``) and
+  added while it is in cache, with no Python loop over elements and no allocation the
+  size of the vector.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -33,7 +41,9 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 _SHARE_LABEL = b"privfl.secagg.v1.share"
 _MASK_LABEL = b"privfl.secagg.v1.mask"
-_CHACHA_NONCE = bytes(16)  # each PRG seed is used for one stream only
+BLOCK_BYTES = 1 << 17
+"""Bytes of keystream written and added at a time: fits in a core's L2 cache with the
+vector's block, and is large enough that the per-block Python calls cost little."""
 
 
 def public_bytes(private: X25519PrivateKey) -> bytes:
@@ -98,26 +108,32 @@ def mask_seed(secret: bytes) -> bytes:
     return _derive(secret, _MASK_LABEL)
 
 
-class MaskAccumulator:
-    """Adds and subtracts PRG masks into ring vectors of one length and dtype."""
+def _stream(seed: bytes) -> CipherContext:
+    """The PRG stream of a 32-byte ``seed``: encrypting zero bytes with it gives the mask.
 
-    def __init__(self, length: int, dtype: np.dtype) -> None:
-        self.dtype = np.dtype(dtype)
-        nbytes = length * self.dtype.itemsize
-        self._zeros = bytes(nbytes)
-        self._stream = np.empty(length, dtype=self.dtype.newbyteorder("<"))
-        self._buffer = self._stream.data.cast("B")
+    :raises ProtocolError: for a seed of another length.
+    """
+    if len(seed) != KEY_BYTES:
+        raise ProtocolError(f"a PRG seed has {KEY_BYTES} bytes, not {len(seed)}")
+    return Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
 
-    def expand(self, seed: bytes) -> np.ndarray:
-        """The mask ``PRG(seed)``; valid until the next call (the buffer is reused)."""
-        encryptor = Cipher(algorithms.ChaCha20(seed, _CHACHA_NONCE), mode=None).encryptor()
-        encryptor.update_into(self._zeros, self._buffer)
-        return self._stream
 
-    def add(self, vector: np.ndarray, seed: bytes, sign: int = 1) -> None:
-        """``vector += sign * PRG(seed)`` in place, modulo 2^bits."""
-        mask = self.expand(seed)
-        if sign > 0:
-            np.add(vector, mask, out=vector)
-        else:
-            np.subtract(vector, mask, out=vector)
+def add_masks(vector: np.ndarray, masks: Iterable[tuple[bytes, int]]) -> None:
+    """``vector += sum(sign * PRG(seed) for seed, sign in masks)`` in place, modulo 2^bits.
+
+    :param vector: A 1-D ring vector (``numpy.uint32`` or ``numpy.uint64``, native or
+        little-endian), changed in place.
+    :param masks: ``(seed, sign)`` pairs: a 32-byte PRG seed and +1 or -1.
+    """
+    streams = [(_stream(seed), sign) for seed, sign in masks]
+    words = np.dtype(vector.dtype).newbyteorder("<")
+    per_block = BLOCK_BYTES // words.itemsize
+    zeros = memoryview(bytes(min(vector.size, per_block) * words.itemsize))
+    keystream = np.empty(len(zeros) // words.itemsize, dtype=words)
+    buffer = keystream.data.cast("B")
+    for start in range(0, vector.size, per_block):
+        block = vector[start : start + per_block]
+        count = block.size
+        for stream, sign in streams:
+            stream.update_into(zeros[: count * words.itemsize], buffer)
+            (np.add if sign > 0 else np.subtract)(block, keystream[:count], out=block)

@@ -199,10 +199,10 @@ class SecAggServer:
             return value.to_bytes(primitives.KEY_BYTES, "big")
 
         total = np.zeros(next(iter(self._inputs.values())).size, dtype=self.config.dtype)
-        masker = primitives.MaskAccumulator(total.size, total.dtype)
+        masks = []
         for u in sorted(survivors):
             np.add(total, self._inputs[u], out=total)
-            masker.add(total, secret(seed_shares[u]), -1)
+            masks.append((secret(seed_shares[u]), -1))
         for u in sorted(gone):
             key = X25519PrivateKey.from_private_bytes(secret(key_shares[u]))
             if primitives.public_bytes(key) != self._keys[u][1]:
@@ -210,7 +210,8 @@ class SecAggServer:
             for v in sorted(self.config.neighbours_of(u) & survivors):
                 # v added sign(v, u) * PRG(s_vu); take it away again.
                 seed = primitives.mask_seed(primitives.agree(key, self._keys[v][1]))
-                masker.add(total, seed, -1 if v < u else 1)
+                masks.append((seed, -1 if v < u else 1))
+        primitives.add_masks(total, masks)
         return total
 
 
