@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,10 +122,14 @@ class ClientHost:
         the cores busy on their own and train one at a time. Where the model cannot
         be stacked (see :func:`privfl.vectorized.unsupported`), clients train one at a
         time and a :class:`~privfl.errors.PerformanceWarning` says why, once.
+    :param threads: Threads that answer the ``secure`` messages of different clients at
+        once. Their work is mostly AES keystreams and numpy additions, which release
+        the GIL, so on a host that simulates many clients this uses every core.
     """
 
-    def __init__(self, app: ClientApp, *, stack: bool = False) -> None:
+    def __init__(self, app: ClientApp, *, stack: bool = False, threads: int = 1) -> None:
         self.app = app
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self._trainer: LocalTrainer | None = None
         self._stacked: StackedTrainer | None = None
         self._stacking_pays: bool | None = None  # decided by the first client's data
@@ -161,13 +166,19 @@ class ClientHost:
         """
         replies: dict[int, Message] = {}
         tasks: dict[int, _TrainTask] = {}
+        secure: list[int] = []
         for client_id, message in messages.items():
             if message.kind == "train":
                 tasks[client_id] = self._task(client_id, message)
             elif message.kind == "secure":
-                replies[client_id] = self._secure_step(client_id, message)
+                secure.append(client_id)
             else:
                 raise MessageError(f"client {client_id} cannot answer a {message.kind!r} message")
+        if self._pool is not None and len(secure) > 1:
+            answers = self._pool.map(lambda c: self._secure_step(c, messages[c]), secure)
+            replies.update(zip(secure, answers, strict=True))
+        else:
+            replies.update((c, self._secure_step(c, messages[c])) for c in secure)
         for group in self._stack_groups(tasks):
             stacked = self._stacked
             assert stacked is not None

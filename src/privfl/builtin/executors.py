@@ -20,6 +20,7 @@ number of clients, never on timings, so runs stay reproducible.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import ClassVar
@@ -62,7 +63,8 @@ class SerialExecutor(Executor):
 
     def start(self, app: ClientApp) -> None:
         if self._host is None or self._host.app is not app:
-            self._host = ClientHost(app, stack=self.stack)
+            cores = len(os.sched_getaffinity(0))
+            self._host = ClientHost(app, stack=self.stack, threads=cores)
             self._chosen.clear()
 
     def send_and_receive(self, messages: Mapping[int, Message]) -> dict[int, Message | Failure]:
