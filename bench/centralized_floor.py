@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 
 # Both sides get what `privfl run` gets (privfl sets these when imported before torch):
-# idle OpenMP threads sleep rather than spin, and large tensors use huge pages.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# idle OpenMP threads spin briefly, then sleep; large tensors use huge pages.
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse

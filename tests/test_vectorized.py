@@ -21,15 +21,11 @@ import privfl
 from privfl.algorithms.models import CNN, TwoNN
 from privfl.builtin.process_executor import ProcessExecutor
 from privfl.client import ClientData, LocalTrainer, LocalTraining, flatten_parameters
+from privfl.client_runtime import ClientHost, _parts
 from privfl.components import TensorPair
+from privfl.stacked_layers import unsupported
 from privfl.testing import tiny_federation
-from privfl.vectorized import (
-    SINGLE_THREAD_FLOPS,
-    TOLERANCE,
-    StackedTrainer,
-    forward_flops,
-    unsupported,
-)
+from privfl.vectorized import SINGLE_THREAD_FLOPS, TOLERANCE, StackedTrainer, forward_flops
 
 
 def _images(n: int, seed: int = 0) -> TensorPair:
@@ -48,8 +44,9 @@ def _compare(model: nn.Module, training: LocalTraining, sizes: list[int], lr_sca
     start = flatten_parameters(model).clone()
     serial = LocalTrainer(model, F.cross_entropy, training)
     results = [serial.train(c, start, seed=10 + k) for k, c in enumerate(clients)]
-    updates, losses = StackedTrainer(model, F.cross_entropy, training).train(
-        clients, start, [10 + k for k in range(len(clients))]
+    updates = torch.empty(len(clients), start.numel())
+    losses = StackedTrainer(model, F.cross_entropy, training).train(
+        clients, start, [10 + k for k in range(len(clients))], out=updates
     )
     return torch.stack([r[0] for r in results]), updates, [r[1] for r in results], losses
 
@@ -102,7 +99,7 @@ def test_stacked_training_leaves_the_start_alone():
     kept = start.clone()
     data = _images(20)
     StackedTrainer(model, F.cross_entropy, LocalTraining()).train(
-        [ClientData(data, torch.arange(20))], start, [0]
+        [ClientData(data, torch.arange(20))], start, [0], out=torch.empty(1, start.numel())
     )
     assert torch.equal(start, kept)
 
@@ -239,3 +236,33 @@ def test_large_steps_train_one_at_a_time_with_the_bytes_of_serial():
     vectorized = tiny_federation(executor="vectorized", **settings)
     vectorized.run(1)
     assert torch.equal(serial.params, vectorized.params)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "count", "expected"),
+    [
+        ([10, 10, 10, 10], 2, [(0, 2), (2, 4)]),
+        ([100, 1, 1, 1], 2, [(0, 1), (1, 4)]),
+        ([5], 4, [(0, 1)]),
+        ([3, 3, 3], 1, [(0, 3)]),
+    ],
+)
+def test_stack_parts_are_consecutive_and_balanced(sizes, count, expected):
+    assert _parts(sizes, count) == expected
+
+
+def test_a_stack_cut_into_thread_parts_gives_the_bytes_of_one_stack():
+    fed = tiny_federation(num_clients=7)
+    app = fed.client_app
+    tasks = {
+        c: privfl.Message(
+            "train", {"round": 1, "config": [], "seed": 100 + c}, {"params": fed.params}
+        )
+        for c in range(7)
+    }
+    one = ClientHost(app, stack=True, threads=1).handle_all(tasks)
+    parts = ClientHost(app, stack=True, threads=3).handle_all(tasks)
+    for c in range(7):
+        assert torch.equal(one[c].tensors["update"], parts[c].tensors["update"])
+        assert one[c].values == parts[c].values
+    assert not torch.equal(one[0].tensors["update"], one[1].tensors["update"])

@@ -21,6 +21,7 @@ its secure-sum protocol object, dropped when its round is over.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,8 @@ from privfl.errors import PerformanceWarning
 from privfl.mechanisms import PrivacyMechanism, SecureSumClient
 from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes
 from privfl.seeding import torch_generator
-from privfl.vectorized import SINGLE_THREAD_FLOPS, StackedTrainer, forward_flops, unsupported
+from privfl.stacked_layers import unsupported
+from privfl.vectorized import SINGLE_THREAD_FLOPS, StackedTrainer, forward_flops
 
 CONFIG_TENSOR_PREFIX = "config."
 
@@ -120,23 +122,26 @@ class ClientHost:
         bit). It pays when a training step's forward pass costs under
         :data:`~privfl.vectorized.SINGLE_THREAD_FLOPS`; larger steps (the CNN's) keep
         the cores busy on their own and train one at a time. Where the model cannot
-        be stacked (see :func:`privfl.vectorized.unsupported`), clients train one at a
+        be stacked (see :func:`privfl.stacked_layers.unsupported`), clients train one at a
         time and a :class:`~privfl.errors.PerformanceWarning` says why, once.
-    :param threads: Threads that answer the ``secure`` messages of different clients at
-        once. Their work is mostly AES keystreams and numpy additions, which release
-        the GIL, so on a host that simulates many clients this uses every core.
+    :param threads: Threads that train parts of a stack, and answer the ``secure``
+        messages of different clients, at once. Their work is torch operations, AES
+        keystreams and numpy additions, which release the GIL, so on a host that
+        simulates many clients this uses every core.
     """
 
     def __init__(self, app: ClientApp, *, stack: bool = False, threads: int = 1) -> None:
         self.app = app
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self._trainer: LocalTrainer | None = None
-        self._stacked: StackedTrainer | None = None
+        self._stackers: list[StackedTrainer] = []  # one per thread
         self._stacking_pays: bool | None = None  # decided by the first client's data
         if stack:
             reason = unsupported(app.model, app.loss)
             if reason is None:
-                self._stacked = StackedTrainer(app.model, app.loss, app.training)
+                self._stackers = [
+                    StackedTrainer(app.model, app.loss, app.training) for _ in range(threads)
+                ]
             else:
                 warnings.warn(
                     f"training clients one at a time, not stacked: {reason}",
@@ -180,13 +185,7 @@ class ClientHost:
         else:
             replies.update((c, self._secure_step(c, messages[c])) for c in secure)
         for group in self._stack_groups(tasks):
-            stacked = self._stacked
-            assert stacked is not None
-            updates, losses = stacked.train(
-                [tasks[c].data for c in group],
-                tasks[group[0]].params,
-                [tasks[c].seed for c in group],
-            )
+            updates, losses = self._train_stacked([tasks[c] for c in group])
             for client_id, update, loss in zip(group, updates, losses, strict=True):
                 replies[client_id] = self._finish(client_id, tasks.pop(client_id), update, loss)
         for client_id, task in tasks.items():
@@ -196,9 +195,39 @@ class ClientHost:
             replies[client_id] = self._finish(client_id, task, update, loss)
         return {client_id: replies[client_id] for client_id in messages}
 
+    def _train_stacked(self, tasks: list[_TrainTask]) -> tuple[torch.Tensor, list[float]]:
+        """Train ``tasks`` stacked: ``[clients, dim]`` updates and the mean losses.
+
+        With ``threads > 1`` the clients are cut into that many consecutive parts of
+        about equal work, each trained stacked in its own thread on one torch thread,
+        into its rows of one update matrix. A thread that loses its core to another
+        process then only delays its own part, where torch's own threads would wait
+        for each other at every operation. A client's update does not depend on the
+        part it is in (each client's arithmetic is its own), so the bytes are those
+        of one stack.
+        """
+        updates = torch.empty(len(tasks), self._dim)
+        parts = _parts([len(t.data) for t in tasks], len(self._stackers))
+        jobs = [
+            (stacker, tasks[start:end], updates[start:end])
+            for stacker, (start, end) in zip(self._stackers, parts, strict=False)
+        ]
+
+        def train(job: tuple[StackedTrainer, list[_TrainTask], torch.Tensor]) -> list[float]:
+            stacker, part, out = job
+            return stacker.train(
+                [t.data for t in part], part[0].params, [t.seed for t in part], out=out
+            )
+
+        if self._pool is None or len(jobs) == 1:
+            losses = [loss for job in jobs for loss in train(job)]
+        else:
+            losses = [loss for part in self._pool.map(train, jobs) for loss in part]
+        return updates, losses
+
     def _stack_groups(self, tasks: Mapping[int, _TrainTask]) -> list[list[int]]:
         """Clients to train stacked, in groups that start from equal parameters."""
-        if self._stacked is None or not tasks or not self._pays(next(iter(tasks.values()))):
+        if not self._stackers or not tasks or not self._pays(next(iter(tasks.values()))):
             return []
         groups: list[list[int]] = []
         for client_id, task in tasks.items():
@@ -283,3 +312,13 @@ class ClientHost:
         if client.finished:
             del self._secure[client_id]
         return Message("secure-reply", {"phase": phase}, {"data": bytes_tensor(reply)})
+
+
+def _parts(sizes: Sequence[int], count: int) -> list[tuple[int, int]]:
+    """Cut ``range(len(sizes))`` into at most ``count`` consecutive, non-empty ranges
+    of about equal total size (examples, the work of local training)."""
+    bounds = torch.tensor([0, *sizes], dtype=torch.float64).cumsum(0)
+    targets = bounds[-1] * torch.arange(1, count) / count
+    cuts = torch.searchsorted(bounds, targets).tolist()
+    edges = sorted({0, *(min(max(c, 1), len(sizes) - 1) for c in cuts), len(sizes)})
+    return list(itertools.pairwise(edges))

@@ -4,10 +4,7 @@ Small models on small batches spend most of a step in per-operation overhead, no
 arithmetic: a batch-10 step of the 2NN multiplies a 10x784 matrix by a 784x200 one.
 :class:`StackedTrainer` trains ``K`` clients together instead, each with its own
 copy of the weights stacked along a leading client dimension, so every layer runs as
-one batched operation for all of them (a linear layer as ``torch.baddbmm`` over ``K``
-weight matrices; a convolution as one grouped convolution with ``K`` groups, the
-batching rule of ``torch.func.vmap`` for convolutions, written out so the activations
-stay in the layout the next layer wants).
+one batched operation for all of them (:mod:`privfl.stacked_layers`).
 
 Each client keeps what serial training gives it (:class:`~privfl.client.LocalTrainer`):
 its own batch order from its own seed, its own batches (a client's last, shorter
@@ -22,43 +19,28 @@ bit for bit.
 
 Supported: models built from ``nn.Sequential``, ``nn.Linear``, ``nn.Conv2d`` (zero
 padding), ``nn.Flatten``, max and average pooling and element-wise activations,
-trained with cross-entropy. :func:`unsupported` names what is not, so callers can
-fall back to training one client at a time.
+trained with cross-entropy. :func:`privfl.stacked_layers.unsupported` names what is
+not, so callers can fall back to training one client at a time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
 from privfl.client import ClientData, LocalTraining, Loss
 from privfl.seeding import torch_generator
+from privfl.stacked_layers import Activations, compile_layers, unsupported
 
 TOLERANCE = 1e-4
 """Largest difference, relative to the update's largest entry, between a client's
 update trained here and trained serially, over the tests' rounds (float32 sums in
 another order; observed differences are around 1e-6)."""
-
-ELEMENTWISE = (
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Softplus,
-    nn.Identity,
-)
-"""Layers that act on each activation alone, so they apply to stacked clients as is."""
-
-POOLING = (nn.MaxPool2d, nn.AvgPool2d)
 
 SINGLE_THREAD_FLOPS = 20_000_000
 """Forward FLOPs per training step below which a step is dominated by per-operation
@@ -95,163 +77,6 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> int:
         for handle in handles:
             handle.remove()
     return total
-
-
-@dataclass
-class _Activations:
-    """A batch of activations of ``clients`` clients, in one of two layouts.
-
-    ``stacked``: ``[clients, batch, *features]``, what batched matmuls take.
-    ``channels``: ``[batch, clients * channels, height, width]``, what a grouped
-    convolution takes (client ``k``'s channels are the ``k``-th group).
-    """
-
-    tensor: torch.Tensor
-    clients: int
-    layout: str
-
-    def stacked(self) -> torch.Tensor:
-        if self.layout == "stacked":
-            return self.tensor
-        batch, channels, *rest = self.tensor.shape
-        return self.tensor.view(batch, self.clients, channels // self.clients, *rest).transpose(
-            0, 1
-        )
-
-    def channels(self) -> torch.Tensor:
-        if self.layout == "channels":
-            return self.tensor
-        clients, batch, channels, *rest = self.tensor.shape
-        return self.tensor.transpose(0, 1).reshape(batch, clients * channels, *rest)
-
-
-Layer = Callable[[_Activations, list[torch.Tensor]], _Activations]
-
-
-def _linear(x: _Activations, params: list[torch.Tensor]) -> _Activations:
-    inputs = x.stacked()
-    weight = params[0]  # stored transposed, [clients, in, out] (see StackedTrainer._load)
-    if len(params) == 2:
-        out = torch.baddbmm(params[1].unsqueeze(1), inputs, weight)
-    else:
-        out = torch.bmm(inputs, weight)
-    return _Activations(out, x.clients, "stacked")
-
-
-def _conv(layer: nn.Conv2d) -> Layer:
-    def conv(x: _Activations, params: list[torch.Tensor]) -> _Activations:
-        weight = params[0].reshape(-1, *params[0].shape[2:])  # [clients * out, in / groups, ...]
-        bias = params[1].reshape(-1) if len(params) == 2 else None
-        out = F.conv2d(
-            x.channels(),
-            weight,
-            bias,
-            layer.stride,
-            layer.padding,
-            layer.dilation,
-            layer.groups * x.clients,
-        )
-        return _Activations(out, x.clients, "channels")
-
-    return conv
-
-
-def _pool(layer: nn.Module) -> Layer:
-    def pool(x: _Activations, params: list[torch.Tensor]) -> _Activations:
-        return _Activations(layer(x.channels()), x.clients, "channels")
-
-    return pool
-
-
-def _elementwise(layer: nn.Module) -> Layer:
-    def act(x: _Activations, params: list[torch.Tensor]) -> _Activations:
-        return _Activations(layer(x.tensor), x.clients, x.layout)
-
-    return act
-
-
-def _flatten(x: _Activations, params: list[torch.Tensor]) -> _Activations:
-    inputs = x.stacked()  # contiguous, or batched matmuls on it copy in every pass
-    return _Activations(inputs.reshape(*inputs.shape[:2], -1).contiguous(), x.clients, "stacked")
-
-
-def _leaves(model: nn.Module) -> Iterator[nn.Module]:
-    """The layers of ``model``, nested ``nn.Sequential`` containers flattened in order."""
-    if _is_sequential(model):
-        for module in model.children():
-            yield from _leaves(module)
-    else:
-        yield model
-
-
-def _is_sequential(module: nn.Module) -> bool:
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
-
-
-def _compile(model: nn.Module) -> list[tuple[Layer, int]] | str:
-    """Return (batched layer, parameter count) per layer of ``model``, or why it cannot be.
-
-    Layers are matched by exact type, so a subclass with its own ``forward`` is not
-    taken for its base; hooks and parametrizations, which the stacked forward pass
-    would skip, make a model unsupported.
-    """
-    if not _is_sequential(model) and type(model) is not nn.Linear:
-        return f"a {type(model).__name__} that is not an nn.Sequential of layers"
-    for module in model.modules():
-        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
-            return f"hooks on a {type(module).__name__} layer"
-        if parametrize.is_parametrized(module):
-            return f"a parametrized {type(module).__name__} layer"
-    program: list[tuple[Layer, int]] = []
-    for module in _leaves(model):
-        kind = type(module)
-        count = len(list(module.parameters()))
-        if kind is nn.Linear:
-            program.append((_linear, count))
-        elif kind is nn.Conv2d:
-            assert isinstance(module, nn.Conv2d)
-            if module.padding_mode != "zeros":
-                return f"Conv2d with padding_mode={module.padding_mode!r}"
-            program.append((_conv(module), count))
-        elif kind in POOLING:
-            program.append((_pool(module), 0))
-        elif kind in ELEMENTWISE:
-            program.append((_elementwise(module), 0))
-        elif kind is nn.Flatten:
-            assert isinstance(module, nn.Flatten)
-            if (module.start_dim, module.end_dim) != (1, -1):
-                return "Flatten other than Flatten(1, -1)"
-            program.append((_flatten, 0))
-        else:
-            return f"a {kind.__name__} layer"
-        if count and any(p.dtype != torch.float32 for p in module.parameters()):
-            return f"a {kind.__name__} layer whose parameters are not float32"
-    if sum(count for _, count in program) != len(list(model.parameters())):
-        return "parameters outside its layers"
-    return program
-
-
-def _is_cross_entropy(loss: Loss) -> bool:
-    if loss is F.cross_entropy:
-        return True
-    defaults = nn.CrossEntropyLoss()
-    return (
-        type(loss) is nn.CrossEntropyLoss
-        and loss.weight is None
-        and loss.reduction == "mean"
-        and loss.ignore_index == defaults.ignore_index
-        and loss.label_smoothing == 0.0
-    )
-
-
-def unsupported(model: nn.Module, loss: Loss) -> str | None:
-    """Why ``model`` trained with ``loss`` cannot be trained stacked, or None if it can."""
-    program = _compile(model)
-    if isinstance(program, str):
-        return f"the model has {program}"
-    if not _is_cross_entropy(loss):
-        return "the loss is not cross-entropy"
-    return None
 
 
 @dataclass(frozen=True)
@@ -297,7 +122,8 @@ def _schedule(
 class StackedTrainer:
     """Trains many clients from the same global parameters in one batched computation.
 
-    :param model: A module of a supported architecture (see :func:`unsupported`).
+    :param model: A module of a supported architecture (see
+        :func:`~privfl.stacked_layers.unsupported`).
     :param loss: Cross-entropy (``F.cross_entropy`` or a default ``nn.CrossEntropyLoss``).
     :param training: Local-training settings.
     :raises ValueError: if the model or loss is not supported.
@@ -307,7 +133,7 @@ class StackedTrainer:
         reason = unsupported(model, loss)
         if reason is not None:
             raise ValueError(f"cannot train stacked: {reason}")
-        program = _compile(model)
+        program = compile_layers(model)
         assert not isinstance(program, str)
         self.program = program
         self.shapes = [tuple(p.shape) for p in model.parameters()]
@@ -317,12 +143,18 @@ class StackedTrainer:
         self._buffers: list[torch.Tensor] | None = None
 
     def train(
-        self, datas: Sequence[ClientData], global_params: torch.Tensor, seeds: Sequence[int]
-    ) -> tuple[torch.Tensor, list[float]]:
+        self,
+        datas: Sequence[ClientData],
+        global_params: torch.Tensor,
+        seeds: Sequence[int],
+        *,
+        out: torch.Tensor,
+    ) -> list[float]:
         """Train each client from ``global_params`` on its data with its seed.
 
-        :returns: ``[clients, dim]`` updates ``local - global`` in the order given, and
-            each client's mean training loss.
+        :param out: ``[clients, dim]``, where row ``k`` receives client ``k``'s update
+            ``local - global``.
+        :returns: Each client's mean training loss, in the order given.
         """
         if any(len(data) == 0 for data in datas):
             raise ValueError("every client needs at least one example to train stacked")
@@ -358,7 +190,7 @@ class StackedTrainer:
                         for k in range(active)
                     ]
                 )
-            x = _Activations(inputs.view(active, -1, *inputs.shape[1:]), active, "stacked")
+            x = Activations(inputs.view(active, -1, *inputs.shape[1:]), active, "stacked")
             x = self._forward(x, leaves)
             logits = x.stacked()
             per_example = F.cross_entropy(
@@ -383,7 +215,8 @@ class StackedTrainer:
         mean_losses = [0.0] * clients
         for k, total in zip(order, (loss_sums / torch.tensor(steps)).tolist(), strict=True):
             mean_losses[k] = total
-        return self._updates(blocks, global_params, order), mean_losses
+        self._updates(blocks, global_params, order, out)
+        return mean_losses
 
     def _load(self, global_params: torch.Tensor, clients: int) -> list[torch.Tensor]:
         """Every client's copy of the global parameters, one ``[clients, *shape]`` block each.
@@ -411,12 +244,15 @@ class StackedTrainer:
         return blocks
 
     def _updates(
-        self, blocks: list[torch.Tensor], global_params: torch.Tensor, order: list[int]
-    ) -> torch.Tensor:
-        """The ``[clients, dim]`` updates ``local - global`` in the model's layout, row
-        ``order[k]`` from block row ``k``, written in one pass per parameter."""
+        self,
+        blocks: list[torch.Tensor],
+        global_params: torch.Tensor,
+        order: list[int],
+        updates: torch.Tensor,
+    ) -> None:
+        """Write the updates ``local - global`` into ``updates`` in the model's layout,
+        row ``order[k]`` from block row ``k``, in one pass per parameter."""
         clients = len(order)
-        updates = torch.empty(clients, global_params.numel())
         index = None if order == sorted(order) else torch.tensor(order)
         offset = 0
         for block, shape, transposed in zip(blocks, self.shapes, self.transposed, strict=True):
@@ -429,9 +265,8 @@ class StackedTrainer:
             else:
                 target.index_copy_(0, index, local - start)
             offset += size
-        return updates
 
-    def _forward(self, x: _Activations, leaves: list[torch.Tensor]) -> _Activations:
+    def _forward(self, x: Activations, leaves: list[torch.Tensor]) -> Activations:
         position = 0
         for layer, count in self.program:
             x = layer(x, leaves[position : position + count])

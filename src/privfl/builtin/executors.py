@@ -13,9 +13,10 @@ Training small models on small batches is dominated by per-operation overhead,
 which extra threads only add to (on a 2-core machine, batch-10 steps of the 2NN run
 up to 3x faster on one thread than on two), while convolutions gain from threads.
 ``threads = 0`` picks by the work: one thread when a training step's forward pass
-(for all the clients stacked in it) costs under :data:`SINGLE_THREAD_FLOPS`, all of
-torch's threads otherwise. The choice depends only on the model, batch size and
-number of clients, never on timings, so runs stay reproducible.
+costs under :data:`~privfl.vectorized.SINGLE_THREAD_FLOPS`, all of torch's threads
+otherwise. The choice depends only on the model and batch size, never on timings, so
+runs stay reproducible. ``vectorized`` uses the other cores by training parts of its
+stack in threads of its own, one per core (see :class:`~privfl.client_runtime.ClientHost`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from privfl.plugins import hookimpl
 from privfl.vectorized import SINGLE_THREAD_FLOPS, forward_flops
 
 
-def training_threads(app: ClientApp, clients: int = 1) -> int:
-    """Return the thread count for one step of ``clients`` stacked clients of ``app``."""
+def training_threads(app: ClientApp) -> int:
+    """Return the torch thread count for the training steps of ``app``'s clients."""
     data = app.data.load(0)
     example = data.examples.inputs[int(data.indices[0])]
-    work = forward_flops(app.model, example) * app.training.batch_size * clients
+    work = forward_flops(app.model, example) * app.training.batch_size
     return 1 if work < SINGLE_THREAD_FLOPS else torch.get_num_threads()
 
 
@@ -59,22 +60,21 @@ class SerialExecutor(Executor):
             raise ConfigError("threads", threads, "an integer >= 0 (0 chooses by the work)")
         self.threads = threads
         self._host: ClientHost | None = None
-        self._chosen: dict[int, int] = {}  # clients stacked -> threads
+        self._chosen = 0
 
     def start(self, app: ClientApp) -> None:
         if self._host is None or self._host.app is not app:
             cores = len(os.sched_getaffinity(0))
             self._host = ClientHost(app, stack=self.stack, threads=cores)
-            self._chosen.clear()
+            self._chosen = 0
 
     def send_and_receive(self, messages: Mapping[int, Message]) -> dict[int, Message | Failure]:
         if self._host is None:
             raise RuntimeError(f"{type(self).__name__}.start() was not called")
-        stacked = len(messages) if self.stack else 1
-        if stacked not in self._chosen:
-            self._chosen[stacked] = self.threads or training_threads(self._host.app, stacked)
+        if not self._chosen:
+            self._chosen = self.threads or training_threads(self._host.app)
         previous = torch.get_num_threads()
-        torch.set_num_threads(self._chosen[stacked])
+        torch.set_num_threads(self._chosen)
         try:
             if self.stack:
                 replies = self._host.handle_all(messages)
