@@ -10,6 +10,9 @@ time with a warning, never wrongly.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from torch import nn
 import privfl
 from privfl.algorithms.models import CNN, TwoNN
 from privfl.builtin.process_executor import ProcessExecutor
+from privfl.builtin.protocol import _stacked
 from privfl.client import ClientData, LocalTrainer, LocalTraining, flatten_parameters
 from privfl.client_runtime import ClientHost, _parts
 from privfl.components import TensorPair
@@ -266,3 +270,28 @@ def test_a_stack_cut_into_thread_parts_gives_the_bytes_of_one_stack():
         assert torch.equal(one[c].tensors["update"], parts[c].tensors["update"])
         assert one[c].values == parts[c].values
     assert not torch.equal(one[0].tensors["update"], one[1].tensors["update"])
+
+
+def test_the_server_reads_rows_of_one_matrix_without_copying_them():
+    matrix = torch.randn(4, 6)
+    view = _stacked(list(matrix))
+    assert view.data_ptr() == matrix.data_ptr()
+    assert torch.equal(view, matrix)
+    shuffled = [matrix[1], matrix[0], matrix[2], matrix[3]]
+    copied = _stacked(shuffled)
+    assert copied.data_ptr() != matrix.data_ptr()
+    assert torch.equal(copied, torch.stack(shuffled))
+    assert torch.equal(_stacked([matrix[0], matrix[2]]), matrix[[0, 2]])
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [({}, "30000"), ({"OMP_WAIT_POLICY": "ACTIVE"}, None), ({"GOMP_SPINCOUNT": "7"}, "7")],
+)
+def test_privfl_imported_first_makes_idle_threads_sleep_unless_told(environment, expected):
+    env = {k: v for k, v in os.environ.items() if k not in {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"}}
+    script = "import os, privfl; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], env={**env, **environment}, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == str(expected), out.stderr
