@@ -38,7 +38,7 @@ from privfl.mechanisms import PrivacyMechanism, SecureSumClient
 from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes
 from privfl.seeding import torch_generator
 from privfl.stacked_layers import unsupported
-from privfl.vectorized import SINGLE_THREAD_FLOPS, StackedTrainer, forward_flops
+from privfl.vectorized import StackedTrainer, small_steps
 
 CONFIG_TENSOR_PREFIX = "config."
 
@@ -245,8 +245,7 @@ class ClientHost:
     def _pays(self, task: _TrainTask) -> bool:
         if self._stacking_pays is None and len(task.data):
             example = task.data.examples.inputs[int(task.data.indices[0])]
-            work = forward_flops(self.app.model, example) * self.app.training.batch_size
-            self._stacking_pays = work < SINGLE_THREAD_FLOPS
+            self._stacking_pays = small_steps(self.app.model, example, self.app.training.batch_size)
         return bool(self._stacking_pays)
 
     def _task(self, client_id: int, message: Message) -> _TrainTask:

@@ -79,6 +79,12 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> int:
     return total
 
 
+def small_steps(model: nn.Module, example: torch.Tensor, batch_size: int) -> bool:
+    """Whether a training step of ``batch_size`` examples like ``example`` costs under
+    :data:`SINGLE_THREAD_FLOPS`: overhead-bound, so one thread and stacking pay."""
+    return forward_flops(model, example) * batch_size < SINGLE_THREAD_FLOPS
+
+
 @dataclass(frozen=True)
 class _Schedule:
     """Every client's batches for the whole of local training, padded to one shape.

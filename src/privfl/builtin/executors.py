@@ -33,15 +33,15 @@ from privfl.components import Executor
 from privfl.errors import ConfigError
 from privfl.messages import Failure, Message
 from privfl.plugins import hookimpl
-from privfl.vectorized import SINGLE_THREAD_FLOPS, forward_flops
+from privfl.vectorized import small_steps
 
 
 def training_threads(app: ClientApp) -> int:
     """Return the torch thread count for the training steps of ``app``'s clients."""
     data = app.data.load(0)
     example = data.examples.inputs[int(data.indices[0])]
-    work = forward_flops(app.model, example) * app.training.batch_size
-    return 1 if work < SINGLE_THREAD_FLOPS else torch.get_num_threads()
+    small = small_steps(app.model, example, app.training.batch_size)
+    return 1 if small else torch.get_num_threads()
 
 
 class SerialExecutor(Executor):
