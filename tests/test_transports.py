@@ -77,13 +77,14 @@ def test_process_executor_gives_the_bytes_of_serial(settings):
     [{}, {"options": DP_DISTRIBUTED, "dp": True}],
     ids=["secagg+", "dp-distributed+secagg+"],
 )
+@pytest.mark.parametrize("vectorize", [False, True], ids=["one-at-a-time", "stacked"])
 @pytest.mark.filterwarnings("ignore::privfl.PrivacyWarning")
-def test_under_secagg_the_server_process_receives_no_plaintext_update(settings):
+def test_under_secagg_the_server_process_receives_no_plaintext_update(settings, vectorize):
     mechanisms = ["dp", "secagg+"] if settings.pop("dp", False) else ["secagg+"]
     RecordingProcessExecutor.received.clear()
     fed = tiny_federation(
         num_clients=8,
-        executor="recording-process",
+        executor=RecordingProcessExecutor(vectorize=vectorize),
         mechanisms=mechanisms,
         plugins=[RecordingPlugin()],
         **settings,
@@ -107,7 +108,10 @@ def test_under_secagg_the_server_process_receives_no_plaintext_update(settings):
     top = (words >> (8 * words.itemsize - 8)).astype(np.int64)  # 32- or 64-bit ring
     assert len(set(top.tolist())) > 64
     # The sum the server learnt is exact: the same model as the in-process run.
-    reference = tiny_federation(num_clients=8, mechanisms=mechanisms, executor="serial", **settings)
+    in_process = "vectorized" if vectorize else "serial"
+    reference = tiny_federation(
+        num_clients=8, mechanisms=mechanisms, executor=in_process, **settings
+    )
     reference.run(1)
     assert torch.equal(reference.params, fed.params)
 
