@@ -100,6 +100,16 @@ class ClientSampler(Component):
     def sample(self, *, num_clients: int, generator: torch.Generator) -> torch.Tensor:
         """Return the sorted int64 ids of the round's clients, drawn with ``generator``."""
 
+    def stragglers(
+        self, client_ids: torch.Tensor, *, num_clients: int, seed: int, round: int
+    ) -> torch.Tensor:
+        """Return the ids among ``client_ids`` that miss the round's deadline (simulated).
+
+        The server half sends these clients no task and counts them as dropped (the
+        record lists them under ``stragglers``). Default: no deadline, no stragglers.
+        """
+        return client_ids[:0]
+
     @abstractmethod
     def expected_clients(self, num_clients: int) -> float:
         """Return the expected number of clients per round out of ``num_clients``.

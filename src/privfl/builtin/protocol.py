@@ -63,13 +63,21 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
     fed = federation
     started = time.perf_counter()
     # 1. sample
-    client_ids = fed.sampler.sample(
+    sampled = fed.sampler.sample(
         num_clients=fed.num_clients, generator=torch_generator(fed.seed, "sample", round)
+    )
+    client_ids = sampled.tolist()
+    # 2. tasks out, replies in: local training and client halves run where clients run.
+    # Simulated stragglers miss the round's deadline: they are told of the round but
+    # never answer, so they count as dropped (secure aggregation's first phase too).
+    late = fed.sampler.stragglers(
+        sampled, num_clients=fed.num_clients, seed=fed.seed, round=round
     ).tolist()
-    # 2. tasks out, replies in: local training and client halves run where clients run
-    answers = _train(fed, round, client_ids) if client_ids else {}
+    answers = _train(fed, round, client_ids, set(late)) if len(late) < len(client_ids) else {}
     replies = _read_replies(fed, answers)
     values: dict[str, Any] = {"failed": replies.failed} if replies.failed else {}
+    if late:
+        values["stragglers"] = late
     # 3. simulated attack on the updates (simulation only: it needs the benign updates)
     if fed.attack is not None:
         values["malicious"] = [c for c in client_ids if c in fed.malicious]
@@ -158,20 +166,20 @@ def _tasks(fed, round: int, client_ids: list[int]) -> dict[int, Message]:
     }
 
 
-def _train(fed, round: int, client_ids: list[int]) -> dict[int, Message | Failure]:
-    """Step 2's exchange, telling the ``privfl_round_progress`` hook of each reply."""
+def _train(fed, round: int, client_ids: list[int], late: set[int]) -> dict[int, Message | Failure]:
+    """Step 2's exchange with the clients not ``late``, telling the
+    ``privfl_round_progress`` hook of each reply."""
+    tasks = {c: task for c, task in _tasks(fed, round, client_ids).items() if c not in late}
     done = 0
 
     def replied(client: int) -> None:
         nonlocal done
         done += 1
-        fed.hook.privfl_round_progress(
-            federation=fed, round=round, done=done, total=len(client_ids)
-        )
+        fed.hook.privfl_round_progress(federation=fed, round=round, done=done, total=len(tasks))
 
     fed.executor.on_reply = replied
     try:
-        return fed.executor.send_and_receive(_tasks(fed, round, client_ids))
+        return fed.executor.send_and_receive(tasks)
     finally:
         fed.executor.on_reply = None
 

@@ -20,6 +20,14 @@ and "all" as no sampling; a uniform cohort among the online clients is a uniform
 cohort among fewer clients, which no scheme here describes, so client-level DP
 refuses it (use Poisson sampling). The expected clients per round, which client-level
 DP divides by, do count availability.
+
+Every sampler here can also simulate a per-round deadline (``deadline``, the
+``--deadline`` flag): each chosen client takes a simulated time to answer
+(:func:`response_times`), and those past the deadline are stragglers, which the
+server half treats as dropped clients (they get no task; secure aggregation counts
+them as dropped in its first phase) and lists in the round's record. Stragglers are
+data-independent, so, as with availability, privacy accounting is unchanged (an upper
+bound), while the expected clients per round count only those on time.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import torch
 from privfl.components import ClientSampler, Sampling
 from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
+from privfl.seeding import torch_generator
 
 
 def online_clients(
@@ -47,6 +56,30 @@ def online_clients(
         return torch.arange(num_clients)
     draws = torch.rand(num_clients, generator=generator, dtype=torch.float64)
     return torch.nonzero(draws < availability).reshape(-1)
+
+
+def response_times(
+    client_ids: torch.Tensor, *, num_clients: int, spread: float, seed: int, round: int
+) -> torch.Tensor:
+    """Return simulated response times of ``client_ids`` in ``round``, in multiples of the median.
+
+    A log-normal model: ``log T[i, r] = spread * (D[i] + J[i, r]) / sqrt(2)`` with
+    ``D[i]`` and ``J[i, r]`` standard normal. ``D`` is the client's device, drawn once
+    per seed for all ``num_clients`` (the same clients are slow in every round), and
+    ``J`` the round's jitter. ``T`` then has median 1 and log-standard deviation
+    ``spread``, half of whose variance persists across rounds. The times do not depend
+    on how much data a client holds: the server half, which draws them, never knows.
+    """
+    devices = torch.randn(num_clients, generator=torch_generator(seed, "devices"))
+    jitter = torch.randn(len(client_ids), generator=torch_generator(seed, "latency", round))
+    return torch.exp(spread * (devices[client_ids] + jitter) / math.sqrt(2))
+
+
+def on_time_probability(deadline: float | None, spread: float) -> float:
+    """Return ``P(T <= deadline)`` for the response times of :func:`response_times`."""
+    if deadline is None:
+        return 1.0
+    return 0.5 * (1 + math.erf(math.log(deadline) / (spread * math.sqrt(2))))
 
 
 def expected_cohort(num_clients: int, clients_per_round: int, availability: float) -> float:
@@ -66,26 +99,70 @@ def expected_cohort(num_clients: int, clients_per_round: int, availability: floa
     return float(clients_per_round - shortfall)
 
 
-class UniformSampler(ClientSampler):
+class _Participation(ClientSampler):
+    """Availability and the deadline, shared by the built-in samplers.
+
+    :param availability: The probability that a client is online in a round, in
+        (0, 1]; the sampler chooses among the online clients only.
+    :param deadline: Simulated per-round deadline in multiples of the median client's
+        response time (> 0); clients slower than that are stragglers, dropped from the
+        round. Unset: no deadline.
+    :param device_spread: Log-standard deviation of the simulated response times (> 0);
+        used only with a deadline.
+    """
+
+    flags = MappingProxyType(
+        {
+            "availability": "--availability",
+            "deadline": "--deadline",
+            "device_spread": "--device-spread",
+        }
+    )
+
+    def __init__(
+        self, availability: float = 1.0, deadline: float | None = None, device_spread: float = 0.5
+    ) -> None:
+        self.availability = _probability("availability", availability)
+        self.deadline = None if deadline is None else _positive("deadline", deadline)
+        self.device_spread = _positive("device_spread", device_spread)
+
+    def on_time(self) -> float:
+        """The probability that a chosen client answers before the deadline."""
+        return on_time_probability(self.deadline, self.device_spread)
+
+    def stragglers(
+        self, client_ids: torch.Tensor, *, num_clients: int, seed: int, round: int
+    ) -> torch.Tensor:
+        if self.deadline is None or len(client_ids) == 0:
+            return client_ids[:0]
+        times = response_times(
+            client_ids, num_clients=num_clients, spread=self.device_spread, seed=seed, round=round
+        )
+        return client_ids[times > self.deadline]
+
+
+class UniformSampler(_Participation):
     """``clients_per_round`` distinct clients, uniformly at random among the online ones.
 
     When fewer clients than that are online, the round has all the online ones.
 
     :param clients_per_round: How many clients each round has (at most the clients).
-    :param availability: The probability that a client is online in a round, in
-        (0, 1]; the sampler chooses among the online clients only.
     """
 
     name = "uniform"
-    flags = MappingProxyType(
-        {"clients_per_round": "--clients-per-round", "availability": "--availability"}
-    )
+    flags = MappingProxyType({"clients_per_round": "--clients-per-round", **_Participation.flags})
 
-    def __init__(self, clients_per_round: int = 10, availability: float = 1.0) -> None:
+    def __init__(
+        self,
+        clients_per_round: int = 10,
+        availability: float = 1.0,
+        deadline: float | None = None,
+        device_spread: float = 0.5,
+    ) -> None:
         if not (isinstance(clients_per_round, int) and clients_per_round >= 1):
             raise ConfigError("clients_per_round", clients_per_round, "an integer >= 1")
         self.clients_per_round = clients_per_round
-        self.availability = _probability("availability", availability)
+        super().__init__(availability, deadline, device_spread)
 
     def expected_clients(self, num_clients: int) -> float:
         if self.clients_per_round > num_clients:
@@ -94,7 +171,8 @@ class UniformSampler(ClientSampler):
                 self.clients_per_round,
                 f"at most the number of clients ({num_clients})",
             )
-        return expected_cohort(num_clients, self.clients_per_round, self.availability)
+        cohort = expected_cohort(num_clients, self.clients_per_round, self.availability)
+        return cohort * self.on_time()
 
     def sampling(self, num_clients: int) -> Sampling | None:
         if self.availability < 1:
@@ -107,23 +185,27 @@ class UniformSampler(ClientSampler):
         return online[picks].sort().values
 
 
-class PoissonSampler(ClientSampler):
+class PoissonSampler(_Participation):
     """Each online client independently with probability ``sample_rate``; the size varies.
 
     :param sample_rate: The probability that a client joins a round, in (0, 1].
-    :param availability: The probability that a client is online in a round, in
-        (0, 1]; the sampler chooses among the online clients only.
     """
 
     name = "poisson"
-    flags = MappingProxyType({"sample_rate": "--sample-rate", "availability": "--availability"})
+    flags = MappingProxyType({"sample_rate": "--sample-rate", **_Participation.flags})
 
-    def __init__(self, sample_rate: float = 0.1, availability: float = 1.0) -> None:
+    def __init__(
+        self,
+        sample_rate: float = 0.1,
+        availability: float = 1.0,
+        deadline: float | None = None,
+        device_spread: float = 0.5,
+    ) -> None:
         self.sample_rate = _probability("sample_rate", sample_rate)
-        self.availability = _probability("availability", availability)
+        super().__init__(availability, deadline, device_spread)
 
     def expected_clients(self, num_clients: int) -> float:
-        return self.sample_rate * self.availability * num_clients
+        return self.sample_rate * self.availability * self.on_time() * num_clients
 
     def sampling(self, num_clients: int) -> Sampling:
         return Sampling("poisson", num_clients, rate=self.sample_rate)
@@ -134,27 +216,31 @@ class PoissonSampler(ClientSampler):
         return online[draws < self.sample_rate]
 
 
-class AllSampler(ClientSampler):
-    """Every online client, every round.
-
-    :param availability: The probability that a client is online in a round, in
-        (0, 1]; the sampler chooses among the online clients only.
-    """
+class AllSampler(_Participation):
+    """Every online client, every round."""
 
     name = "all"
-    flags = MappingProxyType({"availability": "--availability"})
-
-    def __init__(self, availability: float = 1.0) -> None:
-        self.availability = _probability("availability", availability)
 
     def expected_clients(self, num_clients: int) -> float:
-        return self.availability * num_clients
+        return self.availability * self.on_time() * num_clients
 
     def sampling(self, num_clients: int) -> Sampling:
         return Sampling("all", num_clients)
 
     def sample(self, *, num_clients: int, generator: torch.Generator) -> torch.Tensor:
         return online_clients(num_clients, self.availability, generator)
+
+
+def _positive(key: str, value: float) -> float:
+    """Return ``value`` as a float if it is a finite number > 0, else raise ConfigError."""
+    if not (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        raise ConfigError(key, value, "a finite number > 0")
+    return float(value)
 
 
 def _probability(key: str, value: float) -> float:
