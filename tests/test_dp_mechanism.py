@@ -306,3 +306,27 @@ def test_noise_to_signal_follows_where_the_noise_is_added():
 def test_client_level_dp_over_a_few_owners_points_to_record_level_dp():
     with pytest.warns(privfl.PrivacyWarning, match="over 2 clients.*record-level DP"):
         _setup(DPFedAvg(**SECURE), num_clients=2, expected=2, dimension=10, secure=False)
+
+
+def test_central_dp_server_refuses_updates_above_the_clip_norm_and_names_them():
+    fed = tiny_federation(
+        num_clients=8,
+        mechanisms=["dp"],
+        attack="gaussian",
+        malicious_fraction=0.25,
+        options={"dp": {"secure_noise": True, "clip": 0.5}},
+    )
+    record = fed.run(1)[-1]
+    assert set(record.rejected) == set(fed.malicious)
+    for reason in record.rejected.values():
+        assert "exceeds the clip norm 0.5" in reason
+    assert record.num_examples > 0  # the honest clients' clipped updates went through
+
+
+def test_local_dp_updates_are_not_held_to_the_clip_norm():
+    fed = tiny_federation(
+        num_clients=8,
+        mechanisms=["dp"],
+        options={"dp": {"secure_noise": True, "mode": "local", "noise_multiplier": 0.5}},
+    )
+    assert fed.run(1)[-1].rejected == {}

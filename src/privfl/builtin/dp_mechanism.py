@@ -338,6 +338,28 @@ def privfl_register_mechanisms() -> list[type]:
     return [DPFedAvg]
 
 
+CLIP_SLACK = 1e-4
+"""Relative rounding allowance of the server's clip-norm check: float32 clipping can
+leave a norm a few units in the last place above ``C``."""
+
+
+@hookimpl
+def privfl_update_received(federation, result) -> str | None:
+    """Under central DP the server sees each clipped update: refuse one whose norm exceeds
+    the round's clip norm (a client that skipped clipping), since the noise is sized
+    for updates of norm at most ``C``. Local and distributed modes send noised updates,
+    whose norms the server cannot bound."""
+    for mechanism in federation.mechanisms:
+        if isinstance(mechanism, DPFedAvg) and mechanism.mode == "central":
+            norm = float(torch.linalg.vector_norm(result.update, dtype=torch.float64))
+            if norm > mechanism.clip * (1 + CLIP_SLACK):
+                return (
+                    f"update norm {norm:.4g} exceeds the clip norm {mechanism.clip:.4g} "
+                    "that client-level DP's noise is sized for"
+                )
+    return None
+
+
 @hookimpl
 def privfl_should_stop(federation, record) -> str | None:
     """Stop before the round that would take epsilon above a DP mechanism's target."""
