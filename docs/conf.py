@@ -56,6 +56,7 @@ nitpick_ignore_regex = [
     ("py:class", r"numpy\.(ndarray|dtype|random\.SeedSequence)"),
     ("py:class", r"pluggy\.(_manager\.)?PluginManager"),
     ("py:class", r"rich\.console\.Console"),
+    ("py:class", r"cryptography\.hazmat\.[\w.]+"),
     # Type variables and private base classes in signatures have no page of their own.
     ("py:class", r"privfl\.smpc\.\w+\.(T|W)"),
     ("py:class", r"privfl\.[\w.]+\._\w+"),

@@ -16,7 +16,7 @@ from privfl.algorithms.aggregation import (
     multi_krum,
     trimmed_mean,
 )
-from privfl.builtin.aggregators import Krum, Median, MultiKrum, TrimmedMean
+from privfl.builtin.aggregators import FedAvg, Krum, Median, MultiKrum, TrimmedMean
 from privfl.plugins import get_plugin_manager
 from privfl.testing import tiny_federation
 
@@ -275,3 +275,44 @@ def test_a_round_below_the_bound_is_skipped_not_the_run():
     assert first.values["aborted"] == "4 updates accepted; krum needs at least 5"
     assert second.values["aborted"] == first.values["aborted"]
     assert torch.equal(fed.params, before)
+
+
+def test_fedavg_norm_bound_clips_each_update_before_averaging():
+    updates = torch.tensor([[3.0, 4.0], [0.3, 0.4], [3e38, 3e38]])
+    weights = torch.tensor([1.0, 1.0, 2.0])
+    bounded = FedAvg(norm_bound=1.0).aggregate(updates, weights)
+    rows = torch.tensor([[0.6, 0.8], [0.3, 0.4], [2**-0.5, 2**-0.5]])
+    assert torch.allclose(bounded, (rows * weights[:, None]).sum(0) / 4)
+    assert torch.equal(FedAvg().aggregate(updates[:2], weights[:2]), torch.tensor([1.65, 2.2]))
+
+
+def test_fedavg_norm_bound_keeps_a_scaled_attack_from_wrecking_the_average():
+    plain = tiny_federation(num_clients=8, attack="gaussian", malicious_fraction=0.25)
+    bounded = tiny_federation(
+        num_clients=8,
+        attack="gaussian",
+        malicious_fraction=0.25,
+        options={"fedavg": {"norm_bound": 0.5}},
+    )
+    steps = []
+    for fed in (plain, bounded):
+        before = fed.params.clone()
+        fed.run(1)
+        steps.append(float((fed.params - before).norm()))
+    assert steps[1] <= 0.5 * (1 + 1e-5)  # a mean of updates of norm <= 0.5
+    assert steps[0] > 0.5  # unbounded, the attackers' noise moves the model further
+
+
+@pytest.mark.parametrize("value", [0, -1.0, math.inf, math.nan, True, "1"])
+def test_fedavg_norm_bound_must_be_a_positive_number(value):
+    with pytest.raises(privfl.ConfigError, match="norm_bound"):
+        FedAvg(norm_bound=value)
+
+
+@pytest.mark.parametrize("mechanism", ["secagg", "dp"])
+def test_fedavg_norm_bound_needs_the_updates_the_server_sees(mechanism):
+    with pytest.raises(privfl.ConfigError, match="must see every client's update"):
+        tiny_federation(
+            mechanisms=[mechanism],
+            options={"fedavg": {"norm_bound": 1.0}, "dp": {"secure_noise": True}},
+        )

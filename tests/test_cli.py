@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import subprocess
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 from privfl.algorithms.models import TwoNN
 from privfl.app.config import load_toml
-from privfl.cli.main import main, parse_options
+from privfl.cli.main import build_parser, main, parse_options
 from privfl.errors import ConfigError
 
 FAST = ["--model", "2nn", "--clients", "20", "--clients-per-round", "5", "--rounds", "3"]
@@ -185,3 +186,172 @@ def test_python_dash_m_privfl_is_the_command_and_the_package_is_typed():
     import privfl
 
     assert (Path(privfl.__file__).parent / "py.typed").is_file()
+
+
+def test_python_dash_m_privfl_help_lists_the_commands():
+    result = subprocess.run(
+        [sys.executable, "-m", "privfl", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: privfl")
+    for command in ("run", "resume", "evaluate", "plugins"):
+        assert f"\n    {command} " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--round", "3"], "privfl run: unknown flag --round; did you mean --rounds?"),
+        (["run", "--dp-clp=2"], "privfl run: unknown flag --dp-clp; did you mean --dp-clip?"),
+        (["run", "--rounds", "2", "--no-such-flag"], "privfl run: unknown flag --no-such-flag\n"),
+        (["rnu"], "privfl: unknown command rnu; did you mean run?"),
+        (["evaluate", "x", "--backnd", "smpc"], "unknown flag --backnd; did you mean --backend?"),
+    ],
+)
+def test_a_misspelt_flag_or_command_names_the_closest_and_exits_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        main([*argv, "--run-dir", str(tmp_path / "run")] if argv[0] == "run" else argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "see `privfl" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--round", "3"], "privfl run: unknown flag --round;"),
+        (["run", "--dp-cl", "2"], "privfl run: unknown flag --dp-cl;"),
+        (["--vers", "plugins"], "privfl: unknown flag --vers; did you mean --version?"),
+    ],
+)
+def test_flags_are_never_abbreviated(tmp_path, capsys, argv, message):
+    if argv[0] == "run":  # were it taken, the run would be short and leave its folder
+        argv = [*argv, *FAST, "--run-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def run_help() -> str:
+    """The help text of ``privfl run``, 100 columns wide."""
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    run = commands.choices["run"]
+    run.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
+    return run.format_help()
+
+
+def help_sections(text: str) -> dict[str, str]:
+    """The sections of a --help text by title ("privacy:" -> its lines)."""
+    sections: dict[str, str] = {}
+    title = ""
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+        sections[title] = sections.get(title, "") + line + "\n"
+    return sections
+
+
+def test_run_help_groups_flags_by_concern():
+    sections = help_sections(run_help())
+    concerns = ["data", "training", "aggregation", "privacy", "secure aggregation"]
+    concerns += ["evaluation", "output"]
+    titles = [title for title in sections if title in concerns]
+    assert titles == concerns  # present, in this order
+    expected = {
+        "data": ["--dataset", "--partition", "--alpha"],
+        "training": ["--rounds", "--lr", "--clients-per-round"],
+        "aggregation": ["--aggregator", "--trim-fraction", "--server-lr"],
+        "privacy": ["--dp ", "--dp-clip", "--delta", "--accountant"],
+        "secure aggregation": ["--secagg", "--dropout"],
+        "evaluation": ["--eval ", "--eval-every"],
+        "output": ["--executor", "--workers", "--run-dir", "--quiet", "--verbose"],
+    }
+    for title, flags in expected.items():
+        for flag in flags:
+            assert flag in sections[title], f"{flag} is not under {title}"
+            others = [t for t in concerns if t != title]
+            assert not any(f"  {flag.strip()} " in sections[t] for t in others), flag
+
+
+def test_every_builtin_flag_of_run_has_a_concern():
+    assert "other options" not in help_sections(run_help())
+
+
+def test_quiet_prints_warnings_and_one_summary_line(tmp_path, capsys):
+    argv = ["run", *FAST, "--quiet", "--dp", "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings
+    summary = [line for line in lines if line.startswith("privfl run: rounds 3 · final loss")]
+    assert len(summary) == 1
+    assert "epsilon" in summary[0]
+    assert not [line for line in lines if line.split()[:1] == ["round"]]  # no table
+
+
+def test_verbose_logs_the_library_at_debug_level(tmp_path, capsys):
+    import logging
+
+    logger = logging.getLogger("privfl")
+    assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)
+    assert main(["run", *FAST, "--verbose", "--run-dir", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "new run in" in err
+    assert "checkpoint written" in err
+    assert main(["run", *FAST, "--run-dir", str(tmp_path / "quiet")]) == 0
+    assert "new run in" not in capsys.readouterr().err
+    names = [h.get_name() for h in logger.handlers]
+    assert names.count("privfl.cli") == 1  # main() replaces its handler, never stacks them
+
+
+def test_every_required_dependency_is_imported_by_the_package():
+    """A required dependency that src/ never imports is dead weight for every user
+    (torchvision was one)."""
+    import ast
+    import importlib.metadata as metadata
+    import re
+
+    from privfl.app.config import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    required = {
+        re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].lower().replace("_", "-")
+        for spec in pyproject["project"]["dependencies"]
+        if "python_version" not in spec or sys.version_info < (3, 11)
+    }
+    imported = set()
+    for path in (root / "src" / "privfl").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    distributions = metadata.packages_distributions()
+    used = {
+        dist.lower().replace("_", "-") for name in imported for dist in distributions.get(name, [])
+    }
+    assert required - used == set()
+
+
+def test_help_texts_from_docstrings_print_as_plain_words():
+    from privfl.cli.arguments import plain_help
+
+    text = plain_help("see :mod:`~privfl.builtin.accountants`, ``--dp-clip``; 8% to 87%")
+    assert text == "see privfl.builtin.accountants, --dp-clip; 8%% to 87%%"
+    assert text % {} == "see privfl.builtin.accountants, --dp-clip; 8% to 87%"  # as argparse
+
+
+def test_quiet_evaluate_prints_its_scores_as_one_line(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    assert main(["run", *FAST, "--rounds", "1", "--quiet", "--run-dir", run_dir]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", run_dir, "--limit", "100", "--quiet"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("privfl evaluate (plaintext): ")
+    assert " %" in line  # accuracy as a percentage
+    assert "evaluation-plaintext.json" in line

@@ -21,7 +21,8 @@ def test_dp_run_shows_epsilon_every_round_and_stops_at_the_target(tmp_path, caps
     flags = [*DP, "--target-epsilon", "5", "--rounds", "100", "--secure-noise"]
     assert main(["run", *flags, "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "epsilon" in out[: out.index("privfl run")]  # a column of the per-round table
+    table = out[: out.index("privfl run")]
+    assert any(line.split()[:1] == ["round"] and "ε" in line.split() for line in table.splitlines())
     records = history(run_dir)
     assert 1 < len(records) < 100
     epsilons = [r["epsilon"] for r in records]

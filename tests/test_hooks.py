@@ -177,7 +177,7 @@ def test_hook_register_executors():
 def _tiny_config(**overrides):
     values = {
         "dataset": "blobs",
-        "model": "linear",
+        "model": "tiny-linear",
         "partition": "halves",
         "clients": 2,
         "sampler": "all",
@@ -197,7 +197,7 @@ class Blobs(privfl.DatasetSource):
 
 
 class Linear(torch.nn.Linear):
-    name = "linear"
+    name = "tiny-linear"
 
     def __init__(self):
         super().__init__(8, 2)

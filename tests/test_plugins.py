@@ -35,7 +35,9 @@ def test_builtin_components_are_registered_by_name():
         "sgd",
     ]
     assert registry.names("attack") == ["alie", "gaussian", "label-flip", "sign-flip"]
-    assert registry.names("model") == ["2nn", "cnn"]
+    assert registry.names("model") == ["2nn", "cnn", "linear", "mlp"]
+    assert registry.names("dataset") == ["csv", "diabetes", "mnist"]
+    assert registry.names("compressor") == ["qsgd", "random-mask", "topk"]
     assert registry.names("partition") == ["dirichlet", "iid", "shards"]
     assert registry.entries("executor")["serial"].plugin == "privfl.builtin.executors"
 
@@ -52,6 +54,7 @@ def test_block_plugins_env_blocks_builtins(monkeypatch):
 def test_disable_autoload_env_skips_entry_points(monkeypatch):
     class FakeEntryPoint:
         name = "fake"
+        value = "fake_plugin"
         dist = None
 
         def load(self):
@@ -80,6 +83,7 @@ def test_entry_point_plugins_register_like_builtins(monkeypatch):
 
     class FakeEntryPoint:
         name = "fake"
+        value = "fake_plugin"
         dist = None
 
         def load(self):

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import privfl
+import privfl.builtin.executors
+from privfl.messages import bytes_tensor, tensor_bytes
+from privfl.secagg import KeyDirectory
+from privfl.secagg.messages import AdvertiseKeys, UnmaskResponse
 from privfl.testing import ClearSum, tiny_federation
 
 LOST = ("advertise_keys", "share_keys", "masked_input")
@@ -205,3 +213,147 @@ def test_clamped_values_are_counted_at_most_the_encoded_bound_per_client():
     assert record.values["secagg_clamped"] == 10  # each client clamped 18 values: 1 each
     moved = fed.params - start
     assert torch.allclose(moved, torch.ones_like(moved))  # every value clamped to the bound
+
+
+class HugeForSome(privfl.PrivacyMechanism):
+    """Replaces the update of about 40% of the clients (drawn from the client's own
+    generator) by 3e38 in every coordinate: finite, but not once weighted."""
+
+    name = "huge-for-some"
+
+    def client_step(self, update, *, config, generator, statistics):
+        if float(torch.rand((), generator=generator)) < 0.4:
+            return torch.full_like(update, 3e38)
+        return update
+
+
+def test_a_huge_update_is_refused_naming_its_client_and_the_round_goes_on():
+    tolerant = {"secagg": {"tolerated_dropout": 0.5}}
+    secure = tiny_federation(num_clients=8, mechanisms=[HugeForSome(), "secagg"], options=tolerant)
+    start = secure.params.clone()
+    (record,) = secure.run(1)
+    huge = set(record.rejected)
+    assert 0 < len(huge) < 8
+    for client in huge:
+        assert record.rejected[client].startswith("the update times its weight")
+        assert record.rejected[client].endswith("overflows float32")
+    assert record.values["secagg_contributors"] == 8 - len(huge)
+    reference = tiny_federation(num_clients=8, mechanisms=[HugeForSome(), ClearSum()])
+    (clear,) = reference.run(1)
+    assert set(clear.rejected) == huge
+    assert relative_error(secure.params - start, reference.params - start) < 1e-4
+
+
+def test_huge_values_with_unit_weights_are_clamped_and_counted():
+    fed = tiny_federation(num_clients=4, mechanisms=[AtTheBound(3e38), "secagg+"])
+    start = fed.params.clone()
+    (record,) = fed.run(1)
+    assert record.values["secagg_bound"] == 2.0**20
+    assert record.values["secagg_clamped"] == 4 * fed.params.numel()
+    moved = fed.params - start
+    assert torch.equal(moved, torch.full_like(moved, 2.0**20))
+
+
+class CorruptingExecutor(privfl.builtin.executors.SerialExecutor):
+    """Adds 1 to the shares in client 2's unmasking reply, as a bad client would."""
+
+    name = "corrupting"
+
+    def send_and_receive(self, messages):
+        replies = super().send_and_receive(messages)
+        reply = replies.get(2)
+        if isinstance(reply, privfl.Message) and reply.values.get("phase") == "unmasking":
+            shares = UnmaskResponse.from_bytes(tensor_bytes(reply.tensors["data"]))
+            off = tuple((owner, share + 1) for owner, share in shares.seed_shares)
+            data = dataclasses.replace(shares, seed_shares=off).to_bytes()
+            replies[2] = privfl.Message(reply.kind, reply.values, {"data": bytes_tensor(data)})
+        return replies
+
+
+def test_a_corrupt_share_aborts_the_round_naming_its_sender_and_keeps_the_model():
+    """t = 6 of 10 clients: 9 shares of each seed, enough to tell which one is wrong."""
+    fed = tiny_federation(
+        num_clients=10,
+        mechanisms=["secagg"],
+        options={"secagg": {"tolerated_dropout": 0.3}},
+        executor=CorruptingExecutor(),
+    )
+    before = fed.params.clone()
+    (record,) = fed.run(1)
+    assert torch.equal(fed.params, before)
+    assert record.values["aborted"].startswith("secure aggregation stopped: the share of client")
+    assert "that client 2 sent does not lie on the polynomial" in record.values["aborted"]
+
+
+def test_each_round_binds_its_session_and_number():
+    fed = tiny_federation(num_clients=4, mechanisms=["secagg+"])
+    other = tiny_federation(num_clients=4, mechanisms=["secagg+"])
+    mechanism, twin = fed.mechanisms[0], other.mechanisms[0]
+    configs = [mechanism.client_config(round=r, client_ids=[0, 1, 2, 3]) for r in (1, 2)]
+    protocols = [mechanism._protocol(c) for c in configs]
+    assert [p.round for p in protocols] == [1, 2]
+    assert protocols[0].session == protocols[1].session
+    assert len(protocols[0].session) == 16
+    session = twin._protocol(twin.client_config(round=1, client_ids=[0, 1, 2, 3])).session
+    assert session != protocols[0].session  # another federation, another session
+
+
+def test_a_client_presenting_another_signing_key_is_left_out_naming_it():
+    """The server pins each client's first key (trust on first use, for the PKI)."""
+    fed = tiny_federation(
+        num_clients=10, mechanisms=["secagg"], options={"secagg": {"tolerated_dropout": 0.3}}
+    )
+    fed.run(1)
+    host = fed.mechanisms[0]  # in-process: the server half and the hosts' client half
+    host._signing_keys[3] = Ed25519PrivateKey.generate()  # the host lost its keys
+    host._pinned = KeyDirectory(first_use=True)
+    record = fed.run(2)[-1]
+    assert record.round == 2
+    assert record.values["secagg_rejected"] == {
+        "3": "client 3 presents another signing key than the one registered for it"
+    }
+    assert record.values["secagg_contributors"] == 9
+
+
+def test_every_host_derives_the_same_signing_key_for_a_client():
+    """A copy of the mechanism sent to another host (a worker process, a Ray actor)
+    signs for a client with the same key, so the server's pin holds wherever it runs."""
+    mechanism = tiny_federation(num_clients=4, mechanisms=["secagg+"]).mechanisms[0]
+    elsewhere = pickle.loads(pickle.dumps(mechanism))
+    config = mechanism.client_config(round=1, client_ids=[0, 1, 2, 3])
+
+    def verify_key(host, client):
+        first = host.secure_client(client_id=client, config=config).start(torch.zeros(3))
+        return AdvertiseKeys.from_bytes(first).verify_key
+
+    assert verify_key(mechanism, 2) == verify_key(elsewhere, 2)
+    assert verify_key(mechanism, 2) != verify_key(mechanism, 3)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [("threshold", 1, "threshold 1, 1 corrupted"), ("corrupted", 0, "threshold 8, 0 corrupted")],
+)
+def test_a_client_refuses_a_round_config_weaker_than_its_own_options(key, value, match):
+    """A server that sent t = 1 could rebuild a client's secrets from one share."""
+    mechanism = tiny_federation(num_clients=10, mechanisms=["secagg"]).mechanisms[0]
+    config = mechanism.client_config(round=1, client_ids=list(range(10)))
+    assert config["corrupted"] == 1
+    with pytest.raises(privfl.PrivflError, match=rf"server's round config has {match}"):
+        mechanism.secure_client(client_id=0, config={**config, key: value})
+
+
+def test_against_a_semi_honest_server_a_round_survives_losing_half_its_clients():
+    """8 clients, 4 of them dropping after sharing keys: the majority quorum (5) is out
+    of reach, t signatures (t = 3) are not."""
+    options = {"dropout": 0.5, "tolerated_dropout": 0.5}
+    plans = {
+        "malicious": {"secagg": options},
+        "semi-honest": {"secagg": {**options, "malicious_server": False}},
+    }
+    records = {}
+    for name, settings in plans.items():
+        fed = tiny_federation(num_clients=8, mechanisms=["secagg"], options=settings, seed=3)
+        (records[name],) = fed.run(1)
+    assert "quorum" in records["malicious"].values["aborted"]
+    assert records["semi-honest"].values["secagg_contributors"] >= 4

@@ -18,8 +18,14 @@ Two environment settings, each only where the user has set none of its own:
 - ``THP_MEM_ALLOC_ENABLE=1``: torch backs large CPU tensors with transparent huge
   pages, which halves the page faults of a round's fresh update matrix (80 MB for 100
   clients of the 2NN: 36 ms to fill fresh, 19 ms with huge pages). ``0`` turns it off.
+
+privfl logs through the standard :mod:`logging` module, under the ``privfl`` logger,
+and adds no handler but a :class:`logging.NullHandler`: an application chooses where
+the log goes (the ``privfl`` command sends it to standard error; ``--verbose`` shows
+its debug messages).
 """
 
+import logging
 import os
 import sys
 
@@ -44,6 +50,7 @@ from privfl.components import (
     ServerOptimizer,
     TensorPair,
 )
+from privfl.compressors import Compressor
 from privfl.errors import (
     ConfigError,
     DataError,
@@ -66,6 +73,8 @@ from privfl.messages import Failure, Message, MessageError
 from privfl.plugins import get_plugin_manager, hookimpl
 from privfl.records import ClientResult, RoundRecord
 
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 __version__ = "0.1.0.dev0"
 
 __all__ = [
@@ -79,6 +88,7 @@ __all__ = [
     "ClientResult",
     "ClientSampler",
     "Component",
+    "Compressor",
     "ConfigError",
     "DataError",
     "DatasetSource",

@@ -20,10 +20,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from privfl.client import ClientData
 from privfl.components import TensorPair
@@ -120,7 +122,7 @@ def write_client_folders(
 
 
 def client_data_source(
-    train: TensorPair | Sequence[torch.Tensor] | None,
+    train: Any,
     partition: Sequence[np.ndarray | torch.Tensor] | None,
     client_data: ClientDataSource | None,
 ) -> ClientDataSource:
@@ -142,13 +144,57 @@ def client_data_source(
     return PartitionedData(pair, check_partition(partition, len(pair)))
 
 
-def as_pair(data: TensorPair | Sequence[torch.Tensor], key: str) -> TensorPair:
-    """Return ``data`` as a :class:`TensorPair` (it may be an ``(inputs, targets)`` pair)."""
+def as_pair(data: Any, key: str) -> TensorPair:
+    """Return ``data`` as a :class:`TensorPair`.
+
+    ``data`` may be a :class:`TensorPair`, an ``(inputs, targets)`` pair of tensors, a
+    ``torch.utils.data.TensorDataset`` of two tensors, a ``DataLoader`` over such
+    datasets, or any map-style dataset (``len`` and ``[i]`` giving an ``(input,
+    target)`` pair) that fits in memory: its examples are read once and stacked.
+    """
     if isinstance(data, TensorPair):
         return data
-    if len(data) != 2:
-        raise ConfigError(key, type(data).__name__, "a TensorPair or (inputs, targets) tensors")
-    return TensorPair(*data)
+    if isinstance(data, DataLoader):
+        return as_pair(data.dataset, key)
+    if isinstance(data, TensorDataset):
+        if len(data.tensors) != 2:
+            raise ConfigError(
+                key, f"TensorDataset of {len(data.tensors)} tensors", "(inputs, targets) tensors"
+            )
+        return TensorPair(*data.tensors)
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+    ):
+        return TensorPair(*data)
+    if isinstance(data, IterableDataset) or not (
+        hasattr(data, "__len__") and hasattr(data, "__getitem__")
+    ):
+        raise ConfigError(
+            key,
+            type(data).__name__,
+            "a TensorPair, (inputs, targets) tensors, a TensorDataset, or a map-style "
+            "dataset (len and [i]) of (input, target) examples",
+        )
+    return _stack_examples(data, key)
+
+
+def _stack_examples(dataset: Any, key: str) -> TensorPair:
+    """Read every ``(input, target)`` example of a map-style dataset into two tensors."""
+    if len(dataset) == 0:
+        raise ConfigError(key, f"empty {type(dataset).__name__}", "at least one example")
+    inputs, targets = [], []
+    for index in range(len(dataset)):
+        example = dataset[index]
+        if not (isinstance(example, (tuple, list)) and len(example) == 2):
+            raise ConfigError(f"{key}[{index}]", type(example).__name__, "an (input, target) pair")
+        inputs.append(torch.as_tensor(example[0]))
+        targets.append(torch.as_tensor(example[1]))
+    try:
+        return TensorPair(torch.stack(inputs), torch.stack(targets))
+    except RuntimeError as error:
+        raise ConfigError(key, type(dataset).__name__, f"examples of one shape ({error})") from None
 
 
 def check_partition(

@@ -8,31 +8,35 @@ is addressed to:
 
 - ``train``: load the global parameters, train on the client's own data, compute
   ``update = local - global``, apply every mechanism's :meth:`client_step` in order;
-  then either reply with the update, or, under secure aggregation, weight the
-  update into the client's contribution, keep it, and reply with the first message
-  of the secure-sum protocol;
+  then either reply with the update (encoded by the compressor, if there is one), or,
+  under secure aggregation, weight the update into the client's contribution, keep
+  it, and reply with the first message of the secure-sum protocol;
 - ``secure``: answer one phase of the secure-sum protocol from the state kept.
 
 A host serves any number of clients with one :class:`~privfl.client.LocalTrainer`
 (one model copy), or trains the clients of a batch of messages together with one
 :class:`~privfl.vectorized.StackedTrainer`; a client's only state between messages is
-its secure-sum protocol object, dropped when its round is over.
+its secure-sum protocol object, dropped when its round is over, and its table in
+:attr:`ClientApp.states` (error feedback's residual), which lasts the run.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from privfl.client import ClientData, LocalTrainer, LocalTraining, Loss
 from privfl.client_data import ClientDataSource
-from privfl.components import Attack
+from privfl.client_state import ClientStates
+from privfl.components import Attack, ClientTrainer, Trainer
+from privfl.compressors import Compressor
 from privfl.errors import PerformanceWarning
 from privfl.mechanisms import PrivacyMechanism, SecureSumClient
 from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes
@@ -56,6 +60,12 @@ class ClientApp:
     :param attack: A simulated attack, whose ``poison_targets`` malicious clients use.
     :param malicious: Ids of the simulated malicious clients.
     :param num_classes: Number of classes, for label attacks.
+    :param compressor: Encodes each update into the bytes of its reply, after the
+        mechanisms' client steps; None sends the update as float32.
+    :param states: What each client keeps between rounds (see
+        :class:`~privfl.client_state.ClientStates`).
+    :param trainer: Local training other than privfl's plain SGD (such as DP-SGD), or
+        None.
     """
 
     model: torch.nn.Module
@@ -66,6 +76,9 @@ class ClientApp:
     attack: Attack | None = None
     malicious: frozenset[int] = frozenset()
     num_classes: int = 0
+    compressor: Compressor | None = None
+    states: ClientStates = field(default_factory=ClientStates)
+    trainer: Trainer | None = None
 
 
 def pack_configs(
@@ -110,6 +123,7 @@ class _TrainTask:
     params: torch.Tensor
     data: ClientData
     poison: Callable[[torch.Tensor], torch.Tensor] | None
+    round: int = 0
 
 
 class ClientHost:
@@ -136,8 +150,11 @@ class ClientHost:
         self._trainer: LocalTrainer | None = None
         self._stackers: list[StackedTrainer] = []  # one per thread
         self._stacking_pays: bool | None = None  # decided by the first client's data
+        self._custom: ClientTrainer | None = None
         if stack:
             reason = unsupported(app.model, app.loss)
+            if app.trainer is not None:
+                reason = f"clients of the trainer {app.trainer.name!r} train one at a time"
             if reason is None:
                 self._stackers = [
                     StackedTrainer(app.model, app.loss, app.training) for _ in range(threads)
@@ -189,10 +206,19 @@ class ClientHost:
             for client_id, update, loss in zip(group, updates, losses, strict=True):
                 replies[client_id] = self._finish(client_id, tasks.pop(client_id), update, loss)
         for client_id, task in tasks.items():
-            update, loss = self.trainer.train(
-                task.data, task.params, seed=task.seed, poison=task.poison
-            )
-            replies[client_id] = self._finish(client_id, task, update, loss)
+            statistics: dict[str, float] = {}
+            if self.app.trainer is None:
+                update, loss = self.trainer.train(
+                    task.data, task.params, seed=task.seed, poison=task.poison
+                )
+            else:
+                if self._custom is None:
+                    app = self.app
+                    self._custom = self.app.trainer.build(app.model, app.loss, app.training)
+                update, loss = self._custom.train(
+                    task.data, task.params, seed=task.seed, round=task.round, statistics=statistics
+                )
+            replies[client_id] = self._finish(client_id, task, update, loss, statistics)
         return {client_id: replies[client_id] for client_id in messages}
 
     def _train_stacked(self, tasks: list[_TrainTask]) -> tuple[torch.Tensor, list[float]]:
@@ -266,14 +292,24 @@ class ClientHost:
             def poison(targets: torch.Tensor) -> torch.Tensor:
                 return attack.poison_targets(targets, num_classes=classes)
 
-        return _TrainTask(message, seed, configs, params, app.data.load(client_id), poison)
+        round = int(message.values.get("round", 0))
+        data = app.data.load(client_id)
+        return _TrainTask(message, seed, configs, params, data, poison, round)
 
     def _finish(
-        self, client_id: int, task: _TrainTask, update: torch.Tensor, train_loss: float
+        self,
+        client_id: int,
+        task: _TrainTask,
+        update: torch.Tensor,
+        train_loss: float,
+        trained: dict[str, float] | None = None,
     ) -> Message:
-        """Apply the mechanisms' client steps to a trained update and build the reply."""
+        """Apply the mechanisms' client steps to a trained update and build the reply
+        (with the statistics the trainer reported, ``trained``)."""
         app, server, message = self.app, "the server", task.message
-        statistics: dict[str, float] = {}
+        if app.attack is not None and client_id in app.malicious:
+            update = app.attack.craft_update(update, client_id=client_id)
+        statistics: dict[str, float] = dict(trained or {})
         for position, (mechanism, config) in enumerate(
             zip(app.mechanisms, task.configs, strict=True)
         ):
@@ -285,6 +321,17 @@ class ClientHost:
             )
         report = {"num_examples": len(task.data), "train_loss": train_loss}
         secure = message.values.get("secure")
+        if secure is None and app.compressor is not None:
+            started = time.perf_counter()
+            encoded = app.compressor.encode(
+                update,
+                config=message.value("compression", server),
+                generator=torch_generator(task.seed, "compressor"),
+                state=app.states.of(client_id),
+            )
+            report["encode_seconds"] = time.perf_counter() - started
+            values = {**report, "statistics": statistics}
+            return Message("update", values, {"encoded": bytes_tensor(encoded)})
         if secure is None:
             return Message("update", {**report, "statistics": statistics}, {"update": update})
         if not bool(torch.isfinite(update).all()):
@@ -293,6 +340,9 @@ class ClientHost:
         weight = 1.0 if message.value("weighting", server) == "unit" else float(len(task.data))
         stats = torch.tensor([statistics[n] for n in names], dtype=update.dtype)
         contribution = torch.cat([update * weight, stats * weight, update.new_tensor([weight])])
+        if not bool(torch.isfinite(contribution).all()):  # a finite update can overflow
+            reason = f"the update times its weight {weight:g} overflows float32"
+            return Message("refused", {"reason": reason})
         client = app.mechanisms[int(secure)].secure_client(
             client_id=client_id, config=task.configs[int(secure)]
         )

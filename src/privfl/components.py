@@ -19,12 +19,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from privfl.client import ClientData, LocalTraining, Loss
+    from privfl.client_data import ClientDataSource
     from privfl.client_runtime import ClientApp
     from privfl.messages import Failure, Message
 
@@ -122,11 +124,12 @@ class ClientSampler(Component):
 class Aggregator(Component):
     """Combines a round's updates into one."""
 
-    works_on_secure_sum: ClassVar[bool] = False
+    works_on_secure_sum: bool = False
     """True when the rule is a weighted mean, ``sum_k w_k * update_k / sum_k w_k``, so
     privfl can compute it from sums alone: behind secure aggregation, or with
     client-level DP's fixed denominator. Rules that look at individual updates
-    (trimmed mean, median, Krum) say False."""
+    (trimmed mean, median, Krum) say False; an instance may say False when its options
+    need every update (FedAvg with a ``norm_bound``)."""
 
     weighting: ClassVar[Literal["examples", "unit"]] = "examples"
     """A client's weight ``w_k`` in a sum: its example count (``"examples"``, as FedAvg
@@ -165,15 +168,29 @@ class Attack(Component):
     """What simulated malicious clients do instead of honest work.
 
     A seeded fraction of the clients is malicious for the whole run. Data poisoning
-    (:meth:`poison_targets`) runs where the client trains; update poisoning
+    (:meth:`poison_targets`) and crafted updates (:meth:`craft_update`) run where the
+    client trains; update poisoning
     (:meth:`poison_updates`) runs when the round's updates are in, so that attacks
     from colluding clients that know the benign updates (such as "A Little Is
     Enough") can be simulated.
     """
 
+    needs_labels: ClassVar[bool] = False
+    """True for attacks on class labels, which a regression task refuses."""
+
     def poison_targets(self, targets: torch.Tensor, *, num_classes: int) -> torch.Tensor:
         """Return the labels a malicious client trains on; default: unchanged."""
         return targets
+
+    def craft_update(self, update: torch.Tensor, *, client_id: int) -> torch.Tensor:
+        """Return the update a malicious client hands to the privacy mechanisms' client
+        steps, where it runs, instead of the ``update`` it trained; default: unchanged.
+
+        Unlike :meth:`poison_updates` it runs before clipping and noise, and knows only
+        the client's own update (canary clients of a privacy audit send a fixed
+        direction this way, see :mod:`privfl.audit.canaries`).
+        """
+        return update
 
     def poison_updates(
         self, malicious: torch.Tensor, benign: torch.Tensor, *, generator: torch.Generator
@@ -199,6 +216,10 @@ class Executor(Component):
     returns the same replies where the arithmetic is the same.
     """
 
+    clients_in_process: ClassVar[bool] = False
+    """True when the client halves run in this process, so that state they keep between
+    rounds (error feedback's residuals) is checkpointed with the server's."""
+
     on_reply: Callable[[int], None] | None = None
     """Set by the server half for the length of a round's training exchange: an
     executor that can calls it with each client's id as that client's reply arrives,
@@ -214,6 +235,36 @@ class Executor(Component):
 
     def close(self) -> None:
         """Release what :meth:`start` acquired (workers, connections); default: nothing."""
+
+
+class ClientTrainer(Protocol):
+    """One process's local training, built by a :class:`Trainer` for its client halves."""
+
+    def train(
+        self,
+        data: ClientData,
+        global_params: torch.Tensor,
+        *,
+        seed: int,
+        round: int,
+        statistics: dict[str, float],
+    ) -> tuple[torch.Tensor, float]:
+        """Train from ``global_params`` on one client's ``data``; return ``(local -
+        global, mean loss)``. Scalars the client reports (such as its own epsilon) go
+        into ``statistics``, which travel with the reply like the mechanisms'."""
+
+
+class Trainer(Component):
+    """How the client halves train on their own data, instead of privfl's plain SGD
+    (:class:`~privfl.client.LocalTrainer`), for example with record-level differential
+    privacy. Clients of such a trainer train one at a time, and simulated label
+    attacks do not apply to them."""
+
+    @abstractmethod
+    def build(self, model: torch.nn.Module, loss: Loss, training: LocalTraining) -> ClientTrainer:
+        """Return the trainer of one process (an executor's host, a worker) for clients
+        of ``model``'s architecture; ``training`` holds the epochs, batch size and step
+        size the run was given."""
 
 
 class Evaluator(Component):
@@ -256,15 +307,29 @@ class TensorPair:
 
 @dataclass(frozen=True)
 class Datasets:
-    """A dataset source's result: training and test splits, and where they came from."""
+    """A dataset source's result: training and test splits, and where they came from.
 
-    train: TensorPair
+    A dataset whose rows belong to owners (such as a folder of CSV files, one per
+    owner) gives ``client_data`` instead of ``train``: each owner is one client and
+    loads only its own rows, so no partitioner splits them.
+    """
+
+    train: TensorPair | None
     test: TensorPair
     source: str
+    client_data: ClientDataSource | None = None
+
+    def __post_init__(self) -> None:
+        if (self.train is None) == (self.client_data is None):
+            raise ValueError("a dataset gives either train (to partition) or client_data")
 
 
 class DatasetSource(Component):
     """Loads a named dataset for the command line."""
+
+    defaults: ClassVar[Mapping[str, str]] = {"model": "cnn", "sampler": "uniform"}
+    """The components (``model``, ``sampler``) a run on this dataset uses unless its
+    configuration names them."""
 
     @abstractmethod
     def load(self) -> Datasets:

@@ -12,17 +12,18 @@ plugin. The server half reaches clients only through its executor's messages.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from privfl.client import LocalTraining, Loss, flatten_parameters
 from privfl.client_data import ClientDataSource, PartitionedData, as_pair, client_data_source
 from privfl.client_runtime import ClientApp
+from privfl.client_state import ClientStates
 from privfl.components import (
     Aggregator,
     Attack,
@@ -33,19 +34,16 @@ from privfl.components import (
     Sampling,
     ServerOptimizer,
     TensorPair,
+    Trainer,
 )
+from privfl.compressors import Compressor, check_compression
 from privfl.errors import ConfigError, PluginError
 from privfl.mechanisms import MechanismSetup, PrivacyMechanism, check_combination
 from privfl.plugins import PluginManager, get_plugin_manager
 from privfl.records import RoundRecord
 from privfl.registry import ComponentRegistry
 from privfl.seeding import torch_generator
-
-
-def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example correctness of the arg-max prediction (1.0 or 0.0)."""
-    return (outputs.argmax(dim=1) == targets).float()
-
+from privfl.tasks import accuracy, infer_task, resolve_loss, task_metrics
 
 ComponentSpec = str | Any
 """A component given by registered name or as an instance."""
@@ -55,16 +53,22 @@ class Federation:
     """A federated-learning job: data split among clients, a global model, components.
 
     :param model: The global model; its current weights are the starting point.
-    :param train: Training data as a :class:`TensorPair` or an ``(inputs, targets)``
-        pair of tensors (a ``TensorDataset``'s ``tensors`` works), split among
-        simulated clients by ``partition``.
+    :param train: Training data, split among simulated clients by ``partition``: a
+        :class:`TensorPair`, an ``(inputs, targets)`` pair of tensors, a
+        ``TensorDataset`` (or a ``DataLoader`` over one), or a map-style dataset of
+        ``(input, target)`` examples that fits in memory.
     :param partition: One index array (numpy or tensor) per client into ``train``.
     :param client_data: Instead of ``train`` and ``partition``: where each client
         half finds its own data (for example
         :class:`~privfl.client_data.FolderData`, one file per owner).
-    :param test: Optional test data, used by evaluators.
-    :param loss: Maps (outputs, targets) to a scalar mean loss.
-    :param metrics: Name -> per-example metric; defaults to ``{"accuracy": accuracy}``.
+    :param test: Optional test data (same forms as ``train``), used by evaluators.
+    :param task: ``"classification"`` or ``"regression"``; unset: inferred from the
+        targets (floating point: regression). It chooses the default loss and metrics.
+    :param loss: Maps (outputs, targets) to a scalar mean loss, or a name of
+        :data:`privfl.tasks.LOSSES` (``"mse"``, ``"cross_entropy"``, ...); unset: the
+        task's (cross-entropy, or mean squared error for regression).
+    :param metrics: Name -> per-example metric (:mod:`privfl.tasks`); unset: the
+        task's (accuracy, or MSE, MAE and R^2 for regression).
     :param training: Local-training settings (epochs, batch size, learning rate).
     :param sampler: The client sampler, a registered name or an instance. Names are
         built with ``options[name]`` as keyword options, like the other components.
@@ -73,6 +77,11 @@ class Federation:
     :param executor: The executor, a registered name or an instance.
     :param evaluators: Names or instances; run on evaluation rounds.
     :param mechanisms: Privacy mechanisms, names or instances, applied in order.
+    :param compressor: An update compressor (name or instance) whose client half encodes
+        each update after the mechanisms' client steps, or None to send float32.
+    :param trainer: How clients train on their own data instead of plain SGD (a
+        :class:`~privfl.components.Trainer`, such as the DP-SGD of the
+        ``privfl-opacus`` plugin), or None.
     :param attack: A simulated attack (name or instance) by malicious clients, or None.
     :param malicious_fraction: With an attack, the fraction of clients that are
         malicious, chosen once with the seed.
@@ -86,11 +95,12 @@ class Federation:
         self,
         *,
         model: torch.nn.Module,
-        train: TensorPair | Sequence[torch.Tensor] | None = None,
+        train: TensorPair | Sequence[torch.Tensor] | Any = None,
         partition: Sequence[np.ndarray | torch.Tensor] | None = None,
         client_data: ClientDataSource | None = None,
-        test: TensorPair | Sequence[torch.Tensor] | None = None,
-        loss: Loss = F.cross_entropy,
+        test: TensorPair | Sequence[torch.Tensor] | Any = None,
+        task: str | None = None,
+        loss: Loss | str | None = None,
         metrics: Mapping[str, Metric] | None = None,
         training: LocalTraining | None = None,
         sampler: ComponentSpec = "uniform",
@@ -99,6 +109,8 @@ class Federation:
         executor: ComponentSpec = "vectorized",
         evaluators: Sequence[ComponentSpec] = ("plaintext",),
         mechanisms: Sequence[ComponentSpec] = (),
+        compressor: ComponentSpec | None = None,
+        trainer: Trainer | None = None,
         attack: ComponentSpec | None = None,
         malicious_fraction: float = 0.2,
         options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -115,8 +127,14 @@ class Federation:
         self.model = copy.deepcopy(model)
         self._model_flat = flatten_parameters(self.model)
         self.params = self._model_flat.clone()
-        self.loss = loss
-        self.metrics = dict(metrics) if metrics is not None else {"accuracy": accuracy}
+        self.task = infer_task(self._known_targets(), task)
+        """The learning task, ``"classification"`` or ``"regression"``."""
+        self.loss = resolve_loss(loss, self.task)
+        self.metrics = dict(metrics) if metrics is not None else task_metrics(self.task)
+        if self.task == "regression" and any(m is accuracy for m in self.metrics.values()):
+            raise ConfigError(
+                "metrics", "accuracy", "regression metrics (leave metrics unset: mse, mae, r2)"
+            )
         self.training = training if training is not None else LocalTraining()
         if not (isinstance(eval_every, int) and eval_every >= 1):
             raise ConfigError("eval_every", eval_every, "an integer >= 1")
@@ -138,6 +156,21 @@ class Federation:
         self.attack: Attack | None = (
             None if attack is None else self._component("attack", attack, Attack)
         )
+        if self.attack is not None and self.attack.needs_labels and self.task != "classification":
+            raise ConfigError(
+                "attack",
+                self.attack.name,
+                f"an attack that fits a {self.task} task: {self.attack.name} changes class "
+                "labels, and these targets are values; use sign-flip, gaussian or alie",
+            )
+        if trainer is not None and not isinstance(trainer, Trainer):
+            raise ConfigError("trainer", trainer, "a privfl.components.Trainer instance")
+        if trainer is not None and self.attack is not None and self.attack.needs_labels:
+            raise ConfigError(
+                "attack", self.attack.name, f"an attack on updates with trainer {trainer.name!r}"
+            )
+        self.trainer = trainer
+        """Local training other than plain SGD, or None."""
         sampling = self.sampler.sampling(self.num_clients)
         self.secure_position = check_combination(
             self.mechanisms, self.aggregator, self.attack, sampling
@@ -147,7 +180,16 @@ class Federation:
         """True when a mechanism (client-level DP) needs sums divided by expected clients."""
         self.sums_only = self.fixed_denominator or self.secure_position is not None
         """True when the round aggregates from sums of contributions, not stacked updates."""
-        self.malicious = self._choose_malicious(malicious_fraction) if attack else frozenset()
+        self.compressor: Compressor | None = (
+            None if compressor is None else self._component("compressor", compressor, Compressor)
+        )
+        """Encodes each update in the client half and decodes it here, or None."""
+        if self.compressor is not None:
+            check_compression(self.compressor, self.mechanisms, self.executor, self.secure_position)
+            self.compressor.setup(dimension=self.params.numel(), seed=self.seed)
+        self.client_states = ClientStates()
+        """What client halves in this process keep between rounds; checkpointed."""
+        self.malicious = self._choose_malicious(malicious_fraction, attack is not None)
         self.round = 0
         self.total_rounds = 0
         self.history: list[RoundRecord] = []
@@ -161,10 +203,11 @@ class Federation:
         """The latest scores of each evaluator, by evaluator name."""
         self.stash: dict[str, Any] = {}
         """Per-federation state that plugins keep between hook calls, under their own keys."""
-        self.settings: dict[str, Any] = {}
+        self.settings: dict[str, Any] = self._api_settings()
         """The settings the run was made with (the command line puts its configuration
-        here, less what may change on resume); checkpoints carry them, and loading a
-        checkpoint made with other settings is refused."""
+        here, less what may change on resume; a federation built in Python, its task,
+        model, clients, local training and seed); checkpoints carry them, and loading
+        a checkpoint made with other settings is refused."""
         self._set_up_mechanisms(sampling)
         self.hook.privfl_configure(federation=self)
 
@@ -186,6 +229,9 @@ class Federation:
                 attack=self.attack,
                 malicious=self.malicious,
                 num_classes=self._num_classes() if self.attack is not None else 0,
+                compressor=self.compressor,
+                states=self.client_states,
+                trainer=self.trainer,
             )
         return self._app
 
@@ -225,6 +271,10 @@ class Federation:
         if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
             raise ConfigError("checkpoint_every", checkpoint_every, "an integer >= 1")
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None and self.round == 0:
+            from privfl.builtin.rundir import refuse_overwrite
+
+            refuse_overwrite(self.run_dir)
         self.checkpoint_every = checkpoint_every
         self.console = console
         self.total_rounds = rounds
@@ -254,6 +304,25 @@ class Federation:
         finally:
             self.hook.privfl_session_finish(federation=self, status=status, stop_reason=reason)
         return self.history[first_new:]
+
+    def resume(self, run_dir: str | Path) -> None:
+        """Load the last checkpoint of ``run_dir``, so that ``run(rounds, run_dir=run_dir)``
+        continues that run where it stopped.
+
+        A run folder written from Python holds no ``config.toml`` (its model and data
+        are Python objects that the command line cannot rebuild), so ``privfl resume``
+        refuses it: build the same federation again and call this.
+
+        :raises ConfigError: when the folder holds no checkpoint, or one made with other
+            settings.
+        """
+        from privfl.app.checkpoint import load_checkpoint
+        from privfl.builtin.rundir import CHECKPOINT
+
+        path = Path(run_dir) / CHECKPOINT
+        if not path.is_file():
+            raise ConfigError("run_dir", str(run_dir), f"a run folder holding {CHECKPOINT}")
+        self.load_state_dict(load_checkpoint(path))
 
     def close(self) -> None:
         """Release the executor's workers or connections (a later :meth:`run` restarts them).
@@ -310,6 +379,8 @@ class Federation:
                 state = component.state_dict()
                 if state:
                     states[f"{kind}.{position}.{component.name}"] = state
+        if len(self.client_states):
+            states["client_states"] = self.client_states.state_dict()
         return {
             "round": self.round,
             "params": self.params.clone(),
@@ -346,6 +417,7 @@ class Federation:
             for position, component in enumerate(items):
                 component_state = saved.pop(f"{kind}.{position}.{component.name}", {})
                 component.load_state_dict(component_state)
+        self.client_states.load_state_dict(saved.pop("client_states", {}))
         if saved:
             raise ConfigError("checkpoint", sorted(saved), "component states of this federation")
         self.params = params.clone()
@@ -371,6 +443,26 @@ class Federation:
                 )
             )
 
+    def _known_targets(self) -> torch.Tensor | None:
+        """Targets the server half may look at to infer the task: the simulated training
+        data's, else the test split's (never a real owner's)."""
+        data = self.client_data
+        if isinstance(data, PartitionedData):
+            return data.train.targets
+        return self.test.targets if self.test is not None else None
+
+    def _api_settings(self) -> dict[str, Any]:
+        """What a checkpoint of a federation built in Python must match on load."""
+        return {
+            "task": self.task,
+            "model": type(self.model).__name__,
+            "parameters": self.params.numel(),
+            "clients": self.num_clients,
+            "seed": self.seed,
+            "training": dataclasses.asdict(self.training),
+            "trainer": None if self.trainer is None else self.trainer.name,
+        }
+
     def _num_classes(self) -> int:
         """Number of classes, for label attacks: the simulated training data's, else the
         test split's, else client 0's."""
@@ -378,10 +470,13 @@ class Federation:
         pair = data.train if isinstance(data, PartitionedData) else self.test
         return int((pair or data.load(0).examples).targets.max()) + 1
 
-    def _choose_malicious(self, fraction: float) -> frozenset[int]:
-        """The ids of ``round(fraction * clients)`` clients drawn with the seed."""
+    def _choose_malicious(self, fraction: float, attacked: bool) -> frozenset[int]:
+        """The ids of ``round(fraction * clients)`` clients drawn with the seed (none
+        without an attack; the fraction is checked either way)."""
         if not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
             raise ConfigError("malicious_fraction", fraction, "a number in [0, 1)")
+        if not attacked:
+            return frozenset()
         count = round(fraction * self.num_clients)
         order = torch.randperm(self.num_clients, generator=torch_generator(self.seed, "malicious"))
         return frozenset(order[:count].tolist())

@@ -118,6 +118,17 @@ def privfl_register_partitioners() -> list[type]:
 
 
 @hookspec
+def privfl_register_compressors() -> list[type]:
+    """Return update compressor classes (subclasses of :class:`privfl.Compressor`).
+
+    A compressor has a client half, which encodes each update into the bytes that
+    cross the message boundary after every mechanism's client step, and a server half,
+    which decodes them before aggregation; the bytes are counted in each round's
+    record (``uplink_bytes``).
+    """
+
+
+@hookspec
 def privfl_register_attacks() -> list[type]:
     """Return attack classes (subclasses of :class:`privfl.Attack`).
 
@@ -174,8 +185,11 @@ def privfl_round_protocol(federation: Federation, round: int) -> RoundRecord | N
        from (seed, round, client), every mechanism's ``client_config``); its client
        half, wherever the executor runs it, loads its own data, trains locally
        (malicious clients on labels poisoned by the attack, if any), computes
-       ``update = local - global`` and applies every mechanism's ``client_step`` in
-       order; it replies with the update, or, under secure aggregation, keeps its
+       ``update = local - global`` (a malicious client then takes the attack's
+       ``craft_update`` instead) and applies every mechanism's ``client_step`` in
+       order; it replies with the update (encoded by the federation's compressor, if
+       any, and decoded by the server half on arrival, its bytes counted in the
+       record's ``uplink_bytes``), or, under secure aggregation, keeps its
        weighted contribution secret and replies with the protocol's first message;
        an executor reports clients that did not reply as failures;
     3. with an attack, its ``poison_updates`` replaces the malicious clients'

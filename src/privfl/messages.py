@@ -13,10 +13,12 @@ Message kinds (the ``kind`` field):
 ==================  ======  ==================================================
 kind                way     content
 ==================  ======  ==================================================
-``train``           down    round, client seed, each mechanism's client config;
+``train``           down    round, client seed, each mechanism's client config,
+                            the compressor's ``compression`` config (if any);
                             tensor ``params`` (the global parameters)
 ``update``          up      ``num_examples``, ``train_loss``, ``statistics``;
-                            tensor ``update``
+                            tensor ``update``, or with a compressor tensor
+                            ``encoded`` (its bytes) and ``encode_seconds``
 ``secure``          down    ``phase`` of secure aggregation; tensor ``data``
                             (the protocol's own bytes)
 ``secure-reply``    up      ``phase``; the first one also ``num_examples``,

@@ -140,3 +140,9 @@ def check_options(cls: type, table: str, values: Mapping[str, Any]) -> None:
     for key, value in values.items():
         if key in specs:
             check_value(specs[key], value, table)
+    for spec in specs.values():
+        if spec.required and spec.name not in values:
+            how = f" ({spec.flag} on the command line)" if spec.flag else ""
+            raise ConfigError(
+                f"{table}.{spec.name}", "unset", f"a value: [{table}] needs {spec.name}{how}"
+            )

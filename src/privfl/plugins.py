@@ -21,6 +21,7 @@ Nothing is loaded at import time: call :func:`get_plugin_manager`.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from importlib.metadata import entry_points
@@ -32,6 +33,8 @@ import pluggy
 from privfl import hookspecs
 from privfl.errors import PluginError
 from privfl.registry import ComponentRegistry, collect_components
+
+logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "privfl"
 """The entry-point group that third-party plugin distributions declare."""
@@ -51,6 +54,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "privfl.builtin.accountants",
     "privfl.builtin.dp_mechanism",
     "privfl.builtin.secure_aggregation",
+    "privfl.builtin.compressors",
     "privfl.builtin.protocol",
     "privfl.builtin.screening",
     "privfl.builtin.rundir",
@@ -140,6 +144,7 @@ def get_plugin_manager(
             if entry_point.dist is not None:
                 dist = entry_point.dist
                 pm.distributions[entry_point.name] = f"{dist.metadata['name']} {dist.version}"
+            logger.debug("loaded plugin %s (%s)", entry_point.name, entry_point.value)
     for plugin in plugins:
         register_plugin(pm, plugin, _default_name(plugin))
     try:

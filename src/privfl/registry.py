@@ -15,7 +15,7 @@ from typing import Any
 import pluggy
 import torch
 
-from privfl import components, mechanisms
+from privfl import components, compressors, mechanisms
 from privfl.errors import ConfigError, PluginError
 from privfl.options import check_options, declared_options
 
@@ -31,6 +31,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "model": ("privfl_register_models", torch.nn.Module),
     "partition": ("privfl_register_partitioners", components.Partitioner),
     "attack": ("privfl_register_attacks", components.Attack),
+    "compressor": ("privfl_register_compressors", compressors.Compressor),
 }
 """Component kind -> (registration hook, required base class)."""
 

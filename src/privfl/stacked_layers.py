@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from privfl.client import Loss
+from privfl.tasks import mse_loss, squared_error
 
 ELEMENTWISE = (
     nn.ReLU,
@@ -185,11 +186,26 @@ def _is_cross_entropy(loss: Loss) -> bool:
     )
 
 
+def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def per_example_loss(loss: Loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The per-example form of ``loss`` (``[n, outputs]``, ``[n]`` -> ``[n]``), whose mean
+    is ``loss``; None for a loss that stacked training does not know: cross-entropy
+    and privfl's mean squared error (:func:`privfl.tasks.mse_loss`)."""
+    if _is_cross_entropy(loss):
+        return _cross_entropy
+    if loss is mse_loss:
+        return squared_error
+    return None
+
+
 def unsupported(model: nn.Module, loss: Loss) -> str | None:
     """Why ``model`` trained with ``loss`` cannot be trained stacked, or None if it can."""
     program = compile_layers(model)
     if isinstance(program, str):
         return f"the model has {program}"
-    if not _is_cross_entropy(loss):
-        return "the loss is not cross-entropy"
+    if per_example_loss(loss) is None:
+        return "the loss is neither cross-entropy nor privfl.tasks.mse_loss"
     return None

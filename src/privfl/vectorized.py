@@ -30,12 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from privfl.client import ClientData, LocalTraining, Loss
 from privfl.seeding import torch_generator
-from privfl.stacked_layers import Activations, compile_layers, unsupported
+from privfl.stacked_layers import Activations, compile_layers, per_example_loss, unsupported
 
 TOLERANCE = 1e-4
 """Largest difference, relative to the update's largest entry, between a client's
@@ -130,7 +129,8 @@ class StackedTrainer:
 
     :param model: A module of a supported architecture (see
         :func:`~privfl.stacked_layers.unsupported`).
-    :param loss: Cross-entropy (``F.cross_entropy`` or a default ``nn.CrossEntropyLoss``).
+    :param loss: Cross-entropy (``F.cross_entropy`` or a default ``nn.CrossEntropyLoss``)
+        or :func:`privfl.tasks.mse_loss`.
     :param training: Local-training settings.
     :raises ValueError: if the model or loss is not supported.
     """
@@ -142,6 +142,9 @@ class StackedTrainer:
         program = compile_layers(model)
         assert not isinstance(program, str)
         self.program = program
+        per_example = per_example_loss(loss)
+        assert per_example is not None
+        self.per_example = per_example
         self.shapes = [tuple(p.shape) for p in model.parameters()]
         linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
         self.transposed = [id(p) in linear_weights for p in model.parameters()]
@@ -199,9 +202,8 @@ class StackedTrainer:
             x = Activations(inputs.view(active, -1, *inputs.shape[1:]), active, "stacked")
             x = self._forward(x, leaves)
             logits = x.stacked()
-            per_example = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets, reduction="none"
-            ).view(active, -1)
+            per_example = self.per_example(logits.reshape(-1, logits.shape[-1]), targets)
+            per_example = per_example.view(active, -1)
             losses = (per_example * weights[:active, step]).sum(dim=1) / counts[:active, step]
             losses.sum().backward()
             grads = [leaf.grad for leaf in leaves]

@@ -6,22 +6,31 @@ import pytest
 from privfl.secagg import ProtocolError
 from privfl.secagg.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     KeyBroadcast,
     MaskedInput,
     ShareKeys,
     ShareRelay,
+    SurvivorSet,
     UnmaskRequest,
     UnmaskResponse,
 )
 
-KEY_A, KEY_B = bytes(range(32)), bytes(range(32, 64))
+KEY_A, KEY_B, KEY_C = bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96))
+SIGNATURE, TAG = bytes(range(100, 164)), bytes(range(200, 216))
 MESSAGES = [
-    AdvertiseKeys(7, KEY_A, KEY_B),
-    KeyBroadcast(((1, KEY_A, KEY_B), (2**32 - 1, KEY_B, KEY_A))),
-    KeyBroadcast(()),
+    AdvertiseKeys(7, KEY_A, KEY_B, KEY_C, SIGNATURE),
+    KeyBroadcast(
+        ((1, KEY_A, KEY_B, KEY_C, SIGNATURE), (2**32 - 1, KEY_B, KEY_A, KEY_C, SIGNATURE)),
+        KEY_C,
+    ),
+    KeyBroadcast((), KEY_A),
     ShareKeys(3, ((4, b"\x00" * 160), (9, b"xyz"))),
     ShareRelay(((4, b"ciphertext"),)),
+    SurvivorSet((0, 4, 2**32 - 1)),
+    ConsistencySignature(5, SIGNATURE),
     UnmaskRequest((1, 2, 3), (5,)),
+    UnmaskRequest((1,), (), (1, 6), ((1, KEY_A, SIGNATURE), (6, KEY_B, SIGNATURE))),
     UnmaskResponse(8, ((1, 2**520), (2, 0)), ((5, 12345),)),
 ]
 
@@ -42,21 +51,21 @@ def test_round_trip_and_strictness(message):
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
 def test_masked_input_keeps_ring_words_exactly(dtype):
     vector = np.array([0, 1, np.iinfo(dtype).max, 12345], dtype=dtype)
-    data = MaskedInput(2, vector).to_bytes()
-    assert len(data) == 2 + 4 + 1 + 4 + vector.nbytes
+    data = MaskedInput(2, vector, TAG, KEY_C).to_bytes()
+    assert len(data) == 2 + 4 + 16 + 32 + 1 + 4 + vector.nbytes
     decoded = MaskedInput.from_bytes(data)
-    assert decoded.sender == 2
+    assert (decoded.sender, decoded.tag, decoded.commitment) == (2, TAG, KEY_C)
     assert decoded.vector.dtype == dtype
     np.testing.assert_array_equal(decoded.vector, vector)
 
 
 def test_masked_input_rejects_other_rings_and_lengths():
-    data = bytearray(MaskedInput(2, np.zeros(3, np.uint32)).to_bytes())
-    data[6] = 16
+    data = bytearray(MaskedInput(2, np.zeros(3, np.uint32), TAG, KEY_C).to_bytes())
+    data[54] = 16
     with pytest.raises(ProtocolError, match="16 bits"):
         MaskedInput.from_bytes(bytes(data))
-    data[6] = 32
-    data[7:11] = (4).to_bytes(4, "big")
+    data[54] = 32
+    data[55:59] = (4).to_bytes(4, "big")
     with pytest.raises(ProtocolError, match="truncated"):
         MaskedInput.from_bytes(bytes(data))
 
@@ -70,6 +79,6 @@ def test_a_share_out_of_the_field_is_rejected():
 
 def test_version_is_checked():
     data = bytearray(UnmaskRequest((), ()).to_bytes())
-    data[0] = 2
-    with pytest.raises(ProtocolError, match="version 2"):
+    data[0] = 1
+    with pytest.raises(ProtocolError, match="version 1"):
         UnmaskRequest.from_bytes(bytes(data))

@@ -1,5 +1,6 @@
 """SecAgg and SecAgg+ rounds: exact sums under dropouts, aborts, what the server sees."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,9 +13,7 @@ from privfl.secagg import (
     DropoutPlan,
     ProtocolError,
     SecAggAborted,
-    SecAggClient,
     SecAggConfig,
-    SecAggServer,
     primitives,
     secagg_config,
     secure_sum,
@@ -74,7 +73,7 @@ def test_dropouts_in_every_phase_at_once_with_a_32_bit_ring(variant):
         ids, variant=variant, dropout_rate=0.2, corruption_rate=0.05, ring_bits=32, seed=1
     )
     inputs = _inputs(ids, ring_bits=32)
-    plan = DropoutPlan.random(ids, 0.2, seed=1)
+    plan = DropoutPlan.random(ids, 0.2, seed=3)
     assert all(getattr(plan, phase) for phase in PHASES)  # the seed spreads them out
     outcome = secure_sum(inputs, config, dropout=plan)
     assert outcome.total.dtype == np.uint32
@@ -141,32 +140,19 @@ def test_secagg_plus_aborts_when_a_needed_client_loses_its_neighbourhood():
         secure_sum(_inputs(ids), config, dropout=DropoutPlan(share_keys=frozenset(lost)))
 
 
-def _drive(config, inputs, *, tamper=None):
-    """One round by hand: the clients, the server and every message, in order."""
-    clients = {u: SecAggClient(u, config) for u in config.client_ids}
-    server = SecAggServer(config)
-    transcript = []
-
-    def log(messages):
-        transcript.extend(messages.values())
-        return messages
-
-    sent = log(server.collect_keys(log({u: c.advertise_keys() for u, c in clients.items()})))
-    sent = log(server.relay_shares(log({u: clients[u].share_keys(m) for u, m in sent.items()})))
-    masked = log({u: clients[u].masked_input(m, inputs[u]) for u, m in sent.items()})
-    sent = log(server.collect_masked_inputs(masked))
-    total = server.unmask(log({u: clients[u].unmask(m) for u, m in sent.items()}))
-    return clients, transcript, masked, total
-
-
-def test_masked_inputs_look_uniform_even_for_constant_inputs():
+def test_masked_inputs_look_uniform_even_for_constant_inputs(by_hand):
     ids = list(range(10))
     config = secagg_config(
         ids, variant="secagg+", dropout_rate=0.1, corruption_rate=0.1, ring_bits=64, seed=3
     )
     zeros = {u: np.zeros(4096, dtype=np.uint64) for u in ids}
-    _, _, masked, total = _drive(config, zeros)
-    assert not total.any()
+    round_ = by_hand(config)
+    round_.keys()
+    round_.shares()
+    masked = round_.masked(zeros)
+    round_.survivors(masked)
+    round_.requests(round_.signatures())
+    assert not round_.server.unmask(round_.responses()).any()
 
     def pvalue(values):  # chi-square of 256 equally likely values
         return stats.chisquare(np.bincount(values.astype(np.int64), minlength=256)).pvalue
@@ -182,25 +168,29 @@ def test_masked_inputs_look_uniform_even_for_constant_inputs():
     assert pvalue(biased >> np.uint64(56)) < 1e-3
 
 
-def test_server_transcript_holds_no_input_and_no_secret():
+def test_server_transcript_holds_no_input_and_no_secret(by_hand):
     ids = list(range(8))
     config = SecAggConfig(8, threshold=5)
     inputs = _inputs(ids, dim=512, seed=9)
-    clients, transcript, _, total = _drive(config, inputs)
+    round_ = by_hand(config)
+    total = round_.run(inputs)
     np.testing.assert_array_equal(total, _plain_sum(inputs, ids, np.uint64))
     secrets_ = []
-    for client in clients.values():
+    for u, client in round_.clients.items():
         secrets_ += [
             primitives.private_bytes(client._c_key),
             primitives.private_bytes(client._s_key),
+            round_.signing_keys[u].private_bytes_raw(),
             client._seed,
             *client._c_secrets.values(),
         ]
-    blob = b"".join(transcript)
+    blob = b"".join(round_.transcript)
     for secret in secrets_:
         assert len(secret) == 32
         assert secret not in blob
-    sent_words = np.concatenate([np.frombuffer(m[: len(m) // 8 * 8], "<u8") for m in transcript])
+    sent_words = np.concatenate(
+        [np.frombuffer(m[: len(m) // 8 * 8], "<u8") for m in round_.transcript]
+    )
     for u in ids:
         assert inputs[u].tobytes() not in blob
         assert not np.isin(inputs[u], sent_words).any()  # not even one word of an input
@@ -223,18 +213,11 @@ def test_secure_sum_transcript_and_byte_counts_agree():
     assert secure_sum(_inputs(ids), config).transcript is None
 
 
-def _through_share_keys(config):
-    """Every client of ``config`` and the server, after keys and shares were exchanged."""
-    clients = {u: SecAggClient(u, config) for u in config.client_ids}
-    server = SecAggServer(config)
-    broadcasts = server.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-    relays = server.relay_shares({u: clients[u].share_keys(m) for u, m in broadcasts.items()})
-    return clients, server, relays
-
-
-def test_tampered_or_misrouted_share_is_rejected_naming_the_sender():
+def test_tampered_or_misrouted_share_is_rejected_naming_the_sender(by_hand):
     config = SecAggConfig(4, threshold=2)
-    clients, _, relays = _through_share_keys(config)
+    round_ = by_hand(config)
+    round_.keys()
+    relays, clients = round_.shares(), round_.clients
     relay = ShareRelay.from_bytes(relays[2]).ciphertexts
     (sender, ciphertext), rest = relay[0], relay[1:]
     flipped = bytearray(ciphertext)
@@ -250,43 +233,53 @@ def test_tampered_or_misrouted_share_is_rejected_naming_the_sender():
         clients[3].masked_input(misrouted, np.zeros(4, np.uint64))
 
 
-def _client_after_masking(config, me=0):
-    clients, _, relays = _through_share_keys(config)
-    clients[me].masked_input(relays[me], np.zeros(4, np.uint64))
-    return clients[me]
+def _request_for(by_hand, me=0):
+    """Client ``me`` of an honest 5-client round (t = 2, quorum 3), just before
+    unmasking, and the server's honest request to it."""
+    round_ = by_hand(SecAggConfig(5, threshold=2))
+    round_.keys()
+    round_.shares()
+    round_.survivors(round_.masked({u: np.zeros(4, np.uint64) for u in range(5)}))
+    requests = round_.requests(round_.signatures())
+    return round_.clients[me], UnmaskRequest.from_bytes(requests[me])
 
 
-def test_client_refuses_to_reveal_both_shares_of_one_client():
-    client = _client_after_masking(SecAggConfig(5, threshold=2))
-    request = UnmaskRequest(seed_ids=(1, 2, 3), key_ids=(3,)).to_bytes()
-    with pytest.raises(ProtocolError, match=r"both .* of clients \[3\]: refusing"):
-        client.unmask(request)
+def test_client_refuses_to_reveal_both_shares_of_one_client(by_hand):
+    client, honest = _request_for(by_hand)
+    request = dataclasses.replace(honest, seed_ids=(1, 2, 3), key_ids=(3,))
+    with pytest.raises(
+        ProtocolError, match=r"the server's unmask request asks for both .* of clients \[3\]"
+    ):
+        client.unmask(request.to_bytes())
 
 
 @pytest.mark.parametrize(
     ("seed_ids", "key_ids", "match"),
-    [((1, 2, 9), (), "does not hold"), ((1, 1, 2), (), "twice"), ((1,), (2, 3), "only 1")],
+    [
+        ((1, 2, 0), (), "does not hold"),
+        ((1, 1, 2), (), "twice"),
+        ((1,), (), "only 1"),
+        ((1, 2), (3,), r"key shares of \[3\], inside it"),
+    ],
 )
-def test_client_checks_the_unmask_request(seed_ids, key_ids, match):
-    client = _client_after_masking(SecAggConfig(5, threshold=2))
+def test_client_checks_the_unmask_request(by_hand, seed_ids, key_ids, match):
+    client, honest = _request_for(by_hand)
+    request = dataclasses.replace(honest, seed_ids=seed_ids, key_ids=key_ids)
     with pytest.raises(ProtocolError, match=match):
-        client.unmask(UnmaskRequest(seed_ids, key_ids).to_bytes())
+        client.unmask(request.to_bytes())
 
 
-def test_client_rejects_keys_of_strangers_and_steps_out_of_order():
+def test_client_rejects_keys_of_strangers_and_steps_out_of_order(by_hand):
     graph = {0: {1}, 1: {0, 2}, 2: {1}}
-    config = SecAggConfig(3, threshold=1, neighbours=graph)
-    clients = {u: SecAggClient(u, config) for u in range(3)}
-    server = SecAggServer(config)
+    round_ = by_hand(SecAggConfig(3, threshold=1, neighbours=graph))
     with pytest.raises(ProtocolError, match="expected advertise_keys"):
-        clients[0].share_keys(b"")
-    broadcasts = server.collect_keys({u: c.advertise_keys() for u, c in clients.items()})
-    forged = SecAggServer(SecAggConfig(3, threshold=1)).collect_keys(
-        {u: SecAggClient(u, SecAggConfig(3, threshold=1)).advertise_keys() for u in range(3)}
-    )
+        round_.clients[0].share_keys(b"")
+    broadcasts = round_.keys()
+    complete = by_hand(SecAggConfig(3, threshold=1))
+    forged = complete.keys()
     with pytest.raises(ProtocolError, match="not of distinct neighbours"):
-        clients[0].share_keys(forged[0])  # keys of 1 and 2; 2 is no neighbour of 0
-    clients[1].share_keys(broadcasts[1])
+        round_.clients[0].share_keys(forged[0])  # keys of 1 and 2; 2 is no neighbour of 0
+    round_.clients[1].share_keys(broadcasts[1])
 
 
 def test_inputs_must_match_the_config():
@@ -304,12 +297,17 @@ def test_inputs_must_match_the_config():
         secure_sum(_inputs(range(3), 32), config, dropout=DropoutPlan(unmasking={7}))
 
 
-def test_a_masked_input_of_the_wrong_length_is_refused_naming_its_client():
-    config = SecAggConfig(4, threshold=2)
-    clients, server, relays = _through_share_keys(config)
-    masked = {
-        u: clients[u].masked_input(relays[u], np.zeros(5 if u == 1 else 4, np.uint64))
-        for u in range(4)
+def test_a_masked_input_of_the_wrong_length_is_refused_naming_its_client(by_hand):
+    config = SecAggConfig(5, threshold=2)
+    round_ = by_hand(config)
+    round_.keys()
+    round_.shares()
+    inputs = _inputs(range(5), dim=4)
+    inputs[1] = np.zeros(5, np.uint64)
+    round_.survivors(round_.masked(inputs))
+    assert round_.server.rejected == {
+        1: "client 1: its masked input has 5 values, not 4 as most others"
     }
-    with pytest.raises(ProtocolError, match=r"clients \[1\] differ in length from the others' 4"):
-        server.collect_masked_inputs(masked)
+    round_.requests(round_.signatures())
+    total = round_.server.unmask(round_.responses())
+    np.testing.assert_array_equal(total, _plain_sum(inputs, [0, 2, 3, 4], np.uint64))

@@ -87,3 +87,30 @@ def test_share_bytes_round_trip_and_range():
         shamir.from_bytes(PRIME.to_bytes(66, "big"))
     with pytest.raises(ValueError, match="66 bytes"):
         shamir.from_bytes(bytes(65))
+
+
+def test_lagrange_at_any_point_matches_plain_interpolation():
+    xs = [2, 3, 7, 11]
+    shares = dict(zip(xs, shamir.split(secrets.randbits(256), threshold=4, xs=xs), strict=True))
+    for at in (0, 1, 5, 40):
+        coefficients = shamir.lagrange_at(xs, at)
+        assert shamir.combine([shares[x] for x in xs], coefficients) == _interpolate(shares, at)
+
+
+@pytest.mark.parametrize(("holders", "expected"), [(7, [4]), (5, [1, 2, 3, 4, 5]), (4, [])])
+def test_off_polynomial_finds_the_odd_share_when_enough_agree(holders, expected):
+    """t = 4: with t + 3 shares the odd one is named; with t + 1 only the disagreement
+    is seen; with t shares any values agree."""
+    xs = list(range(1, holders + 1))
+    shares = dict(zip(xs, shamir.split(12345, threshold=4, xs=xs), strict=True))
+    assert shamir.off_polynomial(shares, threshold=4) == []
+    shares[4] = (shares[4] + 1) % PRIME
+    assert shamir.off_polynomial(shares, threshold=4) == expected
+
+
+def test_off_polynomial_with_two_corrupt_shares_names_them_all():
+    xs = list(range(1, 9))
+    shares = dict(zip(xs, shamir.split(7, threshold=3, xs=xs), strict=True))
+    shares[2] += 1
+    shares[6] += 5
+    assert shamir.off_polynomial(shares, threshold=3) == xs

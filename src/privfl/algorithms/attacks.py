@@ -23,7 +23,10 @@ import torch
 
 
 def flip_labels(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Map each label ``y`` to ``num_classes - 1 - y``."""
+    """Map each label ``y`` to ``num_classes - 1 - y``; floating-point targets (a
+    regression task) have no labels to flip and are refused."""
+    if targets.is_floating_point():
+        raise ValueError("label flipping needs integer class labels, not float targets")
     return (num_classes - 1) - targets
 
 

@@ -56,7 +56,9 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         "values": values,
         "settings": dict(state.get("settings", {})),
     }
-    write_atomic(path, save_safetensors(tensors, metadata={"privfl": json.dumps(meta)}))
+    # Sorted keys: the same state gives the same bytes, whatever order tables were given in.
+    text = json.dumps(meta, sort_keys=True)
+    write_atomic(path, save_safetensors(tensors, metadata={"privfl": text}))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import tomli_w
 
+from privfl.components import DatasetSource
 from privfl.errors import ConfigError
 from privfl.options import OptionSpec, check_options, declared_options
 from privfl.registry import KINDS, ComponentRegistry
@@ -41,9 +42,33 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
-def _key(default: Any, help: str, *, flag: str | None = None, minimum: float | None = None):
-    """A config key: its default, help text, CLI flag (if not derived) and lower bound."""
-    return field(default=default, metadata={"help": help, "flag": flag, "minimum": minimum})
+def _key(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    minimum: float | None = None,
+    group: str | None = None,
+):
+    """A config key: its default, help text, CLI flag (if not derived), lower bound and
+    the group of ``privfl run --help`` it is listed under (one of ``FLAG_GROUPS``)."""
+    metadata = {"help": help, "flag": flag, "minimum": minimum, "group": group}
+    return field(default=default, metadata=metadata)
+
+
+FLAG_GROUPS = {
+    "data": "What the federation trains on and how it is split among clients.",
+    "training": "The model, which clients train each round, and their local training.",
+    "aggregation": "How the server combines updates, and simulated attacks on it.",
+    "privacy": "Privacy mechanisms; client-level differential privacy.",
+    "secure aggregation": "The server learns only the sum of the clients' updates.",
+    "evaluation": "Which evaluators score the model, and how often.",
+    "output": "Where clients run, what the run writes, and what the console shows.",
+    "components": "Any option of a chosen component (flags that components declare are "
+    "listed above, under their concern).",
+}
+"""The concerns that ``privfl run --help`` groups its flags by, in order, with a line
+on each; a key without a group is listed under "other options"."""
 
 
 @dataclass(frozen=True)
@@ -55,56 +80,111 @@ class RunConfig:
     declared flags and ``--option NAME.KEY=VALUE`` on the command line).
     """
 
-    dataset: str = _key("mnist", "Registered dataset to train and test on.")
-    model: str = _key("cnn", "Registered model, e.g. `2nn` or `cnn` (McMahan et al. 2017).")
-    partition: str = _key("iid", "How examples are split among clients: iid, shards, dirichlet.")
-    clients: int = _key(100, "Number of clients the training data is split among.", minimum=1)
-    sampler: str = _key("uniform", "Client sampler: uniform (fixed cohort), poisson, all.")
-    rounds: int = _key(60, "Number of rounds to run.", minimum=1)
-    epochs: int = _key(1, "Local epochs per round on each client.", minimum=1)
-    batch_size: int = _key(10, "Local minibatch size.", minimum=1)
-    lr: float = _key(0.1, "Local SGD learning rate.")
+    dataset: str = _key("mnist", "Registered dataset to train and test on.", group="data")
+    task: str | None = _key(
+        None,
+        "The task: classification or regression; unset: inferred from the dataset's "
+        "targets (floating point: regression). It chooses the loss and the metrics.",
+        group="data",
+    )
+    model: str | None = _key(
+        None,
+        "Registered model, e.g. `2nn` or `cnn` (McMahan et al. 2017), `linear` or `mlp` "
+        "(tables); unset: the dataset's (cnn for MNIST, mlp for owners' tables).",
+        group="training",
+    )
+    partition: str = _key(
+        "iid", "How examples are split among clients: iid, shards, dirichlet.", group="data"
+    )
+    clients: int | None = _key(
+        None,
+        "Number of clients the training data is split among; unset: 100, or one per data "
+        "owner of a dataset split by owner (a folder of CSV files).",
+        minimum=1,
+        group="data",
+    )
+    sampler: str | None = _key(
+        None,
+        "Client sampler: uniform (fixed cohort), poisson, all; unset: the dataset's "
+        "(uniform for MNIST, all for owners' tables).",
+        group="training",
+    )
+    rounds: int = _key(60, "Number of rounds to run.", minimum=1, group="training")
+    epochs: int = _key(1, "Local epochs per round on each client.", minimum=1, group="training")
+    batch_size: int = _key(10, "Local minibatch size.", minimum=1, group="training")
+    lr: float = _key(0.1, "Local SGD learning rate.", group="training")
     proximal_mu: float = _key(
-        0.0, "FedProx proximal term weight mu on the clients (Li et al. 2020); 0: plain FedAvg."
+        0.0,
+        "FedProx proximal term weight mu on the clients (Li et al. 2020); 0: plain FedAvg.",
+        group="training",
     )
     aggregator: str = _key(
-        "fedavg", "Aggregator: fedavg, trimmed-mean, median, krum, multi-krum, or a plugin's."
+        "fedavg",
+        "Aggregator: fedavg, trimmed-mean, median, krum, multi-krum, or a plugin's.",
+        group="aggregation",
     )
     server_optimizer: str = _key(
         "sgd",
         "Server optimizer: sgd, fedavgm, fedadam, fedyogi, fedadagrad (Reddi et al. 2021).",
         flag="--server-opt",
+        group="aggregation",
     )
     mechanisms: tuple[str, ...] = _key(
         (),
         "Privacy mechanisms, applied in order: dp, secagg, secagg+, or a plugin's "
         "(repeat the flag for several; --dp and --secagg NAME add the built-ins).",
         flag="--mechanism",
+        group="privacy",
+    )
+    compressor: str | None = _key(
+        None,
+        "Update compressor, encoding each client's update where it runs: qsgd, topk, "
+        "random-mask, or a plugin's; unset: updates travel as float32.",
+        group="training",
     )
     attack: str | None = _key(
-        None, "Simulated attack by malicious clients: label-flip, sign-flip, gaussian, alie."
+        None,
+        "Simulated attack by malicious clients: label-flip, sign-flip, gaussian, alie.",
+        group="aggregation",
     )
     malicious_fraction: float = _key(
-        0.2, "Fraction of clients that are malicious, chosen with the seed (with --attack)."
+        0.2,
+        "Fraction of clients that are malicious, chosen with the seed (with --attack).",
+        group="aggregation",
     )
     executor: str = _key(
         "vectorized",
         "Where clients run: vectorized (this process, a round's clients stacked into one "
         "batched computation where that pays), serial (this process, one at a time), "
         "process (worker processes).",
+        group="output",
     )
     evaluators: tuple[str, ...] = _key(
         ("plaintext",),
         "Evaluators that score the model (repeat the flag for several).",
         flag="--eval",
+        group="evaluation",
     )
-    eval_every: int = _key(1, "Evaluate every this many rounds (and after the last).", minimum=1)
+    eval_every: int = _key(
+        1, "Evaluate every this many rounds (and after the last).", minimum=1, group="evaluation"
+    )
     checkpoint_every: int = _key(
-        1, "Write a checkpoint every this many rounds (and after the last).", minimum=1
+        1,
+        "Write a checkpoint every this many rounds (and after the last).",
+        minimum=1,
+        group="output",
     )
-    seed: int = _key(0, "Root seed of every random choice; same seed, same bytes.", minimum=0)
+    seed: int = _key(
+        0, "Root seed of every random choice; same seed, same bytes.", minimum=0, group="output"
+    )
     run_dir: str | None = _key(
-        None, "Folder for the run's outputs; unset: a new folder under ./runs."
+        None, "Folder for the run's outputs; unset: a new folder under ./runs.", group="output"
+    )
+    report: bool = _key(
+        False,
+        "When the run ends, write plots, summary.md and history.csv to RUN_DIR/report, as "
+        "`privfl report RUN_DIR` does (needs matplotlib: the report extra).",
+        group="output",
     )
     tables: dict[str, dict[str, Any]] = field(
         default_factory=dict,
@@ -112,6 +192,7 @@ class RunConfig:
             "help": "Component options: a `[NAME]` table per component in TOML, "
             "`--option NAME.KEY=VALUE` on the command line.",
             "flag": "--option",
+            "group": "components",
         },
     )
 
@@ -126,10 +207,10 @@ class RunConfig:
     def settings(self) -> dict[str, Any]:
         """The settings a checkpoint of this run must match: everything but what may
         change on resume (rounds, run folder, evaluators, evaluation and checkpoint
-        intervals, and the executor, which gives the same bytes wherever clients run),
-        as JSON values."""
+        intervals, the report, and the executor, which gives the same bytes wherever
+        clients run), as JSON values."""
         changeable = {"rounds", "run_dir", "evaluators", "eval_every", "checkpoint_every"}
-        changeable |= {"executor", "tables"}
+        changeable |= {"executor", "tables", "report"}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in changeable}
         ignored = {self.executor, *self.evaluators}
         values["tables"] = {k: v for k, v in self.tables.items() if k not in ignored}
@@ -164,6 +245,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("config", str(path), f"a readable TOML file ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", str(path), f"valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", str(path), "valid TOML (UTF-8 text)") from None
 
 
 def make_config(*layers: Mapping[str, Any]) -> RunConfig:
@@ -232,17 +315,34 @@ def _check_value(spec: dataclasses.Field, value: Any) -> None:
 CHOSEN_KINDS = ("dataset", "model", "partition", "sampler", "aggregator", "server_optimizer")
 
 
+DATASET_DEFAULTS = ("model", "sampler")
+"""Keys that, left unset, take the dataset's choice (``DatasetSource.defaults``)."""
+
+
+def with_dataset_defaults(config: RunConfig, registry: ComponentRegistry) -> RunConfig:
+    """``config`` with ``model`` and ``sampler``, where it leaves them unset, taken from
+    its dataset's :attr:`~privfl.DatasetSource.defaults` (an MLP and every owner each
+    round for tables, the CNN and a uniform cohort for MNIST)."""
+    dataset = registry.get("dataset", config.dataset)
+    defaults = dataset.defaults if issubclass(dataset, DatasetSource) else DatasetSource.defaults
+    unset: dict[str, Any] = {k: defaults[k] for k in DATASET_DEFAULTS if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset) if unset else config
+
+
 def chosen_components(config: RunConfig, registry: ComponentRegistry) -> list[tuple[str, str]]:
     """Return (kind, name) of every component ``config`` uses; unknown names are refused.
 
     An option named after a component kind chooses a component of that kind: DP's
     ``accountant`` option chooses the accountant whose ``[NAME]`` table applies.
     """
+    config = with_dataset_defaults(config, registry)
     chosen = [(kind, getattr(config, kind)) for kind in (*CHOSEN_KINDS, "executor")]
     chosen += [("evaluator", name) for name in config.evaluators]
     chosen += [("mechanism", name) for name in config.mechanisms]
     if config.attack is not None:
         chosen.append(("attack", config.attack))
+    if config.compressor is not None:
+        chosen.append(("compressor", config.compressor))
     for kind, name in list(chosen):
         for spec in declared_options(registry.get(kind, name)):
             value = config.table(name).get(spec.name, spec.default)

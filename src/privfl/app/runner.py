@@ -8,6 +8,7 @@ and unreadable data fail first, and the run directory is created only afterwards
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from privfl.app.checkpoint import load_checkpoint, write_atomic
@@ -26,6 +27,7 @@ from privfl.app.config import (
     check_components,
     load_toml,
     make_config,
+    with_dataset_defaults,
 )
 from privfl.builtin.rundir import (
     CHECKPOINT,
@@ -36,15 +38,21 @@ from privfl.builtin.rundir import (
     remove_leftovers,
 )
 from privfl.client import LocalTraining
+from privfl.client_data import ClientDataSource, client_data_source
 from privfl.components import Datasets
 from privfl.errors import ConfigError
-from privfl.federation import Federation, accuracy
+from privfl.federation import Federation
+from privfl.options import declared_options
 from privfl.plugins import PluginManager, get_plugin_manager
 from privfl.records import RoundRecord
 from privfl.registry import ComponentRegistry
 from privfl.seeding import derive_seed
+from privfl.tasks import infer_task, task_loss, task_metrics
 
+logger = logging.getLogger(__name__)
 CONFIG = "config.toml"
+DEFAULT_CLIENTS = 100
+"""Clients of a run that leaves ``clients`` unset on a dataset not split by owner."""
 
 
 @dataclass
@@ -60,26 +68,39 @@ class Run:
 
 
 def build_federation(
-    config: RunConfig, *, plugins: PluginManager | None = None
+    config: RunConfig,
+    *,
+    plugins: PluginManager | None = None,
+    clients: Callable[[ClientDataSource], ClientDataSource] | None = None,
 ) -> tuple[Federation, Datasets]:
-    """Load the data and build the federation that ``config`` describes."""
+    """Load the data and build the federation that ``config`` describes.
+
+    :param clients: Changes the clients' data source before the federation is built (a
+        privacy audit adds its canary clients this way).
+    """
     pm = plugins if plugins is not None else get_plugin_manager()
     registry = pm.components
     check_components(config, registry)
+    if config.report:
+        from privfl.app.report import require_matplotlib  # lazily: it imports this module
+
+        require_matplotlib()
+    config = with_dataset_defaults(config, registry)
     data = _create(registry, config, "dataset", config.dataset).load()
-    if config.clients > len(data.train):
-        raise ConfigError("clients", config.clients, f"at most {len(data.train)} (the examples)")
-    partition = _create(registry, config, "partition", config.partition).split(
-        data.train.targets, config.clients, seed=derive_seed(config.seed, "partition")
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.seed, "model"))
-        model = registry.get("model", config.model)()
+        model = _model(registry, config, data)
+    client_data = _client_data(registry, config, data)
+    if clients is not None:
+        source = client_data_source(
+            client_data.get("train"), client_data.get("partition"), client_data.get("client_data")
+        )
+        client_data = {"client_data": clients(source)}
     federation = Federation(
         model=model,
-        train=data.train,
+        **client_data,
         test=data.test,
-        partition=partition,
+        task=config.task,
         training=LocalTraining(
             epochs=config.epochs,
             batch_size=config.batch_size,
@@ -92,6 +113,7 @@ def build_federation(
         executor=config.executor,
         evaluators=config.evaluators,
         mechanisms=config.mechanisms,
+        compressor=config.compressor,
         attack=config.attack,
         malicious_fraction=config.malicious_fraction,
         options=config.tables,
@@ -101,6 +123,41 @@ def build_federation(
     )
     federation.settings = config.settings()
     return federation, data
+
+
+def _client_data(registry: ComponentRegistry, config: RunConfig, data: Datasets) -> dict:
+    """The federation's client data: the dataset's owners, or its training rows split
+    among ``clients`` simulated clients by the partitioner."""
+    if data.client_data is not None:
+        owners = data.client_data.num_clients
+        if config.clients not in (None, owners):
+            raise ConfigError(
+                "clients",
+                config.clients,
+                f"{owners} (dataset {config.dataset} has {owners} data owners, one client "
+                "each), or leave clients unset",
+            )
+        return {"client_data": data.client_data}
+    assert data.train is not None
+    clients = DEFAULT_CLIENTS if config.clients is None else config.clients
+    if clients > len(data.train):
+        raise ConfigError("clients", clients, f"at most {len(data.train)} (the examples)")
+    partition = _create(registry, config, "partition", config.partition).split(
+        data.train.targets, clients, seed=derive_seed(config.seed, "partition")
+    )
+    return {"train": data.train, "partition": partition}
+
+
+def _model(registry: ComponentRegistry, config: RunConfig, data: Datasets) -> torch.nn.Module:
+    """Build the model with its table; an ``in_features`` option left at 0 (tabular
+    models) gets the dataset's number of input columns."""
+    name = with_dataset_defaults(config, registry).model
+    assert name is not None
+    options = config.table(name)
+    declared = {spec.name for spec in declared_options(registry.get("model", name))}
+    if "in_features" in declared and not options.get("in_features"):
+        options["in_features"] = int(data.test.inputs[0].numel())
+    return registry.create("model", name, options)
 
 
 def start_run(config: RunConfig, *, plugins: PluginManager | None = None) -> Run:
@@ -115,12 +172,21 @@ def start_run(config: RunConfig, *, plugins: PluginManager | None = None) -> Run
         )
     config = replace(config, run_dir=str(run_dir))
     write_atomic(run_dir / CONFIG, config.to_toml().encode())
+    logger.debug("new run in %s with this configuration:\n%s", run_dir, config.to_toml())
     return Run(config, federation, data, run_dir, lock_run_dir(run_dir))
 
 
 def resume_run(run_dir: str | Path, *, plugins: PluginManager | None = None) -> Run:
     """Rebuild a run from its folder and load its last checkpoint, if any."""
     run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file() and (run_dir / CHECKPOINT).is_file():
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            f"a run folder of the command line, holding {CONFIG}: this one was written by "
+            "the Python API, whose model and data only Python can rebuild; continue it "
+            "with federation.resume(run_dir) and federation.run(rounds, run_dir=run_dir)",
+        )
     if not (run_dir / CONFIG).is_file():
         raise ConfigError("run_dir", str(run_dir), f"a run folder holding {CONFIG}")
     lock = lock_run_dir(run_dir)
@@ -128,9 +194,10 @@ def resume_run(run_dir: str | Path, *, plugins: PluginManager | None = None) -> 
         remove_leftovers(run_dir)
         config = make_config(load_toml(run_dir / CONFIG))
         federation, data = build_federation(config, plugins=plugins)
+        history = read_history(run_dir)  # a damaged history is refused before any write
         if (run_dir / CHECKPOINT).exists():
             federation.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
-        elif read_history(run_dir):
+        elif history:
             raise ConfigError(
                 "run_dir",
                 str(run_dir),
@@ -151,7 +218,8 @@ def execute(run: Run, *, console: Any = None) -> list[RoundRecord]:
     """Run the remaining rounds of ``run``, writing into its folder.
 
     Evaluators marked ``final_only`` (such as ``smpc``) also get their scores written
-    to ``evaluation-NAME.json`` when the last round has run.
+    to ``evaluation-NAME.json`` when the last round has run. With ``report`` set, the
+    run's report goes to ``RUN_DIR/report`` (``privfl.app.report.write_report``).
     """
     try:
         with run.federation:
@@ -170,6 +238,10 @@ def execute(run: Run, *, console: Any = None) -> list[RoundRecord]:
             scores = run.federation.evaluations.get(evaluator.name)
             if evaluator.final_only and scores is not None:
                 write_evaluation(run.run_dir, evaluator.name, scores)
+    if run.config.report:
+        from privfl.app.report import REPORT_FOLDER, write_report
+
+        write_report([run.run_dir], run.run_dir / REPORT_FOLDER)
     return records
 
 
@@ -202,13 +274,29 @@ def evaluate_run(
     if on_progress is not None and hasattr(evaluator, "on_progress"):
         evaluator.on_progress = on_progress
     data = _create(registry, config, "dataset", config.dataset).load()
-    model = registry.get("model", config.model)()
-    model.load_state_dict(load_file(run_dir / MODEL))
+    model = _model(registry, config, data)
+    _load_model(model, run_dir / MODEL)
+    task = infer_task(data.test.targets, config.task)
     scores = evaluator.evaluate(
-        model=model, test=data.test, loss=F.cross_entropy, metrics={"accuracy": accuracy}
+        model=model, test=data.test, loss=task_loss(task), metrics=task_metrics(task)
     )
     write_evaluation(run_dir, backend, scores)
     return scores
+
+
+def _load_model(model: torch.nn.Module, path: Path) -> None:
+    """Load the state dict at ``path`` into ``model``; a damaged or foreign file is a
+    ConfigError naming it."""
+    try:
+        model.load_state_dict(load_file(path))
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(
+            "model",
+            str(path),
+            f"this run's model as safetensors ({reason}); run `privfl resume` on a run "
+            "killed before writing it",
+        ) from None
 
 
 def write_evaluation(run_dir: Path, backend: str, scores: Mapping[str, float]) -> Path:
@@ -225,7 +313,7 @@ def _create(registry: ComponentRegistry, config: RunConfig, kind: str, name: str
 
 def _new_run_dir(config: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{stamp}-{config.model}-{config.partition}"
+    base = Path("runs") / f"{stamp}-{config.model or config.dataset}-{config.partition}"
     candidate, number = base, 1
     while candidate.exists():
         number += 1

@@ -18,6 +18,17 @@ that to dp-accounting events and leave all privacy math to the library:
   Approximations of Privacy Loss Distributions", PETS). Tighter than RDP, with
   pessimistic rounding so the result stays an upper bound.
 
+Measured with dp-accounting 0.6 (Poisson rate ``q``, noise ``z``, ``T`` rounds, delta
+1e-5), against PLD on a 1e-5 grid as the reference: RDP's epsilon is higher by 12% (z
+1, q 0.1, T 100), 8% (T 1000), 15% (q 0.01, T 1000), 10% (z 0.8, T 500) and 87% (z
+0.5, q 0.1, T 1000, where the low orders that matter there are dropped, see
+:class:`RdpPrivacyAccountant`); PLD on its default 1e-3 grid is higher by 8e-7 to 4e-4
+relative. Per round, privfl recomposes the run so far: 40 to 200 ms for either
+accountant at 100 to 500 rounds (measured with the machine busy). ``rdp`` stays the
+default because it accounts every sampler, including the fixed-size cohort of the
+default ``uniform`` sampler, which PLD cannot; choose ``pld`` with Poisson sampling
+for the tighter epsilon.
+
 Sampling schemes (:class:`privfl.Sampling`):
 
 - ``poisson`` with rate ``q``: ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` under
@@ -238,10 +249,11 @@ class RdpPrivacyAccountant(_DpAccountingAccountant):
         best conversion over them. Default: dp-accounting's ``DEFAULT_RDP_ORDERS``
         (1.1 to 10.9 in steps of 0.1, 11 to 63, 128, 256, 512, 1024). At integer orders
         dp-accounting's RDP of Poisson sampling is exact; at fractional ones (version
-        0.6.0) it sums the absolute values of an alternating series, an upper bound
-        (epsilon 0.06% above the exact one at q = 0.1, z = 1, 100 rounds), and leaves
-        out orders whose series does not converge (the bound stays valid); the warning
-        it logs for those is silenced.
+        0.6.0) it sums the absolute values of an alternating series, an upper bound,
+        and leaves out orders whose series does not converge (1.1 to 1.6 at q = 0.1
+        and z <= 1; the bound stays valid, but at low noise those are the orders that
+        give the least epsilon: 87% above PLD's at z = 0.5, q = 0.1, 1,000 rounds); the
+        warning it logs for those is silenced.
     """
 
     name = "rdp"
@@ -275,8 +287,9 @@ class PldPrivacyAccountant(_DpAccountingAccountant):
 
     :param value_discretization_interval: Grid step of the privacy loss. dp-accounting's
         default is 1e-4; 1e-3 makes each round's accounting about ten times faster
-        (tens of milliseconds at a thousand rounds) for an epsilon larger by about
-        1e-5 relative, still an upper bound (pessimistic rounding).
+        for an epsilon larger by 8e-7 to 4e-4 relative than a 1e-5 grid's (measured in
+        six settings; the most at q = 0.01), still an upper bound (pessimistic
+        rounding).
     """
 
     name = "pld"

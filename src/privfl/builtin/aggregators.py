@@ -9,6 +9,7 @@ against the number of updates actually received in each round.
 
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 
 import torch
@@ -23,7 +24,9 @@ from privfl.algorithms.aggregation import (
     multi_krum,
     trimmed_mean,
 )
+from privfl.algorithms.dp import clip_to_norm
 from privfl.components import Aggregator
+from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
 
 
@@ -31,13 +34,34 @@ class FedAvg(Aggregator):
     """Mean of the updates weighted by example counts (McMahan et al. 2017).
 
     Needs only the weighted sum of updates and the sum of weights, so it can run
-    behind secure aggregation.
+    behind secure aggregation. With ``norm_bound`` the server first clips each update
+    to that L2 norm ("norm difference clipping", Sun et al. 2019, "Can You Really
+    Backdoor Federated Learning?"), so that one client scaling its update by a large
+    factor moves the average by at most ``norm_bound`` times its weight; the server
+    must then see every update, so secure aggregation and client-level DP (whose clip
+    norm bounds updates already) refuse it.
+
+    :param norm_bound: Clip each update to this L2 norm before averaging (a finite
+        number > 0); unset: no bound.
     """
 
     name = "fedavg"
+    flags = MappingProxyType({"norm_bound": "--norm-bound"})
     works_on_secure_sum = True
 
+    def __init__(self, norm_bound: float | None = None) -> None:
+        if norm_bound is not None and not (
+            isinstance(norm_bound, (int, float))
+            and not isinstance(norm_bound, bool)
+            and 0 < norm_bound < math.inf
+        ):
+            raise ConfigError("norm_bound", norm_bound, "a finite number > 0, or unset")
+        self.norm_bound = None if norm_bound is None else float(norm_bound)
+        self.works_on_secure_sum = norm_bound is None
+
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.norm_bound is not None:
+            updates, _ = clip_to_norm(updates, self.norm_bound)
         return fedavg(updates, weights)
 
 

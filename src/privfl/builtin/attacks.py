@@ -28,6 +28,7 @@ class LabelFlip(Attack):
     """Malicious clients train on flipped labels ``C - 1 - y``."""
 
     name = "label-flip"
+    needs_labels = True
 
     def poison_targets(self, targets: torch.Tensor, *, num_classes: int) -> torch.Tensor:
         return attacks.flip_labels(targets, num_classes)

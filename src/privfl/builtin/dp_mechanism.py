@@ -74,7 +74,9 @@ class DPFedAvg(PrivacyMechanism):
         expected clients / 20, the choice of Andrew et al.
     :param delta: The ``delta`` at which epsilon is reported.
     :param target_epsilon: Stop before the round that would take epsilon above this.
-    :param accountant: Name of a registered accountant, ``rdp`` or ``pld``.
+    :param accountant: Name of a registered accountant: ``rdp`` (every sampler) or
+        ``pld`` (Poisson sampling or everyone; a tighter epsilon, measured 7 to 47
+        percent below ``rdp``'s, see :mod:`privfl.builtin.accountants`).
     :param secure_noise: Draw noise from a cryptographically secure generator (not
         reproducible); otherwise from the seeded generators, with a warning.
     """
@@ -108,7 +110,12 @@ class DPFedAvg(PrivacyMechanism):
         secure_noise: bool = False,
     ) -> None:
         _check(clip > 0 and math.isfinite(clip), "clip", clip, "a finite number > 0")
-        _check(noise_multiplier > 0, "noise_multiplier", noise_multiplier, "a number > 0")
+        _check(
+            0 < noise_multiplier < math.inf,
+            "noise_multiplier",
+            noise_multiplier,
+            "a finite number > 0",
+        )
         _check(mode in MODES, "mode", mode, f"one of {', '.join(MODES)}")
         _check(
             adaptive_quantile is None or 0 < adaptive_quantile < 1,
@@ -116,16 +123,19 @@ class DPFedAvg(PrivacyMechanism):
             adaptive_quantile,
             "a number in (0, 1), or unset for a fixed clip norm",
         )
-        _check(adaptive_lr > 0, "adaptive_lr", adaptive_lr, "a number > 0")
+        _check(0 < adaptive_lr < math.inf, "adaptive_lr", adaptive_lr, "a finite number > 0")
         _check(
-            count_stddev is None or count_stddev > 0, "count_stddev", count_stddev, "a number > 0"
+            count_stddev is None or 0 < count_stddev < math.inf,
+            "count_stddev",
+            count_stddev,
+            "a finite number > 0",
         )
         _check(0 < delta < 1, "delta", delta, "a number in (0, 1)")
         _check(
-            target_epsilon is None or target_epsilon > 0,
+            target_epsilon is None or 0 < target_epsilon < math.inf,
             "target_epsilon",
             target_epsilon,
-            "a number > 0, or unset for no budget",
+            "a finite number > 0, or unset for no budget",
         )
         self.clip = float(clip)
         self.noise_multiplier = float(noise_multiplier)

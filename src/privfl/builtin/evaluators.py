@@ -14,7 +14,8 @@ from privfl.plugins import hookimpl
 class PlaintextEvaluator(Evaluator):
     """Mean loss and metrics of the global model over the whole test set.
 
-    :param batch_size: Test examples per forward pass.
+    :param batch_size: Test examples per forward pass (the metrics are computed once,
+        on the outputs of all of them).
     :param limit: Evaluate on the first ``limit`` test examples (0: all of them).
     """
 
@@ -38,7 +39,8 @@ class PlaintextEvaluator(Evaluator):
     ) -> dict[str, float]:
         if self.limit:
             test = TensorPair(test.inputs[: self.limit], test.targets[: self.limit])
-        totals = {name: 0.0 for name in ("loss", *metrics)}
+        loss_total = 0.0
+        batches = []
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -46,11 +48,20 @@ class PlaintextEvaluator(Evaluator):
                 inputs = test.inputs[start : start + self.batch_size]
                 targets = test.targets[start : start + self.batch_size]
                 outputs = model(inputs)
-                totals["loss"] += float(loss(outputs, targets)) * len(targets)
-                for name, metric in metrics.items():
-                    totals[name] += float(metric(outputs, targets).sum())
+                loss_total += float(loss(outputs, targets)) * len(targets)
+                batches.append(outputs)
         model.train(was_training)
-        return {name: total / len(test) for name, total in totals.items()}
+        return {"loss": loss_total / len(test), **score(torch.cat(batches), test.targets, metrics)}
+
+
+def score(
+    outputs: torch.Tensor, targets: torch.Tensor, metrics: Mapping[str, Metric]
+) -> dict[str, float]:
+    """The mean of each metric over the whole test set, each called once on all of it
+    (so that metrics that use the test set's mean, such as R^2, are right)."""
+    return {
+        name: float(metric(outputs, targets).double().mean()) for name, metric in metrics.items()
+    }
 
 
 @hookimpl

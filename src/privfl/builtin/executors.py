@@ -54,6 +54,7 @@ class SerialExecutor(Executor):
     flags = MappingProxyType({"threads": "--threads"})
     stack: ClassVar[bool] = False
     """Whether the clients of a round train stacked (see :class:`ClientHost`)."""
+    clients_in_process = True
 
     def __init__(self, threads: int = 0) -> None:
         if not (isinstance(threads, int) and threads >= 0):

@@ -56,6 +56,11 @@ class _Replies:
     """What secure-sum clients said in the open."""
     rejected: dict[int, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    uplink_bytes: list[int] = field(default_factory=list)
+    """The length of each compressed update received (with a compressor)."""
+    encode_seconds: float = 0.0
+    """What the clients report their compressor's encoding took, summed."""
+    decode_seconds: float = 0.0
 
 
 @hookimpl(trylast=True)
@@ -74,8 +79,12 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
         sampled, num_clients=fed.num_clients, seed=fed.seed, round=round
     ).tolist()
     answers = _train(fed, round, client_ids, set(late)) if len(late) < len(client_ids) else {}
-    replies = _read_replies(fed, answers)
+    replies = _read_replies(fed, answers, round)
     values: dict[str, Any] = {"failed": replies.failed} if replies.failed else {}
+    if replies.uplink_bytes:
+        values["uplink_bytes"] = sum(replies.uplink_bytes) / len(replies.uplink_bytes)
+        values["encode_seconds"] = replies.encode_seconds
+        values["decode_seconds"] = replies.decode_seconds
     if late:
         values["stragglers"] = late
     # 3. simulated attack on the updates (simulation only: it needs the benign updates)
@@ -156,6 +165,8 @@ def _tasks(fed, round: int, client_ids: list[int]) -> dict[int, Message]:
         [m.client_config(round=round, client_ids=client_ids) for m in fed.mechanisms]
     )
     common: dict[str, Any] = {"round": round, "config": configs}
+    if fed.compressor is not None:
+        common["compression"] = fed.compressor.client_config(round=round)
     if fed.secure_position is not None:
         common["secure"] = fed.secure_position
         common["weighting"] = "unit" if fed.fixed_denominator else fed.aggregator.weighting
@@ -184,18 +195,26 @@ def _train(fed, round: int, client_ids: list[int], late: set[int]) -> dict[int, 
         fed.executor.on_reply = None
 
 
-def _read_replies(fed, answers: Mapping[int, Message | Failure]) -> _Replies:
+def _read_replies(fed, answers: Mapping[int, Message | Failure], round: int) -> _Replies:
     """Check each reply and sort it. A malformed reply rejects its client, with the
     reason, and the round goes on with the others."""
     replies = _Replies()
-    for client, reply in answers.items():
-        if isinstance(reply, Failure):
-            replies.failed[str(client)] = reply.reason
-            continue
-        try:
-            _read_reply(fed, client, reply, replies)
-        except MessageError as error:
-            replies.rejected[client] = str(error)
+    compression = fed.compressor.client_config(round=round) if fed.compressor else {}
+    threads = torch.get_num_threads()
+    # Decoding is a few operations on one client's vector at a time, where extra
+    # threads only add overhead (10x under contention; see privfl.builtin.executors).
+    torch.set_num_threads(1)
+    try:
+        for client, reply in answers.items():
+            if isinstance(reply, Failure):
+                replies.failed[str(client)] = reply.reason
+                continue
+            try:
+                _read_reply(fed, client, reply, replies, compression)
+            except MessageError as error:
+                replies.rejected[client] = str(error)
+    finally:
+        torch.set_num_threads(threads)
     if replies.reports:  # every secure-sum contribution must have the same layout
         layouts = Counter(r.statistic_names for r in replies.reports.values())
         usual = layouts.most_common(1)[0][0]
@@ -209,7 +228,9 @@ def _read_replies(fed, answers: Mapping[int, Message | Failure]) -> _Replies:
     return replies
 
 
-def _read_reply(fed, client: int, reply: Message, replies: _Replies) -> None:
+def _read_reply(
+    fed, client: int, reply: Message, replies: _Replies, compression: Mapping[str, Any]
+) -> None:
     sender = f"client {client}"
     if reply.kind == "refused":
         replies.rejected[client] = str(reply.value("reason", sender))
@@ -227,7 +248,10 @@ def _read_reply(fed, client: int, reply: Message, replies: _Replies) -> None:
         if not isinstance(stats, dict):
             raise MessageError(f"{sender} sent statistics that are not a table")
         statistics = {k: check_finite(v, k, sender) for k, v in stats.items()}
-        update = reply.tensor("update", sender)
+        if fed.compressor is None:
+            update = reply.tensor("update", sender)
+        else:
+            update = _decode(fed, reply, replies, compression, sender)
         replies.updates.append(ClientResult(client, update, num_examples, train_loss, statistics))
         return
     names = reply.value("statistic_names", sender)
@@ -235,6 +259,26 @@ def _read_reply(fed, client: int, reply: Message, replies: _Replies) -> None:
         raise MessageError(f"{sender} sent statistic names that are not a list of names")
     replies.first[client] = tensor_bytes(reply.tensor("data", sender))
     replies.reports[client] = _Report(client, num_examples, train_loss, tuple(sorted(names)))
+
+
+def _decode(
+    fed, reply: Message, replies: _Replies, compression: Mapping[str, Any], sender: str
+) -> torch.Tensor:
+    """The update of a compressed reply, decoded by the server half; counts its bytes."""
+    data = tensor_bytes(reply.tensor("encoded", sender))
+    started = time.perf_counter()
+    try:
+        update = fed.compressor.decode(data, config=compression)
+    except ValueError as error:
+        raise MessageError(
+            f"{sender} sent an update {fed.compressor.name} cannot decode: {error}"
+        ) from None
+    replies.decode_seconds += time.perf_counter() - started
+    replies.encode_seconds += check_finite(
+        reply.values.get("encode_seconds", 0.0), "encode_seconds", sender
+    )
+    replies.uplink_bytes.append(len(data))
+    return update
 
 
 def _stacked(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -18,13 +18,17 @@ Active when :meth:`privfl.Federation.run` is given a ``run_dir``. The folder hol
 ``history.jsonl`` is appended and flushed to disk after each round; the other files
 are replaced atomically (write, flush, rename). A resumed run rewrites
 ``history.jsonl`` without the rounds after its checkpoint, so a run killed at any
-point and resumed writes the same model.
+point and resumed writes the same model. Resuming reads ``config.toml``, the
+checkpoint and the history, never ``status.json``, which it rewrites: a damaged or
+missing status file is no obstacle, while a damaged history, checkpoint or config is
+refused with the file named.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -32,6 +36,8 @@ from privfl import __version__
 from privfl.app.checkpoint import save_checkpoint, save_model, write_atomic
 from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
+
+logger = logging.getLogger(__name__)
 
 HISTORY = "history.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
@@ -64,6 +70,21 @@ def lock_run_dir(run_dir: Path) -> int:
     return handle
 
 
+def refuse_overwrite(run_dir: Path) -> None:
+    """Refuse to start a new run in a folder that holds another run's checkpoint.
+
+    A federation continues such a run after :meth:`privfl.Federation.resume` (from
+    Python) or ``privfl resume`` (a command-line run).
+    """
+    if (run_dir / CHECKPOINT).exists():
+        raise ConfigError(
+            "run_dir",
+            str(run_dir),
+            "a new folder, or call federation.resume(run_dir) first to continue the run "
+            f"whose {CHECKPOINT} is there",
+        )
+
+
 def remove_leftovers(run_dir: Path) -> None:
     """Delete the temporary files that a kill during an atomic write left behind."""
     for leftover in run_dir.glob(".*.tmp"):
@@ -77,20 +98,35 @@ def write_status(run_dir: Path, status: str, round: int, stop_reason: str | None
 
 
 def read_history(run_dir: Path) -> list[dict]:
-    """Return the records of ``history.jsonl`` (empty if there is none)."""
+    """Return the records of ``history.jsonl`` (empty if there is none).
+
+    A partial last line, which a run killed while appending leaves, is dropped (that
+    round is rerun from the checkpoint).
+
+    :raises ConfigError: for a file that is not UTF-8 text, or a line before the last
+        that is not a JSON record with a round number: the history was damaged.
+    """
     path = run_dir / HISTORY
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    damaged = (
+        "one JSON record with a round number per line; {} (restore the file, or start a new run)"
+    )
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ConfigError("history", str(path), damaged.format("it is not text")) from None
     records = []
     for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if number < len(lines):
-                raise
-            # A run killed while appending leaves a partial last line: it is dropped,
-            # and that round is rerun from the checkpoint.
+            record = None
+            if number == len(lines):
+                break  # the partial last line of a kill
+        if not (isinstance(record, dict) and isinstance(record.get("round"), int)):
+            raise ConfigError("history", str(path), damaged.format(f"line {number} is not"))
+        records.append(record)
     return records
 
 
@@ -117,6 +153,7 @@ def privfl_round_finish(federation, record) -> None:
     last = record.round == federation.total_rounds
     if record.round % federation.checkpoint_every == 0 or last:
         save_checkpoint(run_dir / CHECKPOINT, federation.state_dict())
+        logger.debug("round %d: checkpoint written to %s", record.round, run_dir / CHECKPOINT)
     write_status(run_dir, "running", record.round)
 
 

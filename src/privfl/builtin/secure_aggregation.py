@@ -7,8 +7,22 @@ neighbour graph, the ring and the fixed-point encoding). The client half
 its own contribution (weighted update, statistics and weight, after any clipping
 and noise) to fixed-point integers, appends the number of values it had to clamp
 (capped like any encoded value, so that the ring holds the sum of the counts too),
-and runs the four phases of :mod:`privfl.secagg`; the server half relays, collects
-and unmasks, and learns only the sum (the clamp count included, as a sum).
+and runs the five phases of :mod:`privfl.secagg`; the server half relays, collects,
+checks consistency and unmasks, and learns only the sum (the clamp count included, as
+a sum).
+
+Keys and bindings (the threat model is in ``docs/explanation/secure-aggregation.md``):
+each client's Ed25519 key derives from a provisioning secret that the client half
+carries to every host (:func:`~privfl.secagg.signing.provisioned_key`); the server half
+and each host pin the first key they see for a client, which stands for a PKI (trust
+on first use). A session id drawn at set-up and the round are bound into every key,
+associated data, signature and tag. The client half recomputes the threshold, the
+corruption count and the degree from its own options and refuses a weaker round. A
+client whose message the server refuses (a bad signature or tag, a replay, a wrong
+length) is left out of the sum and named in the record's ``secagg_rejected``; an error
+that leaves no sound sum (a client refusing the server's request, shares that
+contradict each other) aborts the round (:class:`privfl.RoundAborted`), naming the
+client.
 
 Each round the server half picks the clamping bound and the ring. The bound is the
 user's ``bound``, or less when the federation's mechanisms declare a smaller one
@@ -28,6 +42,7 @@ model unchanged.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -35,8 +50,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privfl.errors import ConfigError
+from privfl.errors import ConfigError, DataError, RoundAborted
 from privfl.mechanisms import (
     Exchange,
     MechanismSetup,
@@ -47,6 +63,7 @@ from privfl.mechanisms import (
 from privfl.plugins import hookimpl
 from privfl.secagg import (
     DropoutPlan,
+    KeyDirectory,
     ProtocolError,
     SecAggClient,
     SecAggConfig,
@@ -57,10 +74,18 @@ from privfl.secagg import (
     encoded_bound,
     ring_bits_for,
     secagg_config,
+    secagg_plus_parameters,
+    secagg_threshold,
 )
+from privfl.secagg.signing import provisioned_key
 from privfl.seeding import derive_seed
 
-PHASE_STEPS = {"share_keys": "share_keys", "masked_input": "masked_input", "unmasking": "unmask"}
+PHASE_STEPS = {
+    "share_keys": "share_keys",
+    "masked_input": "masked_input",
+    "consistency_check": "consistency_check",
+    "unmasking": "unmask",
+}
 """Phase of the client's reply -> the :class:`SecAggClient` method that writes it."""
 
 
@@ -69,8 +94,17 @@ class SecAggProtocolClient(SecureSumClient):
 
     first_phase = "advertise_keys"
 
-    def __init__(self, client_id: int, config: SecAggConfig, frac_bits: int, bound: float) -> None:
-        self._client = SecAggClient(client_id, config)
+    def __init__(
+        self,
+        client_id: int,
+        config: SecAggConfig,
+        frac_bits: int,
+        bound: float,
+        *,
+        signing_key: Ed25519PrivateKey,
+        directory: KeyDirectory,
+    ) -> None:
+        self._client = SecAggClient(client_id, config, signing_key=signing_key, directory=directory)
         self._config = config
         self._frac_bits = frac_bits
         self._bound = bound
@@ -80,13 +114,16 @@ class SecAggProtocolClient(SecureSumClient):
     def start(self, contribution: torch.Tensor) -> bytes:
         dtype = self._config.dtype
         self._input = np.empty(contribution.numel() + 1, dtype=dtype)
-        _, clamped = encode(
-            contribution,
-            frac_bits=self._frac_bits,
-            bound=self._bound,
-            dtype=dtype,
-            out=self._input[:-1],
-        )
+        try:
+            _, clamped = encode(
+                contribution,
+                frac_bits=self._frac_bits,
+                bound=self._bound,
+                dtype=dtype,
+                out=self._input[:-1],
+            )
+        except DataError as error:
+            raise DataError(f"client {self._client.client_id}: {error}") from error
         # Capped like every other value, so that the ring holds the sum of the counts too.
         self._input[-1] = min(clamped, encoded_bound(self._bound, self._frac_bits))
         return self._client.advertise_keys()
@@ -120,6 +157,9 @@ class SecAgg(PrivacyMechanism):
         clamped values, summed securely, is in the round's record).
     :param ring_bits: 32 or 64 to fix the ring; unset: the smallest ring that holds each
         round's sum.
+    :param malicious_server: Guard against a server that deviates from the protocol (a
+        majority of the round must sign the survivor set); false: against a semi-honest
+        one only (t signatures), so that rounds survive losing half their clients.
     """
 
     name = "secagg"
@@ -135,6 +175,7 @@ class SecAgg(PrivacyMechanism):
         frac_bits: int = 24,
         bound: float = 2.0**20,
         ring_bits: int | None = None,
+        malicious_server: bool = True,
     ) -> None:
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
             raise ConfigError("dropout", dropout, "a fraction in [0, 1)")
@@ -148,6 +189,8 @@ class SecAgg(PrivacyMechanism):
             raise ConfigError("bound", bound, "a finite number > 0")
         if ring_bits not in (None, 32, 64):
             raise ConfigError("ring_bits", ring_bits, "32 or 64, or unset to choose per round")
+        if not isinstance(malicious_server, bool):
+            raise ConfigError("malicious_server", malicious_server, "true or false")
         self.dropout = float(dropout)
         self.tolerated_dropout = (
             max(self.dropout, 0.1) if tolerated_dropout is None else float(tolerated_dropout)
@@ -156,18 +199,39 @@ class SecAgg(PrivacyMechanism):
         self.frac_bits = frac_bits
         self.bound = float(bound)
         self.ring_bits = ring_bits
+        self.malicious_server = malicious_server
         self.seed = 0
         """Seed of the simulated dropouts and the neighbour graph (set up from the
         federation's seed)."""
         self._mechanisms: tuple[PrivacyMechanism, ...] = ()
         self._unit_weights = False
+        self._session = b""  # drawn at set-up
+        self._provisioning = secrets.token_bytes(32)  # client half: the clients' keys
         self._last_protocol: tuple[tuple[Any, ...], SecAggConfig] | None = None
+        self._fresh_keys()
+
+    def _fresh_keys(self) -> None:
+        self._registered = KeyDirectory(first_use=True)  # server half: clients' keys
+        self._signing_keys: dict[int, Ed25519PrivateKey] = {}  # client half: derived
+        self._pinned = KeyDirectory(first_use=True)  # client half: keys this host trusts
 
     def __getstate__(self) -> dict[str, Any]:
-        """The mechanism without the kept protocol settings (a cache that does not pickle)."""
-        return {**self.__dict__, "_last_protocol": None}
+        """The mechanism without the kept protocol settings and keys: a copy sent to
+        another host derives its clients' keys again and pins its own."""
+        return {
+            **self.__dict__,
+            "_last_protocol": None,
+            "_registered": None,
+            "_signing_keys": None,
+            "_pinned": None,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fresh_keys()
 
     def setup(self, context: MechanismSetup) -> None:
+        self._session = secrets.token_bytes(16)
         self.seed = derive_seed(context.seed, "secagg", context.position)
         self._mechanisms = context.mechanisms
         self._unit_weights = context.unit_weights
@@ -191,6 +255,9 @@ class SecAgg(PrivacyMechanism):
             corruption_rate=self.corruption_rate,
             ring_bits=ring_bits,
             seed=derive_seed(self.seed, "secagg", round),
+            session=self._session,
+            round=round,
+            majority=self.malicious_server,
         )
 
     def client_config(self, *, round: int, client_ids: Sequence[int]) -> dict[str, Any]:
@@ -201,6 +268,9 @@ class SecAgg(PrivacyMechanism):
             "frac_bits": self.frac_bits,
             "bound": self.round_bound(),
             "ids": torch.tensor(config.client_ids, dtype=torch.int64),
+            "session": torch.tensor(list(config.session), dtype=torch.uint8),
+            "round": round,
+            "corrupted": config.corrupted,
         }
         if config.neighbours is not None:
             values["graph"] = torch.tensor(
@@ -209,8 +279,15 @@ class SecAgg(PrivacyMechanism):
         return values
 
     def secure_client(self, *, client_id: int, config: Mapping[str, Any]) -> SecureSumClient:
+        if client_id not in self._signing_keys:
+            self._signing_keys[client_id] = provisioned_key(self._provisioning, client_id)
         return SecAggProtocolClient(
-            client_id, self._protocol(config), int(config["frac_bits"]), float(config["bound"])
+            client_id,
+            self._protocol(config),
+            int(config["frac_bits"]),
+            float(config["bound"]),
+            signing_key=self._signing_keys[client_id],
+            directory=self._pinned,
         )
 
     def _protocol(self, config: Mapping[str, Any]) -> SecAggConfig:
@@ -226,6 +303,9 @@ class SecAgg(PrivacyMechanism):
             int(config["ring_bits"]),
             config["ids"].numpy().tobytes(),
             None if graph is None else graph.numpy().tobytes(),
+            config["session"].numpy().tobytes(),
+            int(config["round"]),
+            int(config["corrupted"]),
         )
         if self._last_protocol is None or self._last_protocol[0] != key:
             ids = tuple(int(u) for u in config["ids"].tolist())
@@ -234,9 +314,42 @@ class SecAgg(PrivacyMechanism):
                 if graph is None
                 else {u: frozenset(row) for u, row in zip(ids, graph.tolist(), strict=True)}
             )
-            protocol = SecAggConfig(len(ids), key[0], neighbours, key[1], ids)
+            protocol = SecAggConfig(
+                len(ids),
+                key[0],
+                neighbours,
+                key[1],
+                ids,
+                key[4],
+                key[5],
+                key[6],
+                majority=self.malicious_server,  # the client's own option, not the server's
+            )
+            self._check_parameters(protocol)
             self._last_protocol = (key, protocol)
         return self._last_protocol[1]
+
+    def _check_parameters(self, protocol: SecAggConfig) -> None:
+        """Refuse a round whose threshold, corruption count or degree differ from what
+        this client's own options give for its number of clients: a server that sent
+        a lower threshold could rebuild a client's secrets from fewer shares."""
+        n, dropped, corrupt = protocol.num_clients, self.tolerated_dropout, self.corruption_rate
+        if self.variant == "secagg+":
+            degree, threshold = secagg_plus_parameters(
+                n, dropout_rate=dropped, corruption_rate=corrupt
+            )
+        else:
+            threshold = secagg_threshold(n, dropout_rate=dropped, corruption_rate=corrupt)
+            degree = n - 1
+        degrees = {len(protocol.neighbours_of(u)) for u in protocol.client_ids}
+        expected = (threshold, math.floor(corrupt * n + 1e-9), {min(degree, n - 1)})
+        if (protocol.threshold, protocol.corrupted, degrees) != expected:
+            raise ProtocolError(
+                f"the server's round config has threshold {protocol.threshold}, "
+                f"{protocol.corrupted} corrupted clients and degrees {sorted(degrees)}; this "
+                f"client's options give {expected[0]}, {expected[1]} and {degree} for {n} "
+                "clients: refusing"
+            )
 
     def secure_sum(
         self,
@@ -264,12 +377,16 @@ class SecAgg(PrivacyMechanism):
             return arrived(exchange(phase, messages), phase)
 
         started = time.perf_counter()
-        server = SecAggServer(config)
-        keys = server.collect_keys(arrived(first, "advertise_keys"))
-        relays = server.relay_shares(send("share_keys", keys))
-        requests = server.collect_masked_inputs(send("masked_input", relays))
-        survivors = sorted(requests)
-        total = server.unmask(send("unmasking", requests))
+        server = SecAggServer(config, directory=self._registered)
+        try:
+            keys = server.collect_keys(arrived(first, "advertise_keys"))
+            relays = server.relay_shares(send("share_keys", keys))
+            survivor_sets = server.collect_masked_inputs(send("masked_input", relays))
+            survivors = sorted(survivor_sets)
+            requests = server.collect_signatures(send("consistency_check", survivor_sets))
+            total = server.unmask(send("unmasking", requests))
+        except ProtocolError as error:  # no sound sum this round; the model stays
+            raise RoundAborted(f"secure aggregation stopped: {error}") from error
         seconds = time.perf_counter() - started
         values = {
             "secagg_clamped": int(total[-1]),
@@ -278,6 +395,7 @@ class SecAgg(PrivacyMechanism):
             "secagg_seconds": seconds,
             "secagg_contributors": len(survivors),
             "secagg_dropped": {phase: ids for phase, ids in server.dropped.items() if ids},
+            "secagg_rejected": {str(c): server.rejected[c] for c in sorted(server.rejected)},
             "secagg_kb_sent_per_client": sum(sent.values()) / len(sent) / 1000,
             "secagg_bytes_sent": {str(c): sent[c] for c in sorted(sent)},
             "secagg_bytes_received": {str(c): received[c] for c in sorted(received)},

@@ -8,6 +8,7 @@ exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from privfl import __version__
 from privfl.app.config import RunConfig, component_flags, config_fields, load_toml, tomllib
+from privfl.app.report import REPORT_FOLDER
 from privfl.app.runner import (
     Run,
     config_from_file_and_flags,
@@ -29,6 +32,18 @@ from privfl.app.runner import (
     resume_run,
     start_run,
 )
+from privfl.builtin.console import COLUMNS
+from privfl.cli.arguments import (
+    OTHER_GROUP,
+    CommandParser,
+    add_verbosity_flags,
+    flag_groups,
+    kind_group,
+    plain_help,
+)
+from privfl.cli.audit import add_audit_parser, run_audit
+from privfl.cli.report import add_report_parser, run_report
+from privfl.cli.smpc_party import add_party_parser, run_party_command
 from privfl.errors import (
     ConfigError,
     PluginError,
@@ -41,6 +56,8 @@ from privfl.plugins import get_plugin_manager
 from privfl.registry import KINDS, ComponentRegistry
 
 EXIT_USAGE = 2
+LOG_HANDLER = "privfl.cli"
+"""Name of the logging handler that the command adds to the ``privfl`` logger."""
 EXIT_INTERRUPTED = 130
 
 
@@ -55,7 +72,7 @@ def build_parser(registry: ComponentRegistry | None = None) -> argparse.Argument
         the installed plugins'.
     """
     registry = registry if registry is not None else get_plugin_manager().components
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="privfl", description="Privacy-preserving federated learning on PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"privfl {__version__}")
@@ -67,31 +84,11 @@ def build_parser(registry: ComponentRegistry | None = None) -> argparse.Argument
         description="Train a federation. Flags override the CONFIG file's keys.",
     )
     run.add_argument("config", nargs="?", metavar="CONFIG.toml", help="a TOML config file")
-    for spec in config_fields():
-        _add_config_flag(run, spec)
-    run.add_argument(
-        "--dp",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="Add mechanism dp: client-level DP-FedAvg (McMahan et al. 2018), accounted.",
-    )
-    run.add_argument(
-        "--secagg",
-        metavar="NAME",
-        default=argparse.SUPPRESS,
-        help="Add a secure-aggregation mechanism: secagg (Bonawitz et al. 2017) or secagg+ "
-        "(Bell et al. 2020).",
-    )
-    options = run.add_argument_group(
-        "component options",
-        "Flags that components declare; each sets the option of the chosen components "
-        "that declare it (the same as --option NAME.KEY=VALUE).",
-    )
-    for flag, owners in sorted(component_flags(registry).items()):
-        _add_component_flag(options, flag, owners)
+    _add_run_flags(run, registry)
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its folder")
     resume.add_argument("run_dir", metavar="RUN_DIR")
+    add_verbosity_flags(resume)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -108,16 +105,51 @@ def build_parser(registry: ComponentRegistry | None = None) -> argparse.Argument
     evaluate.add_argument(
         "--limit", type=int, default=0, metavar="N", help="only the first N test images (0: all)"
     )
+    add_verbosity_flags(evaluate)
 
     commands.add_parser("plugins", help="list plugins, their hooks and their components")
+    add_report_parser(commands)
+    add_audit_parser(commands)
+    add_party_parser(commands)
     return parser
 
 
-def _add_config_flag(parser: argparse.ArgumentParser, spec: Any) -> None:
+def _add_run_flags(run: argparse.ArgumentParser, registry: ComponentRegistry) -> None:
+    """Add the flags of ``privfl run``, grouped by concern: config keys by their
+    ``group``, component flags by the kind of the components that declare them."""
+    declared = sorted(component_flags(registry).items())
+    owner_groups = {
+        flag: kind_group(owners[0][0], registry.get(owners[0][0], owners[0][1]))
+        for flag, owners in declared
+    }
+    key_groups = {spec.name: spec.metadata.get("group") or OTHER_GROUP for spec in config_fields()}
+    fixed = ["privacy", "secure aggregation", "output"]  # --dp, --secagg, --quiet/--verbose
+    groups = flag_groups(run, [*key_groups.values(), *owner_groups.values(), *fixed])
+    for spec in config_fields():
+        _add_config_flag(groups[key_groups[spec.name]], spec)
+    groups["privacy"].add_argument(
+        "--dp",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="Add mechanism dp: client-level DP-FedAvg (McMahan et al. 2018), accounted.",
+    )
+    groups["secure aggregation"].add_argument(
+        "--secagg",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="Add a secure-aggregation mechanism: secagg (Bonawitz et al. 2017) or secagg+ "
+        "(Bell et al. 2020).",
+    )
+    for flag, owners in declared:
+        _add_component_flag(groups[owner_groups[flag]], flag, owners)
+    add_verbosity_flags(groups["output"])
+
+
+def _add_config_flag(parser: argparse._ArgumentGroup, spec: Any) -> None:
     flag = spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
     kind = str(spec.type)
     common: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS}
-    help_text = spec.metadata["help"]
+    help_text = plain_help(spec.metadata["help"])
     if spec.name == "tables":
         parser.add_argument(
             flag, action="append", metavar="NAME.KEY=VALUE", help=help_text, **common
@@ -143,7 +175,7 @@ def _add_component_flag(
     specs = [spec for _, _, spec in owners]
     names = ", ".join(f"{name}.{spec.name}" for _, name, spec in owners)
     defaults = {repr(spec.default) for spec in specs}
-    help_text = next((spec.help for spec in specs if spec.help), "").replace("``", "")
+    help_text = plain_help(next((spec.help for spec in specs if spec.help), ""))
     if len(defaults) == 1 and not specs[0].required:
         help_text += f" (default: {specs[0].default})"
     common: dict[str, Any] = {
@@ -187,25 +219,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    quiet = getattr(args, "verbosity", "normal") == "quiet"
+    _configure_logging(getattr(args, "verbosity", "normal"))
     try:
         if args.command == "plugins":
             return _plugins(console)
         if args.command == "evaluate":
-            return _evaluate(args.run_dir, args.backend, args.limit, console)
+            return _evaluate(args.run_dir, args.backend, args.limit, console, quiet)
+        if args.command == "report":
+            return run_report(args, console)
+        if args.command == "audit":
+            return run_audit(args, console)
+        if args.command == "evaluate-party":
+            return run_party_command(args, console)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrivacyWarning)
             warnings.simplefilter("always", UtilityWarning)
             if args.command == "resume":
                 run = resume_run(args.run_dir)
-                console.print(f"resuming [bold]{run.run_dir}[/] after round {run.federation.round}")
+                if not quiet:
+                    console.print(
+                        f"resuming [bold]{run.run_dir}[/] after round {run.federation.round}"
+                    )
             else:
                 run = start_run(_config_from_args(args))
-                console.print(f"run folder [bold]{run.run_dir}[/] · data {run.data.source}")
+                if not quiet:
+                    console.print(f"run folder [bold]{run.run_dir}[/] · data {run.data.source}")
         for warning in caught:
             console.print(
                 f"[bold yellow]warning:[/] {escape(str(warning.message))}", highlight=False
             )
-        return _execute(run, console)
+        return _execute(run, console, quiet)
     except PrivflError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
@@ -217,7 +261,7 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     for key, value in vars(args).items():
         if key.startswith(COMPONENT_FLAG):
             declared[key.removeprefix(COMPONENT_FLAG)] = value
-        elif key not in ("command", "config", "dp", "secagg"):
+        elif key not in ("command", "config", "dp", "secagg", "verbosity"):
             flags[key] = value
     if "tables" in flags:
         flags["tables"] = parse_options(flags["tables"])
@@ -231,31 +275,44 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     return config_from_file_and_flags(args.config, flags, declared)
 
 
-def _execute(run: Run, console: Console) -> int:
+def _execute(run: Run, console: Console, quiet: bool = False) -> int:
     try:
-        records = execute(run, console=console)
+        records = execute(run, console=None if quiet else console)
     except KeyboardInterrupt:
         console.print(f"interrupted; continue with: privfl resume {run.run_dir}")
         return EXIT_INTERRUPTED
-    table = Table(title="privfl run", show_header=False)
+    rows = [("rounds", str(run.federation.round))]
     evaluated = [r for r in records if r.metrics]
-    table.add_row("rounds", str(run.federation.round))
     if evaluated:
         for name, value in evaluated[-1].metrics.items():
-            table.add_row(f"final {name}", _number(value))
+            rows.append((f"final {name}", _number(value, name)))
     epsilons = [r.values["epsilon"] for r in records if "epsilon" in r.values]
     if epsilons:
         delta = [r.values["delta"] for r in records if "delta" in r.values][-1]
-        table.add_row("epsilon", f"{epsilons[-1]:.4g} (delta {delta:g})")
+        rows.append(("epsilon", f"{_number(epsilons[-1], 'epsilon')} (δ {delta:g})"))
     if run.federation.stop_reason:
-        table.add_row("stopped", run.federation.stop_reason)
-    table.add_row("seconds", f"{sum(r.seconds for r in records):.1f}")
-    table.add_row("run folder", str(run.run_dir))
-    console.print(table)
+        rows.append(("stopped", run.federation.stop_reason))
+    rows.append(("seconds", f"{sum(r.seconds for r in records):.1f}"))
+    rows.append(("run folder", str(run.run_dir)))
+    if run.config.report:
+        rows.append(("report", str(run.run_dir / REPORT_FOLDER)))
+    _summary("privfl run", rows, console, quiet)
     return 0
 
 
-def _evaluate(run_dir: str, backend: str, limit: int, console: Console) -> int:
+def _summary(title: str, rows: list[tuple[str, str]], console: Console, quiet: bool) -> None:
+    """Print a command's results: a table, or with --quiet one line."""
+    if quiet:
+        line = " · ".join(f"{name} {value}" for name, value in rows)
+        console.print(f"{title}: {escape(line)}", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=title, show_header=False)
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    console.print(table)
+
+
+def _evaluate(run_dir: str, backend: str, limit: int, console: Console, quiet: bool) -> int:
     if limit < 0:
         raise ConfigError("limit", limit, "an integer >= 0 (0: all test images)")
     with Progress(
@@ -265,6 +322,7 @@ def _evaluate(run_dir: str, backend: str, limit: int, console: Console) -> int:
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        disable=quiet,
     ) as progress:
         task = progress.add_task("images", total=None)
         scores = evaluate_run(
@@ -273,16 +331,30 @@ def _evaluate(run_dir: str, backend: str, limit: int, console: Console) -> int:
             limit=limit,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    table = Table(title=f"privfl evaluate ({backend})", show_header=False)
-    for name, value in scores.items():
-        table.add_row(name, _number(value))
-    table.add_row("written to", str(Path(run_dir) / f"evaluation-{backend}.json"))
-    console.print(table)
+    rows = [(name, _number(value, name)) for name, value in scores.items()]
+    rows.append(("written to", str(Path(run_dir) / f"evaluation-{backend}.json")))
+    _summary(f"privfl evaluate ({backend})", rows, console, quiet)
     return 0
 
 
-def _number(value: float) -> str:
+def _number(value: float, key: str) -> str:
+    """A result as the per-round table shows ``key`` (accuracy in %), or to 4 decimals."""
+    spec = COLUMNS.get(key)
+    if spec is not None:
+        return spec.format(value) + spec.unit
     return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"
+
+
+def _configure_logging(verbosity: str) -> None:
+    """Send the library's log (the ``privfl`` logger) to standard error: warnings and
+    errors, and with ``--verbose`` everything down to DEBUG."""
+    logger = logging.getLogger("privfl")
+    for handler in [h for h in logger.handlers if h.get_name() == LOG_HANDLER]:
+        logger.removeHandler(handler)  # main() may run more than once in a process
+    handler = RichHandler(console=Console(stderr=True), show_path=False)
+    handler.set_name(LOG_HANDLER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbosity == "verbose" else logging.WARNING)
 
 
 def _plugins(console: Console) -> int:

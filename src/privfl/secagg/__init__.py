@@ -8,16 +8,20 @@ and Shamir-shares the secrets behind them among its neighbours so that the serve
 finish the round when clients drop out. SecAgg uses the complete graph; SecAgg+ a random
 sparse graph of degree O(log n), which cuts a client's work from O(n) to O(log n) masks.
 
-Threat model: a semi-honest (honest-but-curious) server that may collude with up to the
-stated fraction of clients; the protocol stays correct when up to the stated fraction of
-clients drop out at any point. Clients also refuse the one request by which a
-misbehaving server could unmask a single input (both shares of one client).
+Threat model: a server that may deviate from the protocol and collude with up to the
+stated fraction of clients, given a PKI that binds each client id to its signing key
+(:mod:`.signing`); the protocol stays correct when up to the stated fraction of
+clients drop out at any point. The consistency check of Bonawitz et al.'s actively
+secure protocol makes every honest client that reveals shares see the same survivor
+set, so none reveals both shares of one client; see the explanation page for what
+remains (a malicious server can still drop honest clients down to the quorum).
 
 Modules: :mod:`.encoding` (fixed point in Z_2^32 / Z_2^64), :mod:`.shamir` (secret
 sharing), :mod:`.primitives` (X25519, HKDF, ChaCha20-Poly1305, AES-CTR PRG from
-``cryptography``), :mod:`.graph` and :mod:`.parameters` (neighbours, k and t),
-:mod:`.config`, :mod:`.messages` (byte format), :mod:`.client`, :mod:`.server` and
-:mod:`.simulation` (a whole round in one process, with dropouts).
+``cryptography``), :mod:`.signing` (Ed25519 statements, the key directory),
+:mod:`.graph` and :mod:`.parameters` (neighbours, k and t), :mod:`.config`,
+:mod:`.messages` (byte format), :mod:`.client`, :mod:`.server` and :mod:`.simulation`
+(a whole round in one process, with dropouts).
 """
 
 from privfl.secagg.client import SecAggClient
@@ -35,11 +39,13 @@ from privfl.secagg.graph import complete_graph, harary_graph
 from privfl.secagg.messages import ProtocolError
 from privfl.secagg.parameters import secagg_plus_parameters, secagg_threshold
 from privfl.secagg.server import PHASES, SecAggAborted, SecAggServer
+from privfl.secagg.signing import KeyDirectory, trusted_setup
 from privfl.secagg.simulation import DropoutPlan, SecureSumOutcome, secure_sum
 
 __all__ = [
     "PHASES",
     "DropoutPlan",
+    "KeyDirectory",
     "ProtocolError",
     "SecAggAborted",
     "SecAggClient",
@@ -59,4 +65,5 @@ __all__ = [
     "secagg_plus_parameters",
     "secagg_threshold",
     "secure_sum",
+    "trusted_setup",
 ]

@@ -1,27 +1,37 @@
-"""The client side of a secure-aggregation round: four steps, bytes in and bytes out.
+"""The client side of a secure-aggregation round: five steps, bytes in and bytes out.
 
-A client (Bonawitz et al. 2017, CCS; Bell et al. 2020, CCS):
+A client (Bonawitz et al. 2017, CCS, with the consistency check of their actively
+secure protocol; Bell et al. 2020, CCS, for the sparse graph):
 
 1. :meth:`SecAggClient.advertise_keys` draws two X25519 key pairs, the c-keys (for
    encrypting shares) and the s-keys (for agreeing pairwise masks), and sends the
-   public halves;
-2. :meth:`SecAggClient.share_keys` draws its self-mask seed ``b_u``, Shamir-shares
-   ``b_u`` and its s-key secret ``s_u`` among its live neighbours with threshold t, and
-   encrypts each neighbour's pair of shares for that neighbour alone;
+   public halves, signed with its long-term Ed25519 key for this session and round;
+2. :meth:`SecAggClient.share_keys` checks its neighbours' signed keys against its
+   :class:`~privfl.secagg.signing.KeyDirectory`, draws its self-mask seed ``b_u``,
+   Shamir-shares ``b_u`` and its s-key secret ``s_u`` among its live neighbours with
+   threshold t, and encrypts each neighbour's pair of shares for that neighbour alone;
 3. :meth:`SecAggClient.masked_input` decrypts and keeps the shares it received and sends
    ``y_u = x_u + PRG(b_u) + sum_v sign(u, v) PRG(s_uv)`` over the neighbours ``v`` that
    shared with it, where ``s_uv`` is agreed from the s-keys and ``sign(u, v)`` is +1
-   when ``u < v`` and -1 otherwise, so that the pairwise masks cancel in the sum;
-4. :meth:`SecAggClient.unmask` reveals, for each neighbour, either its share of
-   ``b_v`` (v sent its masked input) or its share of ``s_v`` (v dropped) -- never both,
-   as both would let the server unmask v's input.
+   when ``u < v`` and -1 otherwise, so that the pairwise masks cancel in the sum, with
+   a commitment to ``b_u``, both under a Poly1305 tag keyed by the agreement of its
+   c-key and the server's key of the round, for this session and round;
+4. :meth:`SecAggClient.consistency_check` signs the survivor set U3 the server sends
+   (the clients whose masked input it holds); it signs one set per round;
+5. :meth:`SecAggClient.unmask` checks that at least a quorum of clients signed the
+   same U3 (:attr:`~privfl.secagg.config.SecAggConfig.quorum`), then reveals, for each
+   neighbour, its share of ``b_v`` if ``v`` is in U3, or its share of ``s_v`` if not --
+   never both. Since every honest client that reveals anything saw the same U3, the
+   server cannot collect the seed shares of a client from some neighbours and its key
+   shares from others, which would unmask its input.
 
 A client checks everything it is told: the keys it receives come from its own
-neighbours and are distinct, shares authenticate (otherwise :class:`ProtocolError`
-names the sender: a tampered or misrouted share stops the client rather than being
-skipped, since only a misbehaving server or network can cause it), and the server's
-requests concern clients whose shares it holds, at least t of its neighbours survived,
-and no client is named in both lists. The steps must come in order, once each.
+neighbours, are distinct and signed by their owners, shares authenticate (otherwise
+:class:`ProtocolError` names the sender: a tampered, misrouted or replayed share stops
+the client rather than being skipped, since only a misbehaving server or network can
+cause it), and the server's requests agree with the signed survivor set, concern
+clients whose shares it holds, leave it at least t surviving neighbours, and name no
+client in both lists. The steps must come in order, once each.
 """
 
 from __future__ import annotations
@@ -29,22 +39,54 @@ from __future__ import annotations
 import secrets
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privfl.secagg import primitives, shamir
 from privfl.secagg.config import SecAggConfig
 from privfl.secagg.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     KeyBroadcast,
     MaskedInput,
     ProtocolError,
     ShareKeys,
     ShareRelay,
+    SurvivorSet,
     UnmaskRequest,
     UnmaskResponse,
 )
+from privfl.secagg.signing import KeyDirectory, digest, ids_bytes, statement, verify_key
 
-_STEPS = ("advertise_keys", "share_keys", "masked_input", "unmask")
+_STEPS = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
+
+
+def keys_statement(config: SecAggConfig, client: int, c_public: bytes, s_public: bytes) -> bytes:
+    """What ``client`` signs in :class:`AdvertiseKeys`: its two public keys."""
+    return statement("keys", config.session, config.round, client, c_public, s_public)
+
+
+def input_parts(vector: np.ndarray, commitment: bytes) -> tuple[bytes, memoryview]:
+    """What the tag of a :class:`MaskedInput` covers: the seed commitment, then the
+    vector as the little-endian words it travels as (read in place, not copied)."""
+    return commitment, MaskedInput.words(vector).data.cast("B")
+
+
+def seed_commitment(config: SecAggConfig, client: int, seed: bytes) -> bytes:
+    """SHA-256 of ``client``'s self-mask seed in this session and round.
+
+    The server rebuilds the seed from t shares; with exactly t shares nothing checks
+    them against each other, and a share off by a little rebuilds a seed off by a
+    little (the Lagrange coefficients of small points are small), so the server checks
+    the seed against this commitment instead. The seed is 32 random bytes, so the
+    hash reveals nothing about it.
+    """
+    return digest(statement("seed", config.session, config.round, client, seed))
+
+
+def survivors_statement(config: SecAggConfig, client: int, survivors: tuple[int, ...]) -> bytes:
+    """What ``client`` signs in the consistency check: the survivor set U3."""
+    return statement("survivors", config.session, config.round, client, ids_bytes(survivors))
 
 
 def share_point(client: int) -> int:
@@ -53,13 +95,29 @@ def share_point(client: int) -> int:
 
 
 class SecAggClient:
-    """One client of one round. Its secrets never leave the object except as shares."""
+    """One client of one round. Its secrets never leave the object except as shares.
 
-    def __init__(self, client_id: int, config: SecAggConfig) -> None:
+    :param client_id: The client's id.
+    :param config: The round's settings.
+    :param signing_key: The client's long-term Ed25519 key, registered in ``directory``.
+    :param directory: The signing keys the client trusts (the PKI's view).
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        config: SecAggConfig,
+        *,
+        signing_key: Ed25519PrivateKey,
+        directory: KeyDirectory,
+    ) -> None:
         if client_id not in config.client_ids:
             raise ProtocolError(f"client {client_id} is not in this round")
         self.client_id = client_id
         self.config = config
+        self._signing_key = signing_key
+        self._directory = directory
+        directory.key_of(client_id, verify_key(signing_key))  # its own key, as registered
         self._neighbours = config.neighbours_of(client_id)
         self._done = 0  # steps taken
         self._c_key = X25519PrivateKey.generate()
@@ -68,6 +126,8 @@ class SecAggClient:
         self._peers: dict[int, tuple[bytes, bytes]] = {}  # id -> (c_public, s_public)
         self._c_secrets: dict[int, bytes] = {}  # id -> c-key agreement, for its shares
         self._held: dict[int, tuple[int, int]] = {}  # id -> (share of b_id, share of s_id)
+        self._survivors: tuple[int, ...] = ()  # the U3 it signed
+        self._server_public = b""  # the server's X25519 key of the round
 
     def _step(self, name: str) -> None:
         expected = _STEPS[self._done] if self._done < len(_STEPS) else "nothing"
@@ -76,41 +136,59 @@ class SecAggClient:
         self._done += 1
 
     def advertise_keys(self) -> bytes:
-        """Round 0: the public c-key and s-key."""
+        """Round 0: the public c-key and s-key, signed."""
         self._step("advertise_keys")
-        return AdvertiseKeys(
-            self.client_id,
+        c_public, s_public = (
             primitives.public_bytes(self._c_key),
             primitives.public_bytes(self._s_key),
+        )
+        signed = keys_statement(self.config, self.client_id, c_public, s_public)
+        return AdvertiseKeys(
+            self.client_id,
+            c_public,
+            s_public,
+            verify_key(self._signing_key),
+            self._signing_key.sign(signed),
         ).to_bytes()
 
     def share_keys(self, broadcast: bytes) -> bytes:
         """Round 1: encrypted shares of ``b_u`` and ``s_u`` for each live neighbour."""
         self._step("share_keys")
-        keys = KeyBroadcast.from_bytes(broadcast).keys
-        ids = [u for u, _, _ in keys]
+        message = KeyBroadcast.from_bytes(broadcast)
+        keys, self._server_public = message.keys, message.server_public
+        ids = [u for u, *_ in keys]
         if len(set(ids)) != len(ids) or not set(ids) <= self._neighbours:
             raise ProtocolError(
                 f"client {self.client_id} got keys of {sorted(ids)}, not of distinct neighbours"
             )
-        publics = [c for _, c, _ in keys] + [s for _, _, s in keys]
+        for u, c, s, key, signature in keys:
+            self._directory.key_of(u, key)
+            self._directory.verify(
+                u, signature, keys_statement(self.config, u, c, s), "its public keys"
+            )
+        publics = [c for _, c, *_ in keys] + [s for _, _, s, *_ in keys]
         publics += [primitives.public_bytes(self._c_key), primitives.public_bytes(self._s_key)]
         if len(set(publics)) != len(publics):
             raise ProtocolError(f"client {self.client_id} got repeated public keys")
         self._require_threshold(len(ids), "neighbours advertised keys")
-        self._peers = {u: (c, s) for u, c, s in keys}
+        self._peers = {u: (c, s) for u, c, s, *_ in keys}
         self._seed = secrets.token_bytes(primitives.KEY_BYTES)
         xs = [share_point(u) for u in ids]
         t = self.config.threshold
         seed_shares = shamir.split(int.from_bytes(self._seed, "big"), threshold=t, xs=xs)
         key_secret = int.from_bytes(primitives.private_bytes(self._s_key), "big")
         key_shares = shamir.split(key_secret, threshold=t, xs=xs)
-        self._c_secrets = {u: primitives.agree(self._c_key, c) for u, c, _ in keys}
+        self._c_secrets = {u: primitives.agree(self._c_key, c) for u, (c, _) in self._peers.items()}
         ciphertexts = tuple(
             (
                 u,
                 primitives.encrypt_share(
-                    self._c_secrets[u], self.client_id, u, shamir.to_bytes(b) + shamir.to_bytes(s)
+                    self._c_secrets[u],
+                    self.client_id,
+                    u,
+                    shamir.to_bytes(b) + shamir.to_bytes(s),
+                    session=self.config.session,
+                    round=self.config.round,
                 ),
             )
             for u, b, s in zip(ids, seed_shares, key_shares, strict=True)
@@ -142,7 +220,14 @@ class SecAggClient:
         self._require_threshold(len(senders), "neighbours shared their keys")
         size = shamir.SHARE_BYTES
         for u, ciphertext in ciphertexts:
-            plaintext = primitives.decrypt_share(self._c_secrets[u], u, self.client_id, ciphertext)
+            plaintext = primitives.decrypt_share(
+                self._c_secrets[u],
+                u,
+                self.client_id,
+                ciphertext,
+                session=self.config.session,
+                round=self.config.round,
+            )
             if len(plaintext) != 2 * size:
                 raise ProtocolError(f"the shares from client {u} have {len(plaintext)} bytes")
             try:
@@ -159,19 +244,61 @@ class SecAggClient:
         ]
         masked = values if overwrite else values.copy()
         primitives.add_masks(masked, masks)
-        return MaskedInput(self.client_id, masked).to_bytes()
+        commitment = seed_commitment(self.config, self.client_id, self._seed)
+        tag = primitives.input_tag(
+            primitives.agree(self._c_key, self._server_public),
+            self.client_id,
+            input_parts(masked, commitment),
+            session=self.config.session,
+            round=self.config.round,
+        )
+        return MaskedInput(self.client_id, masked, tag, commitment).to_bytes()
+
+    def consistency_check(self, survivor_set: bytes) -> bytes:
+        """Round 3: sign the survivor set U3 the server sends, after checking it."""
+        self._step("consistency_check")
+        survivors = SurvivorSet.from_bytes(survivor_set).survivors
+        if list(survivors) != sorted(set(survivors)) or not set(survivors) <= set(
+            self.config.client_ids
+        ):
+            raise ProtocolError(
+                f"client {self.client_id} got a survivor set that is not a sorted set of "
+                "the round's clients"
+            )
+        if self.client_id not in survivors:
+            raise ProtocolError(
+                f"client {self.client_id} sent its masked input but is not in the survivor set"
+            )
+        self._require_threshold(len(survivors), "clients survived")
+        self._survivors = survivors
+        signed = survivors_statement(self.config, self.client_id, survivors)
+        return ConsistencySignature(self.client_id, self._signing_key.sign(signed)).to_bytes()
 
     def unmask(self, request: bytes) -> bytes:
-        """Round 3: the shares the server asks for, after checking that it may have them."""
+        """Round 4: the shares the server asks for, after checking that it may have them.
+
+        :raises ProtocolError: naming the server's request when it carries another
+            survivor set than the one signed, fewer than a quorum of valid signatures
+            on it, or asks for a share that set does not allow: a seed share of a
+            client that dropped, a key share of a survivor, or both of one client.
+        """
         self._step("unmask")
         message = UnmaskRequest.from_bytes(request)
         seed_ids, key_ids = set(message.seed_ids), set(message.key_ids)
         both = seed_ids & key_ids
         if both:
             raise ProtocolError(
-                f"client {self.client_id} was asked for both the self-mask seed share and "
-                f"the masking-key share of clients {sorted(both)}: refusing, as together "
-                "they would unmask those clients' inputs"
+                f"client {self.client_id}: the server's unmask request asks for both the "
+                f"self-mask seed share and the masking-key share of clients {sorted(both)}: "
+                "refusing, as together they would unmask those clients' inputs"
+            )
+        self._check_consistency(message)
+        survivors = set(self._survivors)
+        if seed_ids - survivors or key_ids & survivors:
+            raise ProtocolError(
+                f"client {self.client_id}: the server's unmask request asks for seed shares "
+                f"of {sorted(seed_ids - survivors)}, outside the signed survivor set, or for "
+                f"key shares of {sorted(key_ids & survivors)}, inside it: refusing"
             )
         unknown = (seed_ids | key_ids) - self._held.keys()
         if (
@@ -189,6 +316,31 @@ class SecAggClient:
             tuple((u, self._held[u][0]) for u in message.seed_ids),
             tuple((u, self._held[u][1]) for u in message.key_ids),
         ).to_bytes()
+
+    def _check_consistency(self, message: UnmaskRequest) -> None:
+        """Check that a quorum of survivors signed the same U3 as this client did."""
+        me = self.client_id
+        if message.survivors != self._survivors:
+            raise ProtocolError(
+                f"client {me}: the server's unmask request carries another survivor set "
+                "than the one this client signed: refusing"
+            )
+        signers = [u for u, _, _ in message.signatures]
+        if len(set(signers)) != len(signers) or not set(signers) <= set(self._survivors):
+            raise ProtocolError(
+                f"client {me}: the server's unmask request carries signatures of "
+                f"{sorted(signers)}, not of distinct survivors: refusing"
+            )
+        quorum = self.config.quorum
+        if len(signers) < quorum:
+            raise ProtocolError(
+                f"client {me}: the server's unmask request carries {len(signers)} signatures "
+                f"on the survivor set, fewer than the quorum {quorum}: refusing"
+            )
+        for u, key, signature in message.signatures:
+            self._directory.key_of(u, key)
+            signed = survivors_statement(self.config, u, self._survivors)
+            self._directory.verify(u, signature, signed, "the survivor set")
 
     def _require_threshold(self, count: int, what: str) -> None:
         if count < self.config.threshold:

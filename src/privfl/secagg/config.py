@@ -7,6 +7,7 @@ threshold and, for SecAgg+, a random sparse neighbour graph (:mod:`.parameters`,
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ class SecAggConfig:
     :param ring_bits: 32 (``numpy.uint32`` inputs) or 64 (``numpy.uint64``).
     :param client_ids: The clients' ids, distinct integers in ``[0, 2^32)``; empty
         means ``0 .. num_clients - 1``. Stored as a sorted tuple.
+    :param session: The session's id (at most 64 bytes), and
+    :param round: the round's number: both are bound into every key, associated data
+        and signature of the round, so no message of another session or round is
+        accepted.
+    :param corrupted: How many clients may collude with the server; sets the
+        consistency check's :attr:`quorum`.
+    :param majority: Whether the consistency check needs a majority :attr:`quorum`
+        (against a server that deviates from the protocol) or only t signatures
+        (against a semi-honest server; rounds then survive losing half their clients).
     :raises ConfigError: for any inconsistency, for example a client with fewer than
         ``threshold`` neighbours.
     """
@@ -44,6 +54,10 @@ class SecAggConfig:
     neighbours: Mapping[int, frozenset[int]] | None = field(default=None, hash=False)
     ring_bits: int = 64
     client_ids: tuple[int, ...] = ()
+    session: bytes = b""
+    round: int = 0
+    corrupted: int = 0
+    majority: bool = True
 
     def __post_init__(self) -> None:
         n = self.num_clients
@@ -59,6 +73,12 @@ class SecAggConfig:
         if not 0 <= ids[0] <= ids[-1] <= MAX_CLIENT_ID:
             raise ConfigError("client_ids", self.client_ids, "integers in [0, 2^32)")
         object.__setattr__(self, "client_ids", ids)
+        if not (isinstance(self.session, bytes) and len(self.session) <= 64):
+            raise ConfigError("session", self.session, "at most 64 bytes")
+        if not (isinstance(self.round, int) and 0 <= self.round < 2**63):
+            raise ConfigError("round", self.round, "an integer in [0, 2^63)")
+        if not (isinstance(self.corrupted, int) and 0 <= self.corrupted < n):
+            raise ConfigError("corrupted", self.corrupted, f"an integer in [0, {n})")
         ring_dtype(self.ring_bits)
         if self.neighbours is not None:
             object.__setattr__(self, "neighbours", _checked_graph(self.neighbours, ids))
@@ -72,6 +92,23 @@ class SecAggConfig:
     def dtype(self) -> np.dtype:
         """The ring's numpy dtype."""
         return ring_dtype(self.ring_bits)
+
+    @property
+    def quorum(self) -> int:
+        """Signatures on one survivor set a client needs before it reveals any share.
+
+        Honest clients sign one survivor set each, so two sets signed by ``q`` clients
+        each share at least ``2 q - num_clients`` signers, all honest unless corrupted:
+        with ``2 q > num_clients + corrupted`` no two different sets both reach the
+        quorum, and every honest client that reveals shares saw the same set. The
+        threshold t alone does not ensure this in SecAgg+, where ``2 t`` is far below
+        ``n`` (Bonawitz et al. 2017, the ConsistencyCheck round, and its majority
+        condition); the quorum is the larger of the two. Without ``majority`` it is t,
+        which stops a server that deviates only if ``2 t > n + corrupted``.
+        """
+        if not self.majority:
+            return self.threshold
+        return max(self.threshold, (self.num_clients + self.corrupted) // 2 + 1)
 
     def neighbours_of(self, client: int) -> frozenset[int]:
         """The clients that ``client`` masks with and shares its secrets to."""
@@ -104,6 +141,9 @@ def secagg_config(
     corruption_rate: float,
     ring_bits: int,
     seed: int,
+    session: bytes = b"",
+    round: int = 0,
+    majority: bool = True,
 ) -> SecAggConfig:
     """The round's configuration for the stated rates.
 
@@ -116,15 +156,19 @@ def secagg_config(
     :param corruption_rate: The fraction that may collude with the server.
     :param ring_bits: 32 or 64 (see :func:`~privfl.secagg.encoding.ring_bits_for`).
     :param seed: Seed of SecAgg+'s graph: keep it from the clients (the round seed).
+    :param session: The session id and
+    :param round: the round bound into the round's keys and signatures.
+    :param majority: See :class:`SecAggConfig`.
     :raises ConfigError: for an unknown variant or rates that no threshold can meet.
     """
     ids = tuple(client_ids)
     n = len(ids)
+    corrupted = math.floor(corruption_rate * n + 1e-9)
     if variant == "secagg":
         t = secagg_threshold(n, dropout_rate=dropout_rate, corruption_rate=corruption_rate)
-        return SecAggConfig(n, t, None, ring_bits, ids)
+        return SecAggConfig(n, t, None, ring_bits, ids, session, round, corrupted, majority)
     if variant == "secagg+":
         k, t = secagg_plus_parameters(n, dropout_rate=dropout_rate, corruption_rate=corruption_rate)
         graph = None if k >= n - 1 else harary_graph(ids, k, seed=seed)
-        return SecAggConfig(n, t, graph, ring_bits, ids)
+        return SecAggConfig(n, t, graph, ring_bits, ids, session, round, corrupted, majority)
     raise ConfigError("variant", variant, " or ".join(map(repr, VARIANTS)))

@@ -7,20 +7,23 @@ fixed-width big-endian fields, with a ``u32`` count before every list and a ``u3
 length before every ciphertext. Vectors travel as little-endian ring words. Decoding
 checks every length and rejects trailing bytes.
 
-The rounds of Bonawitz et al. 2017 (CCS) without the consistency check and the
-signatures of their actively secure variant:
+The rounds of the actively secure protocol of Bonawitz et al. 2017 (CCS), with its
+consistency check; signatures are Ed25519 over the statements of :mod:`.signing`,
+the masked input's tag Poly1305 (:func:`~privfl.secagg.primitives.input_tag`):
 
-=========================  ====  ===============================================
-message                    way   content
-=========================  ====  ===============================================
-:class:`AdvertiseKeys`     up    the client's c-key and s-key X25519 public keys
-:class:`KeyBroadcast`      down  the public keys of the client's live neighbours
-:class:`ShareKeys`         up    one encrypted pair of shares per neighbour
-:class:`ShareRelay`        down  the encrypted shares addressed to the client
-:class:`MaskedInput`       up    the client's input plus its masks
-:class:`UnmaskRequest`     down  whose seed shares and whose key shares to reveal
-:class:`UnmaskResponse`    up    those shares
-=========================  ====  ===============================================
+============================= ==== =============================================
+message                       way  content
+============================= ==== =============================================
+:class:`AdvertiseKeys`        up   c-key and s-key X25519 public keys, signed
+:class:`KeyBroadcast`         down those of its live neighbours; the server's key
+:class:`ShareKeys`            up   one encrypted pair of shares per neighbour
+:class:`ShareRelay`           down the encrypted shares addressed to the client
+:class:`MaskedInput`          up   input plus masks, seed commitment, MAC tag
+:class:`SurvivorSet`          down U3: the clients whose masked input arrived
+:class:`ConsistencySignature` up   the client's signature on U3
+:class:`UnmaskRequest`        down whose shares to reveal, U3 and its signatures
+:class:`UnmaskResponse`       up   those shares
+============================= ==== =============================================
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import numpy as np
 from privfl.errors import PrivflError
 from privfl.secagg import shamir
 
-VERSION = 1
-_KEY = 32  # raw X25519 public key bytes
+VERSION = 2
+_KEY = 32  # raw X25519 or Ed25519 public key bytes
+_SIGNATURE = 64  # Ed25519
+_TAG = 16  # Poly1305
 _RING_DTYPES: dict[int, np.dtype] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 
 
@@ -96,43 +101,67 @@ def _u32(value: int) -> bytes:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Round 0, client to server: the two public keys of ``sender``."""
+    """Round 0, client to server: the two public keys of ``sender``, signed.
+
+    ``verify_key`` is the sender's Ed25519 key (checked against the directory) and
+    ``signature`` its signature on the two keys for this session and round.
+    """
 
     KIND: ClassVar[int] = 1
     sender: int
     c_public: bytes
     s_public: bytes
+    verify_key: bytes
+    signature: bytes
 
     def to_bytes(self) -> bytes:
-        return _header(self.KIND) + _u32(self.sender) + self.c_public + self.s_public
+        keys = self.c_public + self.s_public + self.verify_key + self.signature
+        return _header(self.KIND) + _u32(self.sender) + keys
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AdvertiseKeys:
         reader = _open(data, cls)
-        message = cls(reader.u32(), reader.take(_KEY), reader.take(_KEY))
+        message = cls(
+            reader.u32(),
+            reader.take(_KEY),
+            reader.take(_KEY),
+            reader.take(_KEY),
+            reader.take(_SIGNATURE),
+        )
         reader.finish()
         return message
 
 
 @dataclass(frozen=True)
 class KeyBroadcast:
-    """Round 0, server to client: ``(id, c_public, s_public)`` of each live neighbour."""
+    """Round 0, server to client: each live neighbour's :class:`AdvertiseKeys` fields,
+    ``(id, c_public, s_public, verify_key, signature)``, and the server's X25519 key of
+    the round (with which the client authenticates its masked input)."""
 
     KIND: ClassVar[int] = 2
-    keys: tuple[tuple[int, bytes, bytes], ...]
+    keys: tuple[tuple[int, bytes, bytes, bytes, bytes], ...]
+    server_public: bytes = bytes(_KEY)
 
     def to_bytes(self) -> bytes:
-        body = b"".join(_u32(u) + c + s for u, c, s in self.keys)
-        return _header(self.KIND) + _u32(len(self.keys)) + body
+        body = b"".join(_u32(u) + b"".join(rest) for u, *rest in self.keys)
+        return _header(self.KIND) + self.server_public + _u32(len(self.keys)) + body
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KeyBroadcast:
         reader = _open(data, cls)
+        server_public = reader.take(_KEY)
         keys = tuple(
-            (reader.u32(), reader.take(_KEY), reader.take(_KEY)) for _ in range(reader.u32())
+            (
+                reader.u32(),
+                reader.take(_KEY),
+                reader.take(_KEY),
+                reader.take(_KEY),
+                reader.take(_SIGNATURE),
+            )
+            for _ in range(reader.u32())
         )
         reader.finish()
-        return cls(keys)
+        return cls(keys, server_public)
 
 
 def _write_ciphertexts(items: tuple[tuple[int, bytes], ...]) -> bytes:
@@ -186,22 +215,33 @@ class ShareRelay:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """Round 2, client to server: the masked ring vector of ``sender``."""
+    """Round 2, client to server: the masked ring vector of ``sender``, a commitment
+    to its self-mask seed (so that the seed rebuilt from shares can be checked), and
+    the Poly1305 tag that authenticates both for this session and round."""
 
     KIND: ClassVar[int] = 5
     sender: int
     vector: np.ndarray
+    tag: bytes
+    commitment: bytes
+
+    @staticmethod
+    def words(vector: np.ndarray) -> np.ndarray:
+        """The vector as the little-endian words it travels (and is signed) as."""
+        return np.ascontiguousarray(vector, dtype=_RING_DTYPES[vector.dtype.itemsize * 8])
 
     def to_bytes(self) -> bytes:
-        bits = self.vector.dtype.itemsize * 8
-        words = np.ascontiguousarray(self.vector, dtype=_RING_DTYPES[bits])
-        header = _header(self.KIND) + _u32(self.sender) + bytes((bits,)) + _u32(words.size)
+        words = self.words(self.vector)
+        bits = words.dtype.itemsize * 8
+        header = _header(self.KIND) + _u32(self.sender) + self.tag + self.commitment
+        header += bytes((bits,)) + _u32(words.size)
         return b"".join((header, words.data.cast("B")))  # one copy of the vector
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MaskedInput:
         reader = _open(data, cls)
         sender = reader.u32()
+        tag, commitment = reader.take(_TAG), reader.take(_KEY)
         (bits,) = reader.take(1)
         if bits not in _RING_DTYPES:
             raise ProtocolError(f"MaskedInput ring of {bits} bits: only 32 and 64 exist")
@@ -209,7 +249,8 @@ class MaskedInput:
         length = reader.u32()
         vector = np.frombuffer(reader.view(length * dtype.itemsize), dtype=dtype)
         reader.finish()  # the vector is a read-only view of ``data``, not a copy
-        return cls(sender, vector.astype(dtype.newbyteorder("="), copy=False))
+        vector = vector.astype(dtype.newbyteorder("="), copy=False)
+        return cls(sender, vector, tag, commitment)
 
 
 def _write_ids(ids: tuple[int, ...]) -> bytes:
@@ -221,27 +262,83 @@ def _read_ids(reader: _Reader) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
+class SurvivorSet:
+    """Round 3 (consistency check), server to client: U3, the clients whose masked
+    input the server holds, sorted; each survivor signs it."""
+
+    KIND: ClassVar[int] = 8
+    survivors: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        return _header(self.KIND) + _write_ids(self.survivors)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SurvivorSet:
+        reader = _open(data, cls)
+        message = cls(_read_ids(reader))
+        reader.finish()
+        return message
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Round 3, client to server: ``sender``'s signature on the survivor set it got."""
+
+    KIND: ClassVar[int] = 9
+    sender: int
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        return _header(self.KIND) + _u32(self.sender) + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ConsistencySignature:
+        reader = _open(data, cls)
+        message = cls(reader.u32(), reader.take(_SIGNATURE))
+        reader.finish()
+        return message
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
-    """Round 3, server to client: reveal seed shares of ``seed_ids``, key shares of ``key_ids``.
+    """Round 4, server to client: reveal seed shares of ``seed_ids``, key shares of ``key_ids``.
 
     ``seed_ids`` are the client's neighbours whose masked input arrived (the server
     removes their self-masks); ``key_ids`` those that dropped after sharing their keys
-    (the server recomputes their pairwise masks with the survivors).
+    (the server recomputes their pairwise masks with the survivors). ``survivors`` is
+    the set U3 the client signed, and ``signatures`` the ``(signer, verify_key,
+    signature)`` of each client that signed it: the client checks both before it
+    reveals anything.
     """
 
     KIND: ClassVar[int] = 6
     seed_ids: tuple[int, ...]
     key_ids: tuple[int, ...]
+    survivors: tuple[int, ...] = ()
+    signatures: tuple[tuple[int, bytes, bytes], ...] = ()
 
     def to_bytes(self) -> bytes:
-        return _header(self.KIND) + _write_ids(self.seed_ids) + _write_ids(self.key_ids)
+        signed = b"".join(_u32(u) + k + s for u, k, s in self.signatures)
+        return b"".join(
+            (
+                _header(self.KIND),
+                _write_ids(self.seed_ids),
+                _write_ids(self.key_ids),
+                _write_ids(self.survivors),
+                _u32(len(self.signatures)),
+                signed,
+            )
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UnmaskRequest:
         reader = _open(data, cls)
-        message = cls(_read_ids(reader), _read_ids(reader))
+        ids = _read_ids(reader), _read_ids(reader), _read_ids(reader)
+        signatures = tuple(
+            (reader.u32(), reader.take(_KEY), reader.take(_SIGNATURE)) for _ in range(reader.u32())
+        )
         reader.finish()
-        return message
+        return cls(*ids, signatures)
 
 
 def _write_shares(shares: tuple[tuple[int, int], ...]) -> bytes:
@@ -261,7 +358,7 @@ def _read_shares(reader: _Reader) -> tuple[tuple[int, int], ...]:
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """Round 3, client to server: ``(owner, share)`` pairs of seed shares and key shares."""
+    """Round 4, client to server: ``(owner, share)`` pairs of seed shares and key shares."""
 
     KIND: ClassVar[int] = 7
     sender: int

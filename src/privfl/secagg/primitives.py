@@ -5,10 +5,14 @@
   pairwise masks (Bonawitz et al. 2017, "Practical Secure Aggregation for
   Privacy-Preserving Machine Learning", CCS).
 * Key derivation: HKDF-SHA256 (RFC 5869) of the agreed secret, with a label per use.
-  Share keys also bind the sender and the recipient, so each key encrypts one message.
+  Share keys also bind the session, the round, the sender and the recipient, so each
+  key encrypts one message.
 * Authenticated encryption of shares: ChaCha20-Poly1305 (RFC 8439) with a random nonce
-  and the sender and recipient ids as associated data, so the server, which relays the
-  ciphertexts, can neither read nor alter nor redirect them.
+  and the session, round, sender and recipient as associated data, so the server, which
+  relays the ciphertexts, can neither read nor alter nor redirect nor replay them.
+* Authentication of masked inputs: a Poly1305 tag (RFC 8439) under a one-time key
+  agreed between the client's c-key and the server's key of the round
+  (:func:`input_tag`).
 * PRG: AES-128 in counter mode (NIST SP 800-38A) under a 32-byte seed, its first 16
   bytes the key and its last 16 the initial counter block, the keystream read as
   little-endian ring words. Each seed keys one stream only. A 128-bit key matches the
@@ -23,6 +27,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import struct
 from collections.abc import Iterable
@@ -34,13 +39,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from privfl.secagg.messages import ProtocolError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
-_SHARE_LABEL = b"privfl.secagg.v1.share"
+_SHARE_LABEL = b"privfl.secagg.v2.share"
 _MASK_LABEL = b"privfl.secagg.v1.mask"
+_INPUT_LABEL = b"privfl.secagg.v2.input"
+TAG_BYTES = 16
 BLOCK_BYTES = 1 << 17
 """Bytes of keystream written and added at a time: fits in a core's L2 cache with the
 vector's block, and is large enough that the per-block Python calls cost little."""
@@ -71,27 +79,41 @@ def _derive(secret: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(secret)
 
 
-def _pair(sender: int, recipient: int) -> bytes:
-    return _SHARE_LABEL + struct.pack(">II", sender, recipient)
+def _context(session: bytes, round: int, sender: int, recipient: int) -> bytes:
+    # Fixed widths after a length-prefixed session: distinct contexts, distinct bytes.
+    return (
+        _SHARE_LABEL
+        + struct.pack(">H", len(session))
+        + session
+        + struct.pack(">QII", round, sender, recipient)
+    )
 
 
-def encrypt_share(secret: bytes, sender: int, recipient: int, plaintext: bytes) -> bytes:
+def encrypt_share(
+    secret: bytes, sender: int, recipient: int, plaintext: bytes, *, session: bytes, round: int
+) -> bytes:
     """``nonce || ChaCha20-Poly1305(plaintext)``: the shares ``sender`` sends ``recipient``.
+
+    The key (HKDF info) and the associated data both carry the session, the round,
+    the sender and the recipient, so the ciphertext opens for that one message only.
 
     :param secret: The c-key agreement of the two clients (:func:`agree`).
     """
-    context = _pair(sender, recipient)
+    context = _context(session, round, sender, recipient)
     nonce = os.urandom(NONCE_BYTES)
     return nonce + ChaCha20Poly1305(_derive(secret, context)).encrypt(nonce, plaintext, context)
 
 
-def decrypt_share(secret: bytes, sender: int, recipient: int, ciphertext: bytes) -> bytes:
+def decrypt_share(
+    secret: bytes, sender: int, recipient: int, ciphertext: bytes, *, session: bytes, round: int
+) -> bytes:
     """The plaintext of :func:`encrypt_share`.
 
     :raises ProtocolError: naming the sender when authentication fails: the ciphertext
-        was altered, truncated, or made for another pair of clients.
+        was altered, truncated, made for another pair of clients, or replayed from
+        another session or round.
     """
-    context = _pair(sender, recipient)
+    context = _context(session, round, sender, recipient)
     try:
         return ChaCha20Poly1305(_derive(secret, context)).decrypt(
             ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], context
@@ -99,8 +121,48 @@ def decrypt_share(secret: bytes, sender: int, recipient: int, ciphertext: bytes)
     except (InvalidTag, ValueError) as error:  # ValueError: too short for a nonce
         raise ProtocolError(
             f"the share that client {sender} sent to client {recipient} failed "
-            "authentication: the ciphertext was tampered with or misrouted"
+            "authentication: the ciphertext was tampered with, misrouted or replayed"
         ) from error
+
+
+def input_tag(
+    secret: bytes, client: int, parts: Iterable[bytes | memoryview], *, session: bytes, round: int
+) -> bytes:
+    """The Poly1305 tag (RFC 8439) with which ``client`` authenticates its masked input.
+
+    The one-time key is derived (HKDF) from the agreement of the client's c-key and
+    the server's key of the round, with the session, the round and the client id, so
+    the tag proves to the server, and only to it, that the client sent these bytes in
+    this round. Poly1305 reads the vector at several GB/s, several times the speed of
+    hashing it for a signature.
+    """
+    context = struct.pack(">H", len(session)) + session + struct.pack(">QI", round, client)
+    mac = Poly1305(_derive(secret, _INPUT_LABEL + context))
+    for part in parts:
+        mac.update(part)
+    return mac.finalize()
+
+
+def check_input_tag(
+    secret: bytes,
+    client: int,
+    parts: Iterable[bytes | memoryview],
+    tag: bytes,
+    *,
+    session: bytes,
+    round: int,
+) -> None:
+    """Check :func:`input_tag`.
+
+    :raises ProtocolError: naming the client when the tag does not match: the input
+        was altered or forged, or replayed from another session or round.
+    """
+    expected = input_tag(secret, client, parts, session=session, round=round)
+    if not hmac.compare_digest(expected, tag):
+        raise ProtocolError(
+            f"client {client}'s masked input failed authentication: altered, forged, or "
+            "replayed from another session or round"
+        )
 
 
 def mask_seed(secret: bytes) -> bytes:

@@ -15,6 +15,7 @@ PyPI are unmaintained or use ``random`` for coefficients). Coefficients come fro
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from collections.abc import Mapping, Sequence
@@ -54,16 +55,33 @@ def split(secret: int, *, threshold: int, xs: Sequence[int]) -> list[int]:
 
 
 def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
-    """Coefficients ``l_i`` with ``f(0) = sum_i l_i f(x_i)`` for any ``f`` of degree < len(xs).
+    """Coefficients ``l_i`` with ``f(0) = sum_i l_i f(x_i)`` for any ``f`` of degree < len(xs)."""
+    return lagrange_at(xs, 0)
 
-    ``l_i = prod_{j != i} x_j / (x_j - x_i)``. The denominators are inverted together with
-    one modular inversion (Montgomery's batch-inversion trick).
+
+def lagrange_at(xs: Sequence[int], at: int) -> list[int]:
+    """Coefficients ``l_i`` with ``f(at) = sum_i l_i f(x_i)`` for any ``f`` of degree < len(xs).
+
+    ``l_i = prod_{j != i} (at - x_j) / (x_i - x_j)``. The denominators depend on the
+    points only and are inverted together, with one modular inversion (Montgomery's
+    batch-inversion trick), once per set of points (kept for the next call).
     """
     _check_points(xs)
-    numerator = math.prod(xs)
-    numerators = [numerator // x % PRIME for x in xs]
+    terms = [(at - x) % PRIME for x in xs]
+    prefix, suffix = [1], [1]
+    for term in terms:
+        prefix.append(prefix[-1] * term % PRIME)
+    for term in reversed(terms):
+        suffix.append(suffix[-1] * term % PRIME)
+    suffix.reverse()  # suffix[i] = prod of terms[i:]
+    inverses = _inverse_denominators(tuple(xs))
+    return [prefix[i] * suffix[i + 1] % PRIME * inverses[i] % PRIME for i in range(len(xs))]
+
+
+@functools.lru_cache(maxsize=256)
+def _inverse_denominators(xs: tuple[int, ...]) -> tuple[int, ...]:
     # Products of small differences are exact integers; reduce each once.
-    denominators = [math.prod(xj - xi for xj in xs if xj != xi) % PRIME for xi in xs]
+    denominators = [math.prod(xi - xj for xj in xs if xj != xi) % PRIME for xi in xs]
     prefix = [1]
     for d in denominators:
         prefix.append(prefix[-1] * d % PRIME)
@@ -72,7 +90,36 @@ def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
     for i in range(len(xs) - 1, -1, -1):
         inverses[i] = inverse * prefix[i] % PRIME
         inverse = inverse * denominators[i] % PRIME
-    return [n * inv % PRIME for n, inv in zip(numerators, inverses, strict=True)]
+    return tuple(inverses)
+
+
+def off_polynomial(shares: Mapping[int, int], *, threshold: int) -> list[int]:
+    """The points whose shares do not lie on one polynomial of degree < ``threshold``.
+
+    Honest shares of one secret all lie on the dealer's polynomial, so more than
+    ``threshold`` shares can be checked against each other: the polynomial through
+    the first ``threshold`` must pass through every other share. Returns ``[]`` when
+    they all agree (or there are ``threshold`` or fewer: then any values agree, and a
+    corrupt share cannot be detected this way); the one point whose removal makes the
+    rest agree, when there is exactly one such point and at least ``threshold + 1``
+    others to agree; else every point (they disagree, but which is wrong cannot be
+    told). This is error detection for the Reed-Solomon code that Shamir shares
+    form (McEliece and Sarwate 1981, "On Sharing Secrets and Reed-Solomon Codes").
+    """
+    points = sorted(shares)
+    if _agree(shares, points, threshold):
+        return []
+    if len(points) >= threshold + 2:
+        culprits = [x for x in points if _agree(shares, [p for p in points if p != x], threshold)]
+        if len(culprits) == 1:
+            return culprits
+    return points
+
+
+def _agree(shares: Mapping[int, int], points: Sequence[int], threshold: int) -> bool:
+    base = points[:threshold]
+    values = [shares[x] for x in base]
+    return all(combine(values, lagrange_at(base, x)) == shares[x] for x in points[threshold:])
 
 
 def reconstruct(shares: Mapping[int, int], *, threshold: int) -> int:

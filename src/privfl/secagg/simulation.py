@@ -5,7 +5,9 @@
 network would, counting every byte each client sends and receives, timing the clients
 and the server apart, and (if asked) recording every message the server sent or
 received. Clients that a :class:`DropoutPlan` lists under a phase stop answering from
-that phase on, exactly as a client that lost its connection would.
+that phase on, exactly as a client that lost its connection would. Each client's
+signing key comes from :func:`~privfl.secagg.signing.trusted_setup` (the PKI,
+before the round).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from privfl.errors import ConfigError
 from privfl.secagg.client import SecAggClient
 from privfl.secagg.config import SecAggConfig
 from privfl.secagg.server import PHASES, SecAggServer
+from privfl.secagg.signing import trusted_setup
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,15 @@ class DropoutPlan:
     A client listed under a phase does not send its message of that phase, nor any
     later one: under ``advertise_keys`` it never shows up; under ``share_keys`` it
     drops after advertising its keys; under ``masked_input`` after sharing its keys
-    (its input is not in the sum); under ``unmasking`` after sending its masked input
-    (its input is in the sum, but it sends no shares).
+    (its input is not in the sum); under ``consistency_check`` after sending its
+    masked input (its input is in the sum, but it neither signs the survivor set nor
+    sends shares); under ``unmasking`` after signing (it sends no shares).
     """
 
     advertise_keys: frozenset[int] = frozenset()
     share_keys: frozenset[int] = frozenset()
     masked_input: frozenset[int] = frozenset()
+    consistency_check: frozenset[int] = frozenset()
     unmasking: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
@@ -93,6 +98,7 @@ class SecureSumOutcome:
     :ivar total: The ring sum of the survivors' inputs (the inputs' dtype).
     :ivar survivors: The clients whose masked input reached the server, sorted.
     :ivar dropped: Phase -> the clients whose message of that phase never arrived.
+    :ivar rejected: Client -> why the server refused its message.
     :ivar bytes_sent: Client id -> bytes it sent to the server.
     :ivar bytes_received: Client id -> bytes the server sent to it.
     :ivar client_seconds: CPU seconds spent inside client objects, summed over clients
@@ -106,6 +112,7 @@ class SecureSumOutcome:
     total: np.ndarray
     survivors: list[int]
     dropped: dict[str, list[int]]
+    rejected: dict[int, str]
     bytes_sent: dict[int, int]
     bytes_received: dict[int, int]
     client_seconds: float
@@ -189,11 +196,16 @@ def secure_sum(
             f"1-D vectors of one length and dtype {config.dtype}",
         )
 
+    signing_keys, directory = trusted_setup(ids)  # before the session: not timed
     net = _Network(ids, record_transcript)
     started = time.thread_time()
-    clients = {u: SecAggClient(u, config) for u in ids if u not in plan.advertise_keys}
+    clients = {
+        u: SecAggClient(u, config, signing_key=signing_keys[u], directory=directory)
+        for u in ids
+        if u not in plan.advertise_keys
+    }
     net.client_seconds += time.thread_time() - started  # key generation
-    server = SecAggServer(config)
+    server = SecAggServer(config, directory=directory)
     up = {u: net.up(u, clients[u].advertise_keys) for u in clients}
     down = net.down(server.collect_keys, up)
     up = {
@@ -207,12 +219,19 @@ def secure_sum(
     }
     down = net.down(server.collect_masked_inputs, up)
     survivors = sorted(down)
+    up = {
+        u: net.up(u, clients[u].consistency_check, m)
+        for u, m in down.items()
+        if u not in plan.consistency_check
+    }
+    down = net.down(server.collect_signatures, up)
     up = {u: net.up(u, clients[u].unmask, m) for u, m in down.items() if u not in plan.unmasking}
     total = net.down(server.unmask, up)
     return SecureSumOutcome(
         total=total,
         survivors=survivors,
         dropped=server.dropped,
+        rejected=server.rejected,
         bytes_sent=net.sent,
         bytes_received=net.received,
         client_seconds=net.client_seconds,

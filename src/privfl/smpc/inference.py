@@ -169,6 +169,14 @@ def secure_predict(session: Session, model: SharedModel, images: SharedTensor) -
     return session.open(_predicted_index(session, one_hot), OpeningKind.OUTPUT)
 
 
+def secure_outputs(session: Session, model: SharedModel, inputs: SharedTensor) -> torch.Tensor:
+    """The model's outputs on shared inputs (a regression model's predictions), decoded
+    to float64; they are the only values opened, to the data owner, who computes the
+    metrics against its own targets."""
+    opened = session.open(secure_forward(session, model, inputs), OpeningKind.OUTPUT)
+    return session.encoder.decode(opened)
+
+
 def secure_count_correct(
     session: Session, model: SharedModel, images: SharedTensor, labels_one_hot: SharedTensor
 ) -> torch.Tensor:

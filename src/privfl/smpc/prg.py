@@ -38,6 +38,22 @@ class ChaChaPRG:
         cipher = Cipher(algorithms.ChaCha20(key, bytes(_NONCE_BYTES)), mode=None)
         self._encryptor = cipher.encryptor()
 
+    @classmethod
+    def from_key(cls, key: bytes) -> ChaChaPRG:
+        """A generator keyed by a secret 32-byte ``key``, e.g. one agreed with another party.
+
+        Two parties holding the same key draw the same stream, so a value drawn from it
+        need not be sent (the dealer's seeds in :mod:`privfl.smpc.distributed`).
+        """
+        if len(key) != _KEY_BYTES:
+            raise ValueError(f"a ChaCha20 key has {_KEY_BYTES} bytes, not {len(key)}")
+        prg = cls.__new__(cls)
+        prg._encryptor = Cipher(
+            algorithms.ChaCha20(key, bytes(_NONCE_BYTES)), mode=None
+        ).encryptor()
+        prg.is_secure = True
+        return prg
+
     def random_bytes(self, n: int) -> bytes:
         """The next ``n`` bytes of keystream (ChaCha20 encryption of zeros)."""
         return self._encryptor.update(bytes(n))
@@ -57,9 +73,7 @@ class ChaChaPRG:
 
     def child(self, label: str) -> ChaChaPRG:
         """An independent generator keyed from this stream (same security as the parent)."""
-        child = ChaChaPRG.__new__(ChaChaPRG)
         key = hashlib.sha256(self.random_bytes(_KEY_BYTES) + label.encode()).digest()
-        cipher = Cipher(algorithms.ChaCha20(key, bytes(_NONCE_BYTES)), mode=None)
-        child._encryptor = cipher.encryptor()
+        child = ChaChaPRG.from_key(key)
         child.is_secure = self.is_secure
         return child

@@ -1,0 +1,132 @@
+"""Bytes against accuracy: every built-in compressor beside the uncompressed run.
+
+Workload (McMahan et al. 2017's MNIST setting): real MNIST, 100 IID clients, 10 per
+round, one local epoch, batch size 10, step size 0.1, the same seed, model
+initialisation, partition and rounds for every configuration, including the
+uncompressed baseline, all in this one run. For each model and compressor it prints:
+the uplink bytes per client per round (the encoded bytes that cross the message
+boundary, headers included), the ratio of float32's ``4 * dim`` bytes to them, the
+final test accuracy and its gap to the uncompressed run (percentage points), the
+median seconds per round, and the share of a round spent encoding (clients) and
+decoding (server). The load average is printed with the table, since the machine
+may be shared.
+
+Usage: ``python bench/compression.py --data-dir ../shared/data/mnist``
+"""
+
+from __future__ import annotations
+
+import os
+
+# Both sides get what `privfl run` gets (privfl sets these when imported before torch).
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from privfl import Federation, LocalTraining
+from privfl.builtin.samplers import UniformSampler
+from privfl.data.partition import iid
+from privfl.testing import make_plugin_manager
+
+sys.path.insert(0, str(Path(__file__).parent))
+from centralized_floor import MODELS, load
+
+CONFIGS: dict[str, list[tuple[str | None, dict[str, Any]]]] = {
+    "2nn": [
+        (None, {}),
+        ("qsgd", {"bits": 4}),
+        ("qsgd", {"bits": 2, "rotation": True, "scale": "max"}),
+        ("random-mask", {"fraction": 0.25}),
+        ("topk", {"fraction": 0.05, "value_bits": 8}),
+        ("topk", {"fraction": 0.03, "value_bits": 8}),
+    ],
+    "cnn": [
+        (None, {}),
+        ("qsgd", {"bits": 2, "rotation": True, "scale": "max"}),
+        ("topk", {"fraction": 0.04, "value_bits": 8}),
+        ("topk", {"fraction": 0.015, "value_bits": 8}),
+    ],
+}
+
+
+def run(model_name: str, data: tuple, rounds: int, name: str | None, options: dict) -> dict:
+    train, test = data
+    torch.manual_seed(0)
+    fed = Federation(
+        model=MODELS[model_name](),
+        train=train,
+        test=test,
+        partition=iid(len(train), 100, seed=0),
+        training=LocalTraining(epochs=1, batch_size=10, lr=0.1),
+        sampler=UniformSampler(clients_per_round=10),
+        compressor=name,
+        options={name: options} if name else None,
+        eval_every=rounds,
+        seed=0,
+        plugins=make_plugin_manager(),
+    )
+    records = fed.run(rounds)
+    fed.close()
+    dim = fed.params.numel()
+    uplink = statistics.mean(r.values.get("uplink_bytes", 4 * dim) for r in records)
+    coding = sum(
+        r.values.get("encode_seconds", 0) + r.values.get("decode_seconds", 0) for r in records
+    )
+    # Rounds without evaluation (the last one evaluates) time the round itself.
+    seconds = (
+        statistics.median(r.seconds for r in records[:-1]) if rounds > 1 else records[0].seconds
+    )
+    return {
+        "uplink": uplink,
+        "ratio": 4 * dim / uplink,
+        "accuracy": records[-1].metrics["accuracy"],
+        "seconds": seconds,
+        "coding_share": coding / sum(r.seconds for r in records),
+    }
+
+
+def label(name: str | None, options: dict) -> str:
+    if name is None:
+        return "float32 (none)"
+    return name + "".join(f" {k}={v}" for k, v in options.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (default: bundled sample)")
+    parser.add_argument("--models", nargs="+", default=["2nn", "cnn"], choices=sorted(CONFIGS))
+    parser.add_argument("--rounds-2nn", type=int, default=50)
+    parser.add_argument("--rounds-cnn", type=int, default=20)
+    args = parser.parse_args()
+    data = load(args.data_dir)
+    for model_name in args.models:
+        rounds = args.rounds_2nn if model_name == "2nn" else args.rounds_cnn
+        print(f"\n{model_name}: 100 IID clients, 10 per round, {rounds} rounds, seed 0", flush=True)
+        print(
+            f"{'compressor':<38}{'bytes/client':>14}{'ratio':>9}{'accuracy':>10}"
+            f"{'gap pts':>9}{'s/round':>9}{'coding':>8}",
+            flush=True,
+        )
+        baseline = None
+        for name, options in CONFIGS[model_name]:
+            result = run(model_name, data, rounds, name, options)
+            baseline = baseline if baseline is not None else result["accuracy"]
+            gap = 100 * (baseline - result["accuracy"])
+            print(
+                f"{label(name, options):<38}{result['uplink']:>14,.0f}{result['ratio']:>8.1f}x"
+                f"{result['accuracy']:>10.4f}{gap:>9.2f}{result['seconds']:>9.2f}"
+                f"{result['coding_share']:>8.1%}",
+                flush=True,
+            )
+    print(f"\nload average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""A node's privfl host: started once, answers with the serial bytes, keeps round state,
+refuses strangers, and exits when its SuperNode is gone or it idles too long."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from multiprocessing import AuthenticationError
+from pathlib import Path
+
+import pytest
+from privfl_flower import node_host
+
+from privfl.builtin.executors import SerialExecutor
+from privfl.client_data import write_client_folders
+from privfl.client_runtime import ClientHost
+from privfl.data.partition import iid
+from privfl.messages import Message, decode, encode
+from privfl.testing import tiny_dataset, tiny_federation
+
+APP = str(Path(__file__).parent / "flower_app")
+OPTIONS = {"secagg+": {"tolerated_dropout": 0.4}}  # as the tests' app builds secagg+
+
+
+@pytest.fixture
+def owner(tmp_path, monkeypatch):
+    """The tests' app on sys.path (as Flower puts an installed app), and one owner's
+    folder with clients 0 and 1 of six."""
+    monkeypatch.syspath_prepend(APP)
+    train, _ = tiny_dataset(seed=0)
+    source = write_client_folders(tmp_path, train, iid(len(train), 6, seed=0))
+    for client in range(2, 6):
+        source.path(client).unlink()
+    return tmp_path
+
+
+@pytest.fixture
+def supernode():
+    """A stand-in for the SuperNode's process, which the host watches."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _start(owner, supernode, idle_timeout=600.0):
+    return node_host.start(
+        "privfl_flower_testapp.task:build",
+        data_dir=str(owner),
+        num_clients=6,
+        run_config={"mechanisms": "secagg+"},
+        threads=1,
+        idle_timeout=idle_timeout,
+        watch=supernode.pid,
+    )
+
+
+def _gone(address: str, key: bytes, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            node_host.ask(address, key, {})
+        except node_host.HostGoneError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+class Recording(SerialExecutor):
+    """The serial executor, keeping the first exchange's messages."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=1)
+        self.first: dict[int, Message] = {}
+
+    def send_and_receive(self, messages):
+        self.first = self.first or dict(messages)
+        return super().send_and_receive(messages)
+
+
+def _train_messages() -> dict[int, Message]:
+    """Round 1's train messages for clients 0 and 1, as the server half sends them."""
+    executor = Recording()
+    tiny_federation(num_clients=6, executor=executor, mechanisms=["secagg+"], options=OPTIONS).run(
+        1
+    )
+    return {c: executor.first[c] for c in (0, 1)}
+
+
+def test_the_host_answers_with_the_bytes_of_an_in_process_client_and_keeps_its_state(
+    owner, supernode
+):
+    address, key = _start(owner, supernode)
+    messages = _train_messages()
+    replies = node_host.ask(address, key, {c: encode(m) for c, m in messages.items()})
+    here = tiny_federation(num_clients=6, mechanisms=["secagg+"], options=OPTIONS)
+    expected = ClientHost(here.client_app).handle_all(messages)
+    for client in (0, 1):
+        reply = decode(replies[client], sender=f"client {client}")
+        assert reply.kind == "secure-reply"
+        assert reply.values == expected[client].values
+    # The host keeps clients 0's protocol state for the next phase (which refuses a
+    # message without its data), where client 2 trained here has none.
+    phase = encode(Message("secure", {"phase": "share_keys"}))
+    with pytest.raises(RuntimeError, match=r"(?s)client 0 failed .*lacks tensor 'data'") as kept:
+        node_host.ask(address, key, {0: phase})
+    assert "no secure sum under way" not in str(kept.value)
+    with pytest.raises(RuntimeError, match=r"client 2 has no secure sum under way"):
+        node_host.ask(address, key, {2: phase})
+
+
+def test_a_host_that_cannot_build_the_client_half_says_why(owner, supernode):
+    with pytest.raises(RuntimeError, match=r"(?s)did not start:.*no attribute 'no_such_build'"):
+        node_host.start(
+            "privfl_flower_testapp.task:no_such_build",
+            data_dir=str(owner),
+            num_clients=6,
+            run_config={},
+            threads=1,
+            idle_timeout=600.0,
+            watch=supernode.pid,
+        )
+
+
+def test_a_stranger_without_the_key_is_refused_and_the_host_serves_on(owner, supernode):
+    address, key = _start(owner, supernode)
+    with pytest.raises(AuthenticationError):
+        node_host.ask(address, b"x" * 32, {})
+    assert node_host.ask(address, key, {}) == {}
+
+
+def test_the_host_exits_when_its_supernode_is_gone(owner, supernode):
+    address, key = _start(owner, supernode)
+    supernode.kill()
+    supernode.wait()
+    assert _gone(address, key)
+    assert not Path(address).parent.exists()  # its private folder is removed
+
+
+def test_the_host_exits_after_idling_for_idle_timeout_seconds(owner, supernode):
+    address, _ = _start(owner, supernode, idle_timeout=1.0)
+    deadline = time.monotonic() + 30  # (asking would count as use: watch its folder)
+    while Path(address).parent.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(address).parent.exists()
+    assert supernode.poll() is None

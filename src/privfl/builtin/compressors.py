@@ -1,0 +1,310 @@
+"""Built-in update compressors: ``qsgd``, ``topk`` and ``random-mask``.
+
+Thin adapters over :mod:`privfl.algorithms.compression`, each with its byte format
+(little-endian; everything a client sends is in it, headers included):
+
+``qsgd``
+    float32 scale (the L2 norm, or the largest magnitude), then one ``bits``-bit
+    code per coordinate (``code + s``), packed;
+    with ``rotation`` the codes are of the rotated, padded vector, and the rotation's
+    signs come from a seed the server sends each round (one rotation for all clients,
+    as in Suresh et al. 2017).
+``topk``
+    uint32 ``k``, uint32 length of the index set, the index set (a tag byte, then
+    ``k`` sorted indices of ``ceil(log2 dim)`` bits each, packed, or a bz2-compressed
+    bitmap, whichever is shorter), then ``k`` values: float32, float16, or with
+    ``value_bits = 8`` a float32 scale and ``k`` signed bytes.
+``random-mask``
+    uint64 seed of the mask (the server draws the same coordinates from it), then the
+    ``k`` values (float32 or float16).
+
+The bytes per client per round are in every round's record as ``uplink_bytes``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+from privfl.algorithms.compression import (
+    densify,
+    dequantize,
+    error_feedback,
+    max_quantize,
+    nearest_quantize,
+    pack_bits,
+    pack_index_set,
+    packed_size,
+    qsgd_levels,
+    qsgd_quantize,
+    random_signs,
+    random_subset,
+    rotate,
+    top_k,
+    unpack_bits,
+    unpack_index_set,
+    unrotate,
+)
+from privfl.compressors import Compressor
+from privfl.errors import ConfigError
+from privfl.plugins import hookimpl
+from privfl.seeding import derive_seed
+
+VALUE_DTYPES = {32: torch.float32, 16: torch.float16}
+"""Value widths (bits) a sparsifying compressor can send its values in."""
+CODE_LEVELS = 127
+"""Levels on each side of zero of topk's 8-bit values."""
+QUANTIZERS = {"norm": qsgd_quantize, "max": max_quantize}
+"""What QSGD's ``scale`` option chooses: the scale codes are relative to."""
+
+
+class QSGD(Compressor):
+    """QSGD stochastic quantization (Alistarh et al. 2017), unbiased, with an optional
+    randomized Hadamard rotation first (Suresh et al. 2017).
+
+    :param bits: Bits per coordinate, sign included (2 to 16): ``2**(bits-1) - 1``
+        levels on each side of zero, so 2 bits is ternary.
+    :param rotation: Rotate every update by one seeded random Hadamard rotation per
+        round before quantizing, which lowers the error at few bits with ``scale =
+        "max"``.
+    :param scale: ``"norm"`` quantizes each coordinate relative to the update's L2
+        norm (QSGD); ``"max"`` relative to its largest coordinate (Suresh et al.
+        2017's stochastic quantization, far less noisy after a rotation).
+    """
+
+    name = "qsgd"
+    flags = MappingProxyType({"bits": "--compress-bits", "rotation": "--rotation"})
+
+    def __init__(self, bits: int = 4, rotation: bool = False, scale: str = "norm") -> None:
+        if not (isinstance(bits, int) and 2 <= bits <= 16):
+            raise ConfigError("bits", bits, "an integer from 2 to 16")
+        if scale not in QUANTIZERS:
+            raise ConfigError("scale", scale, f"one of {', '.join(QUANTIZERS)}")
+        self.quantize = QUANTIZERS[scale]
+        self.bits = bits
+        self.rotation = rotation
+        self.levels = qsgd_levels(bits)
+        self._signs: tuple[int, torch.Tensor] | None = None  # (seed, signs) of the last round
+
+    def client_config(self, *, round: int) -> dict[str, Any]:
+        return {"rotation_seed": derive_seed(self.seed, "rotation", round)} if self.rotation else {}
+
+    def encode(
+        self,
+        update: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generator: torch.Generator,
+        state: dict[str, torch.Tensor],
+    ) -> bytes:
+        row = update.reshape(1, -1)
+        if self.rotation:
+            row = rotate(row, self._rotation(config))
+        scales, codes = self.quantize(row, self.levels, generator)
+        return struct.pack("<f", float(scales[0])) + pack_bits(codes + self.levels, self.bits)
+
+    def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
+        signs = self._rotation(config) if self.rotation else None
+        count = len(signs) if signs is not None else self.dimension
+        if len(data) != 4 + packed_size(count, self.bits):
+            raise ValueError(
+                f"{len(data)} bytes, not the {4 + packed_size(count, self.bits)} of qsgd"
+            )
+        (scale,) = struct.unpack_from("<f", data)
+        if not (np.isfinite(scale) and scale >= 0):
+            raise ValueError(f"scale {scale} is not a finite number >= 0")
+        codes = unpack_bits(data[4:], self.bits, count) - self.levels
+        if bool((codes > self.levels).any()):
+            raise ValueError(f"a code exceeds the {self.levels} levels")
+        row = dequantize(torch.tensor([scale]), codes.reshape(1, -1), self.levels)
+        if signs is not None:
+            row = unrotate(row, signs, self.dimension)
+        return row[0]
+
+    def _rotation(self, config: Mapping[str, Any]) -> torch.Tensor:
+        """The round's random signs, drawn once per round and side from the shared seed."""
+        seed = config.get("rotation_seed")
+        if not isinstance(seed, int):
+            raise ValueError(f"rotation_seed {seed!r} is not a seed")
+        if self._signs is None or self._signs[0] != seed:
+            dim = self.dimension
+            self._signs = (seed, random_signs(dim, torch.Generator().manual_seed(seed)))
+        return self._signs[1]
+
+
+class TopK(Compressor):
+    """Top-k sparsification (Stich et al. 2018) with error feedback (Karimireddy et al.
+    2019): each client sends the ``k`` largest coordinates of its update plus its
+    residual, and keeps the rest as its next residual.
+
+    :param fraction: Share of the coordinates sent, in (0, 1].
+    :param error_feedback: Keep what was not sent (and the rounding of the values)
+        for the client's next round; without it the dropped part is lost.
+    :param value_bits: 32 sends the values as float32, 16 as float16, 8 as signed
+        8-bit codes of the largest value (rounded to the nearest of 255 levels).
+    """
+
+    name = "topk"
+    flags = MappingProxyType({"fraction": "--compress-fraction"})
+
+    def __init__(
+        self, fraction: float = 0.01, error_feedback: bool = True, value_bits: int = 32
+    ) -> None:
+        _check_fraction(fraction)
+        if value_bits not in (*VALUE_DTYPES, 8) or isinstance(value_bits, bool):
+            raise ConfigError("value_bits", value_bits, "32 (float32), 16 (float16) or 8")
+        self.fraction = float(fraction)
+        self.error_feedback = error_feedback
+        self.value_bits = value_bits
+
+    @property
+    def keeps_state(self) -> bool:
+        return self.error_feedback
+
+    @property
+    def keeps_norm_bound(self) -> bool:
+        # Rounding may enlarge a value; error feedback sends old residuals too.
+        return not self.error_feedback and self.value_bits == 32
+
+    def encode(
+        self,
+        update: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generator: torch.Generator,
+        state: dict[str, torch.Tensor],
+    ) -> bytes:
+        dim = update.numel()
+        k = _count(self.fraction, dim)
+        corrected = update.reshape(1, -1)
+        if self.error_feedback and "residual" in state:
+            corrected = corrected + state["residual"]
+        indices, values = top_k(corrected, k)
+        data, sent = self._values(values)
+        if self.error_feedback:
+            state["residual"] = error_feedback(corrected, densify(indices, sent, dim))[0]
+        index_set = pack_index_set(indices[0], dim)
+        return struct.pack("<II", k, len(index_set)) + index_set + data
+
+    def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
+        dim = self.dimension
+        if len(data) < 8:
+            raise ValueError("too short for topk's header")
+        k, index_bytes = struct.unpack_from("<II", data)
+        if not 1 <= k <= dim or len(data) < 8 + index_bytes:
+            raise ValueError(f"{len(data)} bytes do not hold topk's {k} of {dim} coordinates")
+        indices = unpack_index_set(data[8 : 8 + index_bytes], dim, k)
+        values = self._read_values(data[8 + index_bytes :], k)
+        return densify(indices.reshape(1, -1), values.reshape(1, -1), dim)[0]
+
+    def _values(self, values: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+        """The values' bytes, and the float32 values the server will decode from them."""
+        if self.value_bits == 8:
+            scales, codes = nearest_quantize(values, CODE_LEVELS)
+            sent = dequantize(scales, codes, CODE_LEVELS)
+            return struct.pack("<f", float(scales[0])) + codes.to(
+                torch.int8
+            ).numpy().tobytes(), sent
+        rounded = values.to(VALUE_DTYPES[self.value_bits])
+        return rounded.numpy().tobytes(), rounded.to(torch.float32)
+
+    def _read_values(self, data: bytes, k: int) -> torch.Tensor:
+        if self.value_bits == 8:
+            if len(data) != 4 + k:
+                raise ValueError(f"{len(data)} bytes of values, not the {4 + k} of {k} codes")
+            (scale,) = struct.unpack_from("<f", data)
+            if not (np.isfinite(scale) and scale >= 0):
+                raise ValueError(f"scale {scale} is not a finite number >= 0")
+            codes = torch.frombuffer(bytearray(data[4:]), dtype=torch.int8).to(torch.int64)
+            if bool((codes.abs() > CODE_LEVELS).any()):
+                raise ValueError(f"a code exceeds the {CODE_LEVELS} levels")
+            return dequantize(torch.tensor([scale]), codes.reshape(1, -1), CODE_LEVELS)[0]
+        dtype = VALUE_DTYPES[self.value_bits]
+        if len(data) != k * torch.finfo(dtype).bits // 8:
+            raise ValueError(f"{len(data)} bytes do not hold {k} {dtype} values")
+        return _values(data, dtype)
+
+
+class RandomMask(Compressor):
+    """Konečný et al. 2016's random-mask subsampling: each client sends its update's
+    values at a seeded random subset of coordinates, and the seed.
+
+    :param fraction: Share of the coordinates sent, in (0, 1].
+    :param unbiased: Scale the values by ``1 / fraction``, which makes the server's
+        estimate unbiased (Konečný et al.) but can raise its norm; false sends them as
+        they are (the update restricted to the mask).
+    :param value_bits: 32 sends the values as float32, 16 as float16.
+    """
+
+    name = "random-mask"
+    flags = MappingProxyType({"fraction": "--compress-fraction"})
+
+    def __init__(self, fraction: float = 0.1, unbiased: bool = True, value_bits: int = 32) -> None:
+        _check_fraction(fraction)
+        _check_value_bits(value_bits)
+        self.fraction = float(fraction)
+        self.unbiased = unbiased
+        self.value_dtype = VALUE_DTYPES[value_bits]
+
+    @property
+    def keeps_norm_bound(self) -> bool:
+        return not self.unbiased and self.value_dtype == torch.float32
+
+    def encode(
+        self,
+        update: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generator: torch.Generator,
+        state: dict[str, torch.Tensor],
+    ) -> bytes:
+        dim = update.numel()
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        indices = random_subset(
+            dim, _count(self.fraction, dim), torch.Generator().manual_seed(seed)
+        )
+        values = update.reshape(-1)[indices]
+        if self.unbiased:
+            values = values * (dim / len(indices))
+        return struct.pack("<Q", seed) + values.to(self.value_dtype).numpy().tobytes()
+
+    def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
+        dim, k = self.dimension, _count(self.fraction, self.dimension)
+        width = torch.finfo(self.value_dtype).bits // 8
+        if len(data) != 8 + k * width:
+            raise ValueError(f"{len(data)} bytes, not the {8 + k * width} of random-mask")
+        (seed,) = struct.unpack_from("<Q", data)
+        indices = random_subset(dim, k, torch.Generator().manual_seed(seed))
+        return densify(
+            indices.reshape(1, -1), _values(data[8:], self.value_dtype).reshape(1, -1), dim
+        )[0]
+
+
+def _values(data: bytes, dtype: torch.dtype) -> torch.Tensor:
+    """Float32 values from their bytes in ``dtype``."""
+    return torch.frombuffer(bytearray(data), dtype=dtype).to(torch.float32)
+
+
+def _count(fraction: float, dim: int) -> int:
+    """Coordinates that a share ``fraction`` of ``dim`` keeps: at least one."""
+    return max(1, min(dim, round(fraction * dim)))
+
+
+def _check_fraction(fraction: float) -> None:
+    if isinstance(fraction, bool) or not (0 < fraction <= 1):
+        raise ConfigError("fraction", fraction, "a number in (0, 1]")
+
+
+def _check_value_bits(value_bits: int) -> None:
+    if value_bits not in VALUE_DTYPES or isinstance(value_bits, bool):
+        raise ConfigError("value_bits", value_bits, "32 (float32) or 16 (float16)")
+
+
+@hookimpl
+def privfl_register_compressors() -> list[type]:
+    return [QSGD, TopK, RandomMask]

@@ -1,0 +1,94 @@
+"""The dealer's correlated randomness split into what a party can draw and what is sent.
+
+Every piece of material (:class:`~privfl.smpc.dealer.Request`) is a list of components,
+each shared between the two compute parties: a Beaver triple is (a, b, c = op(a, b)), a
+binary triple (a, b, c = a & b), a random bit (r as XOR-shared 0/1, r as ring element).
+Any share that is uniform on its own can come from a pseudo-random stream instead of the
+wire. So the dealer agrees one ChaCha20 key with each compute party; party 0 draws all of
+its shares from its stream, party 1 draws the shares of the free components (a, b, the
+bit r) from its stream, and only party 1's share of each dependent component is sent:
+
+    c_1 = op(a_0 + a_1, b_0 + b_1) - c_0
+
+CrypTen's trusted third party splits its material the same way (Knott et al.,
+"CrypTen: Secure Multi-Party Computation Meets Machine Learning", NeurIPS 2021). Each
+party's shares are still uniform given its own view, so nothing changes for security;
+the dealer's bytes drop from both shares of every component to party 1's share of the
+dependent ones.
+
+Pure functions only; :mod:`privfl.smpc.distributed` moves the tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from privfl.smpc.dealer import Request
+from privfl.smpc.ring_matmul import RingMatmul
+
+
+@dataclass(frozen=True)
+class Component:
+    """One shared value of a piece of material: ring words or 0/1 bits, and whether it
+    depends on the others (then party 1's share is a correction the dealer sends)."""
+
+    kind: str  # "ring" or "bits"
+    shape: tuple[int, ...]
+    dependent: bool = False
+
+
+Draw = Callable[[Component], torch.Tensor]
+
+
+def components(request: Request) -> list[Component]:
+    """The components of ``request`` in the order both sides draw them."""
+    if request.kind == "triple":
+        assert request.op is not None
+        meta = [torch.empty(s, dtype=torch.int64, device="meta") for s in request.shapes]
+        c_shape = tuple(request.op(meta[0], meta[1]).shape)
+        return [
+            Component("ring", request.shapes[0]),
+            Component("ring", request.shapes[1]),
+            Component("ring", c_shape, dependent=True),
+        ]
+    (shape,) = request.shapes
+    if request.kind == "binary_triple":
+        return [Component("ring", shape), Component("ring", shape), Component("ring", shape, True)]
+    return [Component("bits", shape), Component("ring", shape, dependent=True)]
+
+
+def deal(
+    request: Request, draw0: Draw, draw1: Draw, matmul: RingMatmul
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Both parties' shares of ``request``'s components, dealt from two streams.
+
+    ``draw0`` and ``draw1`` draw from the streams of party 0 and party 1. Party 0's shares
+    are all drawn; party 1's free shares are drawn and its dependent share (the last
+    component) is computed from the secrets. Returns (party 0's shares, party 1's shares).
+    """
+    parts = components(request)
+    shares0 = [draw0(part) for part in parts]
+    shares1 = [draw1(part) for part in parts[:-1]]
+    if request.kind == "triple":
+        assert request.op is not None
+        a, b = shares0[0] + shares1[0], shares0[1] + shares1[1]
+        shares1.append(request.op(a, b, matmul) - shares0[2])
+    elif request.kind == "binary_triple":
+        a, b = shares0[0] ^ shares1[0], shares0[1] ^ shares1[1]
+        shares1.append((a & b) ^ shares0[2])
+    else:
+        bit = shares0[0] ^ shares1[0]
+        shares1.append(bit - shares0[1])
+    return shares0, shares1
+
+
+def party_shares(request: Request, party: int, draw: Draw, receive: Draw) -> list[torch.Tensor]:
+    """One party's shares of ``request``: drawn from its stream, dependent ones (party 1)
+    received. :func:`deal` draws the same stream in the same order."""
+    return [
+        receive(part) if party == 1 and part.dependent else draw(part)
+        for part in components(request)
+    ]

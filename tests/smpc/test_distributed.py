@@ -1,0 +1,328 @@
+"""Encrypted evaluation by three processes on loopback: same predictions, only the data
+owner learns them, and every byte on the wire is counted (and cut where promised).
+
+The multi-process runs start the model owner, the data owner and the dealer as spawned
+processes on 127.0.0.1 with a free port; each gives up after TIMEOUT_S, and the test
+terminates any process still alive. Byte counts are checked exactly against what the
+one-process session counts for the same computation: without the cuts they are equal,
+and each cut removes exactly the bytes it promises to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from privfl.cli.main import main
+from privfl.cli.smpc_party import load_run_model
+from privfl.data.mnist import images_to_float, load_bundled_mnist
+from privfl.smpc import OpeningKind, Session, secure_predict, share_model
+from privfl.smpc.beaver import BilinearOp
+from privfl.smpc.channel import Channel, pack_bits, unpack_bits
+from privfl.smpc.dealer import Request
+from privfl.smpc.dealer_streams import components, deal, party_shares
+from privfl.smpc.distributed import WireFormat, run_party, shared_predictions
+from privfl.smpc.parties import PartySession, describe, skeleton
+from privfl.smpc.prg import ChaChaPRG
+from privfl.smpc.ring_matmul import int64_matmul
+
+TIMEOUT_S = 240
+ROLES = ("model-owner", "data-owner", "dealer")
+ALL_CUTS_OFF = WireFormat(seeded_dealer=False, seeded_inputs=False, packed_bits=False)
+
+
+def _tiny_cnn() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(48, 10),
+    )
+
+
+def _tiny_images() -> torch.Tensor:
+    return torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _party(role: str, address: str, inputs: dict, results: multiprocessing.Queue) -> None:
+    """One spawned party: run it and hand its report back (or the error).
+
+    Tensors go back as lists: a tensor would travel as a shared-memory handle that dies
+    with this process.
+    """
+    try:
+        report = run_party(role, address, timeout_s=TIMEOUT_S / 2, **inputs)
+        labels = None if report.predictions is None else report.predictions.tolist()
+        results.put((role, (dataclasses.replace(report, predictions=None), labels)))
+    except BaseException as exc:
+        results.put((role, repr(exc)))
+
+
+def _run_three(model: nn.Sequential, images: torch.Tensor, wire: WireFormat, batch_size: int):
+    """Run the three parties as processes; return their reports by role."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    address = f"127.0.0.1:{_free_port()}"
+    inputs = {
+        "model-owner": {"model": model, "wire": wire},
+        "data-owner": {"images": images, "batch_size": batch_size},
+        "dealer": {},
+    }
+    processes = [
+        context.Process(target=_party, args=(role, address, inputs[role], results))
+        for role in ROLES
+    ]
+    try:
+        for process in processes:
+            process.start()
+        reports = dict(results.get(timeout=TIMEOUT_S) for _ in ROLES)
+        for process in processes:
+            process.join(timeout=30)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+    failed = {role: r for role, r in reports.items() if isinstance(r, str)}
+    assert not failed, failed
+    return {
+        role: dataclasses.replace(
+            report, predictions=None if labels is None else torch.tensor(labels)
+        )
+        for role, (report, labels) in reports.items()
+    }
+
+
+def _single_process_counts(model: nn.Sequential, images: torch.Tensor, batch_size: int):
+    """What the one-process session counts for the same computation, and its openings."""
+    session = Session(seed=5, keep_opened_values=False)
+    shared_model = share_model(session, model)
+    model_bytes = session.traffic.input_bytes
+    predictions = []
+    for batch in images.split(batch_size):
+        labels, _ = session.run_two_phase(secure_predict, shared_model, session.share_float(batch))
+        predictions.append(labels)
+    return session, model_bytes, torch.cat(predictions)
+
+
+def _sent(report, phase: str) -> int:
+    return report.bytes[phase]["sent"]
+
+
+@pytest.fixture(scope="module")
+def cnn_runs():
+    model, images = _tiny_cnn(), _tiny_images()
+    return {
+        "off": _run_three(model, images, ALL_CUTS_OFF, batch_size=4),
+        "on": _run_three(model, images, WireFormat(), batch_size=4),
+    }
+
+
+def test_three_processes_predict_like_plaintext_and_one_process(cnn_runs):
+    model, images = _tiny_cnn(), _tiny_images()
+    with torch.no_grad():
+        plaintext = model(images).argmax(dim=1)
+    _, _, one_process = _single_process_counts(model, images, 4)
+    for reports in cnn_runs.values():
+        assert torch.equal(reports["data-owner"].predictions, plaintext)
+    assert torch.equal(one_process, plaintext)
+
+
+def test_only_the_data_owner_learns_the_predictions(cnn_runs):
+    for reports in cnn_runs.values():
+        owner, dealer = reports["model-owner"], reports["dealer"]
+        assert owner.predictions is None
+        assert dealer.predictions is None
+        assert OpeningKind.OUTPUT.value not in owner.opened
+        assert owner.bytes["output"]["received"] == 0
+        assert _sent(owner, "output") > 0
+        assert set(owner.opened) == {"beaver-masked", "and-masked", "bit-masked"}
+        assert set(reports["data-owner"].opened) == {*owner.opened, "output"}
+        received = {phase: b["received"] for phase, b in dealer.bytes.items() if b["received"]}
+        assert list(received) == ["setup"]  # only the public structure and batch shapes
+
+
+def test_without_cuts_the_wire_carries_what_the_one_process_session_counts(cnn_runs):
+    reports = cnn_runs["off"]
+    session, model_bytes, _ = _single_process_counts(_tiny_cnn(), _tiny_images(), 4)
+    owner, data_owner, dealer = (reports[role] for role in ROLES)
+    # the one-process session opens the predictions both ways (16 bytes an image); here
+    # only party 0 sends its share of them (8 bytes an image), in the output phase
+    images = len(_tiny_images())
+    online = _sent(owner, "online") + _sent(data_owner, "online")
+    assert online == session.traffic.online_bytes - 16 * images
+    assert _sent(owner, "output") == 8 * images
+    assert _sent(data_owner, "output") == 0
+    assert _sent(dealer, "dealer") == session.traffic.offline_bytes
+    # the one-process session counts both shares of each input (an owner apart from the
+    # compute parties); here each owner is a compute party and sends only the other share
+    assert 2 * _sent(owner, "input") == model_bytes
+    assert 2 * _sent(data_owner, "input") == session.traffic.input_bytes - model_bytes
+
+
+def test_each_cut_removes_the_bytes_it_promises(cnn_runs):
+    before, after = cnn_runs["off"], cnn_runs["on"]
+    model, images = _tiny_cnn(), _tiny_images()
+    session = Session()
+    meta_model = share_model(session, model).to_meta()
+    dependent = bit_words = 0
+    for batch in images.split(4):
+        meta_images = session.share_float(batch).to_meta()
+        for request in session.plan(shared_predictions, meta_model, meta_images):
+            dependent += 8 * math.prod(components(request)[-1].shape)
+    # seeded dealer: only party 1's share of each dependent component travels
+    assert _sent(after["dealer"], "dealer") == dependent < _sent(before["dealer"], "dealer") / 5
+    # seeded inputs: a 32-byte key instead of the shares
+    for role in ("model-owner", "data-owner"):
+        assert _sent(after[role], "input") == 0 < _sent(before[role], "input")
+    # packed bits: each masked comparison bit costs 1/8 byte instead of 8 per party
+    log = _single_process_counts(model, images, 4)[0].log
+    for entry in log.entries:
+        if entry.kind is OpeningKind.BIT_MASKED:
+            n = math.prod(entry.shape)
+            bit_words += 8 * n - (n + 7) // 8
+    for role in ("model-owner", "data-owner"):
+        assert _sent(before[role], "online") - _sent(after[role], "online") == bit_words > 0
+
+
+def test_dealt_shares_add_up_and_parties_draw_the_same_ones():
+    requests = [
+        Request("triple", ((3, 4), (4, 2)), BilinearOp("matmul")),
+        Request("binary_triple", ((5,),)),
+        Request("random_bit", ((7,),)),
+    ]
+    dealer0, dealer1 = ChaChaPRG.from_key(bytes(32)), ChaChaPRG.from_key(bytes([1] * 32))
+    party0, party1 = ChaChaPRG.from_key(bytes(32)), ChaChaPRG.from_key(bytes([1] * 32))
+
+    def draw(stream):
+        return lambda part: (
+            stream.bits(part.shape) if part.kind == "bits" else stream.ring(part.shape)
+        )
+
+    for request in requests:
+        shares0, shares1 = deal(request, draw(dealer0), draw(dealer1), int64_matmul)
+        drawn0 = party_shares(request, 0, draw(party0), draw(party0))
+        assert all(torch.equal(x, y) for x, y in zip(drawn0, shares0, strict=True))
+        correction = shares1[-1]
+        drawn1 = party_shares(request, 1, draw(party1), lambda part, c=correction: c)
+        assert all(torch.equal(x, y) for x, y in zip(drawn1, shares1, strict=True))
+        if request.kind == "triple":
+            a, b, c = (s0 + s1 for s0, s1 in zip(shares0, shares1, strict=True))
+            assert torch.equal(c, a @ b)
+        elif request.kind == "binary_triple":
+            a, b, c = (s0 ^ s1 for s0, s1 in zip(shares0, shares1, strict=True))
+            assert torch.equal(c, a & b)
+        else:
+            bit = shares0[0] ^ shares1[0]
+            assert set(bit.tolist()) <= {0, 1}
+            assert torch.equal(shares0[1] + shares1[1], bit)
+
+
+def test_bits_pack_eight_to_a_byte_and_back():
+    bits = torch.randint(0, 2, (3, 11), generator=torch.Generator().manual_seed(0))
+    packed = pack_bits(bits)
+    assert packed.dtype == torch.uint8
+    assert packed.numel() == 5
+    assert torch.equal(unpack_bits(packed, bits.shape), bits)
+
+
+def test_model_structure_round_trips_and_bad_descriptions_are_refused():
+    shared = share_model(Session(seed=0), _tiny_cnn())
+    description = describe(shared.to_meta())
+    assert describe(skeleton(description)) == description
+    assert "weight" in description[0]
+    assert "values" not in str(description)
+    with pytest.raises(ValueError, match="model description"):
+        skeleton([{"layer": "linear", "weight": [-1, 3], "bias": None}])
+    with pytest.raises(ValueError, match="model description"):
+        skeleton([{"layer": "softmax"}])
+
+
+def test_a_party_never_opens_outputs_both_ways():
+    session = PartySession(0, Channel(0), frac_bits=16)
+    shared = share_model(Session(seed=0), _tiny_cnn()).layers[-1].weight_t
+    with pytest.raises(ValueError, match="data owner only"):
+        session.open(shared, OpeningKind.OUTPUT)
+    with pytest.raises(ValueError, match="only party 1"):
+        session.receive_output(shared)
+
+
+def test_evaluate_party_commands_run_the_three_parties_on_a_2nn_run(tmp_path):
+    run_dir = tmp_path / "run"
+    flags = ["--model", "2nn", "--clients", "10", "--clients-per-round", "2", "--rounds", "1"]
+    assert main(["run", *flags, "--run-dir", str(run_dir), "--quiet"]) == 0
+    address = f"127.0.0.1:{_free_port()}"
+    extra = {
+        "model-owner": ["--run-dir", str(run_dir)],
+        "data-owner": ["--limit", "5", "--batch-size", "5"],
+        "dealer": [],
+    }
+    commands = [
+        [
+            sys.executable,
+            "-m",
+            "privfl",
+            "evaluate-party",
+            "--role",
+            role,
+            "--address",
+            address,
+            "--timeout",
+            "120",
+            "--output",
+            str(tmp_path / f"{role}.json"),
+            "--quiet",
+            *extra[role],
+        ]
+        for role in ROLES
+    ]
+    processes = [subprocess.Popen(command) for command in commands]
+    try:
+        codes = [process.wait(timeout=TIMEOUT_S) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert codes == [0, 0, 0]
+    results = {role: json.loads((tmp_path / f"{role}.json").read_text()) for role in ROLES}
+    with torch.no_grad():
+        logits = load_run_model(run_dir)(images_to_float(load_bundled_mnist().test_images[:5]))
+    top2 = logits.topk(2, dim=1).values
+    assert bool(((top2[:, 0] - top2[:, 1]) > 1e-3).all())  # no near-ties to flip
+    assert results["data-owner"]["predictions"] == logits.argmax(dim=1).tolist()
+    assert 0.0 <= results["data-owner"]["accuracy"] <= 1.0
+    assert "predictions" not in results["model-owner"]
+    assert "predictions" not in results["dealer"]
+    assert all(results[role]["bytes_sent_per_image"] > 0 for role in ROLES)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--role", "model-owner", "--address", "127.0.0.1:1"], "--run-dir = None"),
+        (["--role", "dealer", "--address", "localhost"], "address = 'localhost'"),
+        (["--role", "data-owner", "--address", "127.0.0.1:1", "--limit", "-1"], "--limit"),
+        (["--role", "dealer", "--address", "127.0.0.1:1", "--frac-bits", "40"], "--frac-bits"),
+    ],
+)
+def test_evaluate_party_refuses_bad_input_before_connecting(argv, message, capsys):
+    assert main(["evaluate-party", *argv]) == 2
+    assert message in capsys.readouterr().out

@@ -1,0 +1,409 @@
+"""Compression: the math against its papers, the bytes that cross, and the refused mixes."""
+
+from __future__ import annotations
+
+import bz2
+import math
+
+import pytest
+import torch
+
+from privfl import Compressor, ConfigError, hookimpl
+from privfl.algorithms.compression import (
+    MIN_BLOCK,
+    densify,
+    dequantize,
+    error_feedback,
+    hadamard_blocks,
+    index_bits,
+    max_quantize,
+    pack_bits,
+    pack_index_set,
+    packed_size,
+    qsgd_levels,
+    qsgd_quantize,
+    qsgd_variance_bound,
+    random_signs,
+    rotate,
+    top_k,
+    unpack_bits,
+    unpack_index_set,
+    unrotate,
+    walsh_hadamard,
+)
+from privfl.builtin.compressors import QSGD, RandomMask, TopK
+from privfl.builtin.executors import SerialExecutor
+from privfl.builtin.process_executor import ProcessExecutor
+from privfl.messages import tensor_bytes
+from privfl.testing import ClearSum, tiny_federation
+
+# --- QSGD (Alistarh et al. 2017) --------------------------------------------------------
+
+DRAWS = 20_000
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5])
+@pytest.mark.parametrize("quantize", [qsgd_quantize, max_quantize], ids=["norm", "max"])
+def test_stochastic_quantization_is_unbiased(bits, quantize):
+    v = torch.randn(1, 50, generator=torch.Generator().manual_seed(bits), dtype=torch.float64)
+    levels = qsgd_levels(bits)
+    scales, codes = quantize(v.expand(DRAWS, -1), levels, torch.Generator().manual_seed(1))
+    estimates = dequantize(scales, codes, levels)
+    # Each coordinate is one of two levels scale / s apart: its standard deviation is at
+    # most scale / (2 s), and the mean of DRAWS draws is within 6 of them of v.
+    tolerance = 6 * float(scales[0]) / (2 * levels) / math.sqrt(DRAWS)
+    assert (estimates.mean(dim=0) - v[0]).abs().max() < tolerance
+    assert codes.abs().max() <= levels
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_qsgd_error_is_within_lemma_3_1(bits):
+    dim, levels = 400, qsgd_levels(bits)
+    v = torch.randn(1, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    norms, codes = qsgd_quantize(v.expand(DRAWS, -1), levels, torch.Generator().manual_seed(2))
+    error = ((dequantize(norms, codes, levels) - v) ** 2).sum(dim=1).mean()
+    bound = qsgd_variance_bound(dim, levels) * float((v**2).sum())
+    assert error <= 1.02 * bound
+    assert error > 0.01 * bound  # the estimate really is random
+
+
+def test_after_a_rotation_max_scaling_is_far_less_noisy_than_the_norm():
+    dim = 4096
+    v = torch.randn(1, dim, generator=torch.Generator().manual_seed(0))
+    rotated = rotate(v, random_signs(dim, torch.Generator().manual_seed(1)))
+    errors = {}
+    for name, quantize in {"norm": qsgd_quantize, "max": max_quantize}.items():
+        scales, codes = quantize(rotated.expand(200, -1), 1, torch.Generator().manual_seed(3))
+        errors[name] = float(((dequantize(scales, codes, 1) - rotated) ** 2).sum(1).mean())
+    assert errors["max"] < errors["norm"] / 4
+
+
+# --- Randomized Hadamard rotation (Suresh et al. 2017) ----------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 2, 64, 128, 1024])
+def test_walsh_hadamard_is_orthogonal_and_its_own_inverse(size):
+    matrix = walsh_hadamard(torch.eye(size, dtype=torch.float64))
+    assert torch.allclose(matrix @ matrix.T, torch.eye(size, dtype=torch.float64))
+    assert set(matrix.abs().flatten().tolist()) == {1 / math.sqrt(size)}
+    x = torch.randn(3, size, dtype=torch.float64)
+    assert torch.allclose(walsh_hadamard(walsh_hadamard(x)), x)
+
+
+def test_walsh_hadamard_refuses_other_lengths():
+    with pytest.raises(ValueError, match="power-of-two"):
+        walsh_hadamard(torch.zeros(1, 96))
+
+
+@pytest.mark.parametrize("dim", [1, 63, 64, 199_210, 7_001])
+def test_rotation_blocks_pad_little_and_the_rotation_inverts(dim):
+    blocks = hadamard_blocks(dim)
+    assert dim <= sum(blocks) < dim + MIN_BLOCK
+    assert all(b >= MIN_BLOCK and b & (b - 1) == 0 for b in blocks)
+    x = torch.randn(2, dim, dtype=torch.float64)
+    signs = random_signs(dim, torch.Generator().manual_seed(0)).double()
+    rotated = rotate(x, signs)
+    assert torch.allclose(rotated.norm(dim=1), x.norm(dim=1))  # orthogonal
+    assert torch.allclose(unrotate(rotated, signs, dim), x)
+
+
+# --- Top-k with error feedback (Stich et al. 2018; Karimireddy et al. 2019) -------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_error_feedback_keeps_what_was_not_sent_to_the_bit(dtype):
+    generator = torch.Generator().manual_seed(0)
+    update, old = torch.randn(4, 1000, generator=generator), torch.randn(4, 1000) * 1e-3
+    corrected = update + old
+    indices, values = top_k(corrected, 37)
+    sent = densify(indices, values.to(dtype).float(), 1000)
+    residual = error_feedback(corrected, sent)
+    assert torch.equal(sent + residual, update + old)
+    kept = corrected.abs().gather(1, indices).min(dim=1).values
+    dropped = residual.abs().max(dim=1).values if dtype == torch.float32 else None
+    if dropped is not None:
+        assert (dropped <= kept).all()  # the k largest were sent
+
+
+def test_topk_compressor_carries_the_residual_between_rounds():
+    compressor = TopK(fraction=0.05, value_bits=16)
+    compressor.setup(dimension=500, seed=0)
+    state: dict[str, torch.Tensor] = {}
+    generator = torch.Generator()
+    first, second = torch.randn(500), torch.randn(500)
+    decoded = compressor.decode(
+        compressor.encode(first, config={}, generator=generator, state=state), config={}
+    )
+    assert torch.equal(decoded + state["residual"], first)
+    old = state["residual"].clone()
+    decoded = compressor.decode(
+        compressor.encode(second, config={}, generator=generator, state=state), config={}
+    )
+    assert torch.equal(decoded + state["residual"], second + old)
+
+
+def test_eight_bit_values_keep_their_rounding_in_the_residual():
+    compressor = TopK(fraction=0.1, value_bits=8)
+    compressor.setup(dimension=1000, seed=0)
+    state: dict[str, torch.Tensor] = {}
+    update = torch.randn(1000)
+    data = compressor.encode(update, config={}, generator=torch.Generator(), state=state)
+    decoded = compressor.decode(data, config={})
+    assert (decoded != 0).sum() <= 100
+    assert torch.allclose(decoded + state["residual"], update, atol=1e-6)
+    sent = decoded[decoded != 0]
+    assert (sent - update[decoded != 0]).abs().max() <= sent.abs().max() / 254 * 1.0001
+
+
+@pytest.mark.parametrize(("dim", "count", "tag"), [(1000, 5, 0), (200_000, 6000, 1)])
+def test_index_sets_take_the_shorter_coding_and_round_trip(dim, count, tag):
+    generator = torch.Generator().manual_seed(0)
+    indices = torch.randperm(dim, generator=generator)[:count].sort().values
+    data = pack_index_set(indices, dim)
+    assert data[0] == tag
+    assert len(data) <= 1 + packed_size(count, index_bits(dim))
+    assert torch.equal(unpack_index_set(data, dim, count), indices)
+
+
+def test_index_sets_refuse_what_they_cannot_hold():
+    indices = torch.tensor([3, 9, 12])
+    with pytest.raises(ValueError, match="increasing"):
+        unpack_index_set(pack_index_set(indices.flip(0), 16), 16, 3)
+    with pytest.raises(ValueError, match="holds 3 coordinates, not 4"):
+        unpack_index_set(b"\x01" + bz2.compress(b"\x10\x12\x00\x00"), 32, 4)
+    with pytest.raises(ValueError, match="does not decompress"):
+        unpack_index_set(b"\x01garbage", 32, 3)
+    with pytest.raises(ValueError, match="unknown index coding"):
+        unpack_index_set(b"\x07", 32, 3)
+
+
+# --- Random mask (Konečný et al. 2016) --------------------------------------------------
+
+
+def test_random_mask_is_unbiased_and_sends_the_seed_and_values_only():
+    compressor = RandomMask(fraction=0.25)
+    compressor.setup(dimension=40, seed=0)
+    v = torch.randn(40)
+    generator = torch.Generator().manual_seed(0)
+    encoded = [compressor.encode(v, config={}, generator=generator, state={}) for _ in range(4000)]
+    assert {len(e) for e in encoded} == {8 + 10 * 4}
+    estimates = torch.stack([compressor.decode(e, config={}) for e in encoded])
+    assert ((estimates != 0).sum(dim=1) <= 10).all()
+    # Each estimate is 4 v_i with probability 1/4, else 0: standard deviation sqrt(3) |v_i|.
+    assert (estimates.mean(0) - v).abs().max() < 6 * math.sqrt(3) * v.abs().max() / math.sqrt(4000)
+
+
+# --- Bit packing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 7, 8, 9, 16, 21, 32])
+@pytest.mark.parametrize("count", [1, 7, 1001])
+def test_bit_packing_round_trips_in_ceil_count_bits_over_8_bytes(bits, count):
+    codes = torch.randint(0, 2**bits, (count,), generator=torch.Generator().manual_seed(bits))
+    data = pack_bits(codes, bits)
+    assert len(data) == packed_size(count, bits) == math.ceil(count * bits / 8)
+    assert torch.equal(unpack_bits(data, bits, count), codes)
+
+
+def test_unpacking_refuses_a_wrong_length():
+    with pytest.raises(ValueError, match="3 bytes"):
+        unpack_bits(b"abc", 2, 100)
+
+
+# --- Compressors in a federation: bytes, decoding, refusals -----------------------------
+
+
+class CountingExecutor(SerialExecutor):
+    """The serial executor, keeping the encoded bytes of every reply."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[list[int]] = []
+
+    def send_and_receive(self, messages):
+        replies = super().send_and_receive(messages)
+        self.sent.append([len(tensor_bytes(r.tensors["encoded"])) for r in replies.values()])
+        return replies
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        # 8 features + bias, 2 classes: dim 18.
+        ("qsgd", {"bits": 3}, 4 + packed_size(18, 3)),
+        ("qsgd", {"bits": 2, "rotation": True, "scale": "max"}, 4 + packed_size(64, 2)),
+        # k = 4: absolute indices (5 bits each) are shorter than any bz2 stream.
+        ("topk", {"fraction": 0.25, "value_bits": 16}, 8 + 1 + packed_size(4, 5) + 4 * 2),
+        ("topk", {"fraction": 0.25, "value_bits": 8}, 8 + 1 + packed_size(4, 5) + 4 + 4),
+        ("random-mask", {"fraction": 0.5}, 8 + 9 * 4),
+    ],
+)
+def test_the_bytes_recorded_are_the_encoded_bytes_that_crossed(name, options, expected):
+    executor = CountingExecutor()
+    fed = tiny_federation(executor=executor, compressor=name, options={name: options})
+    records = fed.run(3)
+    for record, sent in zip(records, executor.sent, strict=True):
+        assert sent == [expected] * 4
+        assert record.values["uplink_bytes"] == expected
+        assert record.values["encode_seconds"] >= 0
+    assert records[-1].metrics["accuracy"] > 0.8
+
+
+def test_compressed_runs_are_reproducible():
+    runs = [tiny_federation(compressor="qsgd", options={"qsgd": {"bits": 2}}) for _ in range(2)]
+    for fed in runs:
+        fed.run(3)
+    assert torch.equal(runs[0].params, runs[1].params)
+
+
+def test_a_reply_that_does_not_decode_is_rejected_with_the_reason():
+    class Truncating(SerialExecutor):
+        name = "truncating"
+
+        def send_and_receive(self, messages):
+            replies = super().send_and_receive(messages)
+            first = next(iter(replies))
+            encoded = replies[first].tensors["encoded"]
+            replies[first].tensors["encoded"] = encoded[:-1]  # type: ignore[index]
+            return replies
+
+    fed = tiny_federation(executor=Truncating(), compressor="qsgd")
+    (record,) = fed.run(1)
+    (reason,) = record.rejected.values()
+    assert "qsgd cannot decode" in reason
+    assert len(record.clients) - len(record.rejected) == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"qsgd": {"bits": 1}}, "qsgd.bits"),
+        ({"qsgd": {"scale": "range"}}, "qsgd.scale"),
+        ({"topk": {"fraction": 0.0}}, "topk.fraction"),
+        ({"topk": {"value_bits": 4}}, "topk.value_bits"),
+        ({"random-mask": {"value_bits": 8}}, "random-mask.value_bits"),
+        ({"random-mask": {"fraction": 1.5}}, "random-mask.fraction"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_option(options, key):
+    (name,) = options
+    with pytest.raises(ConfigError) as caught:
+        tiny_federation(compressor=name, options=options)
+    assert caught.value.key == key
+
+
+def test_secure_aggregation_refuses_every_compressor_with_the_reason():
+    with pytest.raises(ConfigError, match="reveals only the sum") as caught:
+        tiny_federation(mechanisms=[ClearSum()], compressor="topk")
+    assert caught.value.key == "compressor"
+
+
+DP_WARNINGS = (
+    pytest.mark.filterwarnings("ignore:DP noise comes from:privfl.PrivacyWarning"),
+    pytest.mark.filterwarnings("ignore:client-level DP over:privfl.PrivacyWarning"),
+    pytest.mark.filterwarnings("ignore:DP noise will drown:privfl.UtilityWarning"),
+)
+
+
+def _dp(test):
+    for mark in DP_WARNINGS:
+        test = mark(test)
+    return test
+
+
+@_dp
+def test_dp_with_noise_after_the_client_needs_a_compressor_that_keeps_the_clip():
+    # (Distributed noise needs secure aggregation, which refuses every compressor.)
+    dp = {"dp": {"mode": "central", "noise_multiplier": 0.1}}
+    with pytest.raises(ConfigError, match="error_feedback = false"):
+        tiny_federation(mechanisms=["dp"], compressor="qsgd", options=dp)
+    with pytest.raises(ConfigError, match="keeps the clip norm"):
+        tiny_federation(mechanisms=["dp"], compressor="topk", options=dp)
+    kept = tiny_federation(
+        mechanisms=["dp"],
+        compressor="topk",
+        options={**dp, "topk": {"error_feedback": False, "fraction": 0.5}},
+    )
+    assert kept.compressor is not None
+    assert kept.compressor.keeps_norm_bound
+
+
+@_dp
+def test_dp_noised_by_each_client_allows_any_compressor():
+    fed = tiny_federation(
+        mechanisms=["dp"],
+        compressor="qsgd",
+        options={"dp": {"mode": "local", "noise_multiplier": 0.1}},
+    )
+    assert fed.compressor is not None
+    assert not fed.compressor.keeps_norm_bound
+
+
+@_dp
+def test_dp_clips_before_the_compressor_encodes():
+    clip = 0.01
+    fed = tiny_federation(
+        executor=CountingExecutor(),
+        mechanisms=["dp"],
+        compressor="topk",
+        options={
+            "dp": {"clip": clip, "noise_multiplier": 1e-6},
+            "topk": {"error_feedback": False, "fraction": 1.0},
+        },
+    )
+    before = fed.params.clone()
+    fed.run(1)
+    # Every client's decoded update has norm <= clip; the mean of 4 has norm <= clip.
+    assert float((fed.params - before).norm()) <= clip * 1.0001
+
+
+def test_error_feedback_needs_clients_in_this_process():
+    with pytest.raises(ConfigError, match="error_feedback = false") as caught:
+        tiny_federation(executor=ProcessExecutor(), compressor="topk")
+    assert caught.value.key == "compressor"
+    options = {"topk": {"error_feedback": False, "fraction": 0.5}}
+    with tiny_federation(executor=ProcessExecutor(), compressor="topk", options=options) as fed:
+        (record,) = fed.run(1)
+    assert record.values["uplink_bytes"] == 8 + 1 + packed_size(9, 5) + 9 * 4
+    assert not record.rejected
+
+
+def test_qsgd_decodes_only_its_own_layout():
+    compressor = QSGD(bits=2)
+    compressor.setup(dimension=10, seed=0)
+    data = compressor.encode(torch.ones(10), config={}, generator=torch.Generator(), state={})
+    assert len(data) == 4 + 3
+    with pytest.raises(ValueError, match="exceeds"):
+        compressor.decode(data[:4] + b"\xff\xff\x0f", config={})
+    with pytest.raises(ValueError, match="scale"):
+        compressor.decode(b"\x00\x00\xc0\x7f" + data[4:], config={})
+
+
+class HalfPrecision(Compressor):
+    """Sends the update as float16: a compressor from a third-party plugin."""
+
+    name = "half"
+
+    def encode(self, update, *, config, generator, state):
+        return update.to(torch.float16).numpy().tobytes()
+
+    def decode(self, data, *, config):
+        return torch.frombuffer(bytearray(data), dtype=torch.float16).float()
+
+
+class HalfPlugin:
+    @hookimpl
+    def privfl_register_compressors(self):
+        return [HalfPrecision]
+
+
+def test_hook_register_compressors():
+    fed = tiny_federation(plugins=[HalfPlugin()], compressor="half")
+    assert "half" in fed.registry.names("compressor")
+    assert {"qsgd", "topk", "random-mask"} <= set(fed.registry.names("compressor"))
+    records = fed.run(2)
+    assert records[-1].values["uplink_bytes"] == 18 * 2
+    with pytest.raises(ConfigError, match="did you mean 'half'"):
+        tiny_federation(plugins=[HalfPlugin()], compressor="hal")
