@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -146,3 +147,16 @@ def check_options(cls: type, table: str, values: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"{table}.{spec.name}", "unset", f"a value: [{table}] needs {spec.name}{how}"
             )
+
+
+def positive_number(key: str, value: float) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (not a bool), else raise
+    a ConfigError naming ``key``: the check of components' rates, scales and bounds."""
+    if not (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        raise ConfigError(key, value, "a finite number > 0")
+    return float(value)

@@ -9,7 +9,6 @@ against the number of updates actually received in each round.
 
 from __future__ import annotations
 
-import math
 from types import MappingProxyType
 
 import torch
@@ -26,7 +25,7 @@ from privfl.algorithms.aggregation import (
 )
 from privfl.algorithms.dp import clip_to_norm
 from privfl.components import Aggregator
-from privfl.errors import ConfigError
+from privfl.options import positive_number
 from privfl.plugins import hookimpl
 
 
@@ -50,13 +49,7 @@ class FedAvg(Aggregator):
     works_on_secure_sum = True
 
     def __init__(self, norm_bound: float | None = None) -> None:
-        if norm_bound is not None and not (
-            isinstance(norm_bound, (int, float))
-            and not isinstance(norm_bound, bool)
-            and 0 < norm_bound < math.inf
-        ):
-            raise ConfigError("norm_bound", norm_bound, "a finite number > 0, or unset")
-        self.norm_bound = None if norm_bound is None else float(norm_bound)
+        self.norm_bound = None if norm_bound is None else positive_number("norm_bound", norm_bound)
         self.works_on_secure_sum = norm_bound is None
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

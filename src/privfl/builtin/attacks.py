@@ -6,22 +6,12 @@ malicious clients with ``--malicious-fraction``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from privfl.algorithms import attacks
 from privfl.components import Attack
-from privfl.errors import ConfigError
+from privfl.options import positive_number
 from privfl.plugins import hookimpl
-
-
-def _positive(key: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, value, "a finite number > 0")
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(key, value, "a finite number > 0")
-    return float(value)
 
 
 class LabelFlip(Attack):
@@ -43,7 +33,7 @@ class SignFlip(Attack):
     name = "sign-flip"
 
     def __init__(self, scale: float = 1.0) -> None:
-        self.scale = _positive("scale", scale)
+        self.scale = positive_number("scale", scale)
 
     def poison_updates(self, malicious, benign, *, generator):
         return attacks.sign_flip(malicious, self.scale)
@@ -58,7 +48,7 @@ class GaussianAttack(Attack):
     name = "gaussian"
 
     def __init__(self, sigma: float = 1.0) -> None:
-        self.sigma = _positive("sigma", sigma)
+        self.sigma = positive_number("sigma", sigma)
 
     def poison_updates(self, malicious, benign, *, generator):
         return attacks.gaussian_updates(malicious.shape, self.sigma, generator, malicious.dtype)
@@ -77,7 +67,7 @@ class LittleIsEnough(Attack):
     name = "alie"
 
     def __init__(self, z: float | None = None) -> None:
-        self.z = None if z is None else _positive("z", z)
+        self.z = None if z is None else positive_number("z", z)
 
     def poison_updates(self, malicious, benign, *, generator):
         honest = torch.cat([benign, malicious])

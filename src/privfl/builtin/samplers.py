@@ -39,6 +39,7 @@ import torch
 
 from privfl.components import ClientSampler, Sampling
 from privfl.errors import ConfigError
+from privfl.options import positive_number
 from privfl.plugins import hookimpl
 from privfl.seeding import torch_generator
 
@@ -123,8 +124,8 @@ class _Participation(ClientSampler):
         self, availability: float = 1.0, deadline: float | None = None, device_spread: float = 0.5
     ) -> None:
         self.availability = _probability("availability", availability)
-        self.deadline = None if deadline is None else _positive("deadline", deadline)
-        self.device_spread = _positive("device_spread", device_spread)
+        self.deadline = None if deadline is None else positive_number("deadline", deadline)
+        self.device_spread = positive_number("device_spread", device_spread)
 
     def on_time(self) -> float:
         """The probability that a chosen client answers before the deadline."""
@@ -229,18 +230,6 @@ class AllSampler(_Participation):
 
     def sample(self, *, num_clients: int, generator: torch.Generator) -> torch.Tensor:
         return online_clients(num_clients, self.availability, generator)
-
-
-def _positive(key: str, value: float) -> float:
-    """Return ``value`` as a float if it is a finite number > 0, else raise ConfigError."""
-    if not (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    ):
-        raise ConfigError(key, value, "a finite number > 0")
-    return float(value)
 
 
 def _probability(key: str, value: float) -> float:

@@ -20,18 +20,8 @@ import torch
 from privfl.algorithms import server_optimization as so
 from privfl.components import ServerOptimizer
 from privfl.errors import ConfigError
+from privfl.options import positive_number
 from privfl.plugins import hookimpl
-
-
-def _positive(key: str, value: float) -> float:
-    if not (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    ):
-        raise ConfigError(key, value, "a finite number > 0")
-    return float(value)
 
 
 def _decay(key: str, value: float) -> float:
@@ -149,7 +139,7 @@ class FedAvgM(_StatefulServerOptimizer):
 
     def __init__(self, server_lr: float = 1.0, momentum: float = 0.9) -> None:
         super().__init__()
-        self.server_lr = _positive("server_lr", server_lr)
+        self.server_lr = positive_number("server_lr", server_lr)
         self.momentum = _decay("momentum", momentum)
 
     def update_rule(self, params, update, state):
@@ -180,10 +170,10 @@ class FedAdam(_StatefulServerOptimizer):
         tau: float = 1e-3,
     ) -> None:
         super().__init__()
-        self.server_lr = _positive("server_lr", server_lr)
+        self.server_lr = positive_number("server_lr", server_lr)
         self.beta1 = _decay("beta1", beta1)
         self.beta2 = _decay("beta2", beta2)
-        self.tau = _positive("tau", tau)
+        self.tau = positive_number("tau", tau)
 
     def initial_state(self, params):
         return {"m": torch.zeros_like(params), "v": so.initial_second_moment(params, self.tau)}
@@ -227,8 +217,8 @@ class FedAdagrad(_StatefulServerOptimizer):
 
     def __init__(self, server_lr: float = 0.01, tau: float = 1e-3) -> None:
         super().__init__()
-        self.server_lr = _positive("server_lr", server_lr)
-        self.tau = _positive("tau", tau)
+        self.server_lr = positive_number("server_lr", server_lr)
+        self.tau = positive_number("tau", tau)
 
     def initial_state(self, params):
         return {"v": so.initial_second_moment(params, self.tau)}
