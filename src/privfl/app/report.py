@@ -72,6 +72,15 @@ PLOTS = (
         "no run records bytes per client (only runs with secure aggregation, "
         "`--secagg`, count them)",
     ),
+    Plot(
+        "uplink-bytes",
+        "uplink_bytes",
+        "Encoded update size per client",
+        "bytes per client",
+        "no run records uplink bytes (only runs with a compressor, `--compressor`, do)",
+    ),
+    Plot("mse", "mse", "Test MSE", "MSE", "no evaluator reported mse (regression runs do)"),
+    Plot("r2", "r2", "Test R²", "R²", "no evaluator reported r2 (regression runs do)"),
     Plot("seconds", "seconds", "Time per round", "seconds", "no run records seconds"),
 )
 """The report's figures, in the order the summary lists them."""
