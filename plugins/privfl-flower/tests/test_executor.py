@@ -254,3 +254,14 @@ def test_the_client_app_imports_neither_privfl_nor_torch():
         "assert not {'torch', 'privfl'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_plugin_package_imports_no_flower_until_used():
+    """privfl loads the entry point in every process, most of which never use Flower."""
+    code = (
+        "import sys, privfl_flower\n"
+        "assert not {'flwr', 'torch', 'privfl'} & set(sys.modules), sorted(sys.modules)\n"
+        "privfl_flower.make_client_app\n"
+        "assert 'flwr' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -11,11 +11,12 @@ The executor, the ServerApp and the ClientApp are described in
 :mod:`privfl_flower.executor`, :mod:`privfl_flower.server_app` and
 :mod:`privfl_flower.client_app`.
 
-Importing this package, or its ClientApp, does not import privfl or torch: Flower
-starts a process for every message a SuperNode gets, and the ClientApp's only
-forwards bytes to the node's privfl host (:mod:`privfl_flower.node_host`). So the
-names below load on first use, and an app module should import privfl inside its
-``build`` function too.
+Importing this package imports neither Flower nor privfl nor torch, and its ClientApp
+does not import privfl or torch: privfl loads this package as an entry-point plugin
+in every process (where Flower is not needed), and Flower starts a process for every
+message a SuperNode gets, whose ClientApp only forwards bytes to the node's privfl
+host (:mod:`privfl_flower.node_host`). So the names below load on first use, and an
+app module should import privfl inside its ``build`` function too.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import importlib
 from typing import Any
 
 import pluggy
-
-from privfl_flower.client_app import make_client_app
 
 __all__ = [
     "FlowerGridExecutor",
@@ -39,6 +38,7 @@ __all__ = [
 _LAZY = {
     "FlowerGridExecutor": "privfl_flower.executor",
     "connect_nodes": "privfl_flower.executor",
+    "make_client_app": "privfl_flower.client_app",
     "NodeData": "privfl_flower.server_app",
     "make_server_app": "privfl_flower.server_app",
     "run_federation": "privfl_flower.server_app",
