@@ -21,11 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from flwr.app import Message as FlowerMessage
-from flwr.common.constant import ErrorCode
-from flwr.serverapp import Grid
+from typing import TYPE_CHECKING, Any
 
 from privfl.builtin.process_executor import ClientError
 from privfl.client_runtime import ClientApp
@@ -34,15 +30,23 @@ from privfl.errors import ConfigError, PrivflError
 from privfl.messages import Failure, Message, decode, encode
 from privfl_flower.wire import HELLO_ACTION, PRIVFL_ACTION, clients_of, pack, unpack
 
+if TYPE_CHECKING:  # Flower loads on first use: privfl imports this plugin everywhere
+    from flwr.app import Message as FlowerMessage
+    from flwr.serverapp import Grid
+
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 """How often the executor asks the SuperLink for the replies that have arrived."""
 
-APP_ERRORS = frozenset({ErrorCode.CLIENT_APP_RAISED_EXCEPTION, ErrorCode.LOAD_CLIENT_APP_EXCEPTION})
-"""Flower's error codes for a ClientApp that raised or could not be loaded: a bug to
-report, where every other error (a node offline, a message expired, a ClientApp
-process killed) is a client that dropped."""
+
+def app_errors() -> frozenset[int]:
+    """Flower's error codes for a ClientApp that raised or could not be loaded: a bug to
+    report, where every other error (a node offline, a message expired, a ClientApp
+    process killed) is a client that dropped."""
+    from flwr.common.constant import ErrorCode
+
+    return frozenset({ErrorCode.CLIENT_APP_RAISED_EXCEPTION, ErrorCode.LOAD_CLIENT_APP_EXCEPTION})
 
 
 class FlowerGridExecutor(Executor):
@@ -86,6 +90,8 @@ class FlowerGridExecutor(Executor):
         phases = {str(m.values.get("phase", "")) for m in messages.values()}
         kind = kinds.pop() if len(kinds) == 1 else ""
         phase = phases.pop() if len(phases) == 1 else ""
+        from flwr.app import Message as FlowerMessage
+
         outgoing = [
             FlowerMessage(
                 pack(
@@ -116,7 +122,7 @@ class FlowerGridExecutor(Executor):
     ) -> dict[int, Message | Failure]:
         if reply.has_error():
             code, reason = reply.error.code, reply.error.reason
-            if code in APP_ERRORS:
+            if code in app_errors():
                 raise ClientError(f"the privfl ClientApp on node {node} failed: {reason}")
             logger.warning(
                 "node %s (clients %s) dropped: Flower error %s, %s", node, clients, code, reason
@@ -171,6 +177,8 @@ def connect_nodes(grid: Grid, *, min_nodes: int = 1, timeout: float = 600.0) -> 
             )
         time.sleep(0.5)
         nodes = sorted(grid.get_node_ids())
+    from flwr.app import Message as FlowerMessage
+
     hello = [
         FlowerMessage(pack([], []), dst_node_id=node, message_type=HELLO_ACTION) for node in nodes
     ]

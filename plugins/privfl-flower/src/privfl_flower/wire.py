@@ -19,9 +19,10 @@ fraction of the time.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flwr.app import ConfigRecord, RecordDict
+if TYPE_CHECKING:  # Flower loads on first use: privfl imports this plugin everywhere
+    from flwr.app import RecordDict
 
 RECORD = "privfl"
 """The name of privfl's ConfigRecord in every Flower message it sends."""
@@ -55,6 +56,8 @@ def pack(
     :param failure: Up: the privfl :class:`~privfl.messages.Failure` reason for all of
         ``clients`` (such as ``dropped``), with a ``detail`` for the server's log.
     """
+    from flwr.app import ConfigRecord, RecordDict
+
     return RecordDict(
         {
             RECORD: ConfigRecord(
