@@ -102,6 +102,21 @@ class FolderData(ClientDataSource):
         return ClientData.owned(examples)
 
 
+def known_targets(data: ClientDataSource, test: TensorPair | None) -> torch.Tensor | None:
+    """Targets the server half may look at to infer the task: the simulated training
+    data's, else the test split's (never a real owner's)."""
+    if isinstance(data, PartitionedData):
+        return data.train.targets
+    return test.targets if test is not None else None
+
+
+def num_classes(data: ClientDataSource, test: TensorPair | None) -> int:
+    """Number of classes, for label attacks: the simulated training data's, else the
+    test split's, else client 0's."""
+    pair = data.train if isinstance(data, PartitionedData) else test
+    return int((pair or data.load(0).examples).targets.max()) + 1
+
+
 def write_client_folders(
     root: str | Path, train: TensorPair, partition: Sequence[torch.Tensor]
 ) -> FolderData:

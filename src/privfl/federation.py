@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from privfl.client import LocalTraining, Loss, flatten_parameters
-from privfl.client_data import ClientDataSource, PartitionedData, as_pair, client_data_source
+from privfl.client_data import (
+    ClientDataSource,
+    as_pair,
+    client_data_source,
+    known_targets,
+    num_classes,
+)
 from privfl.client_runtime import ClientApp
 from privfl.client_state import ClientStates
 from privfl.components import (
@@ -38,11 +44,16 @@ from privfl.components import (
 )
 from privfl.compressors import Compressor, check_compression
 from privfl.errors import ConfigError, PluginError
+from privfl.federation_state import (
+    check_loadable,
+    choose_malicious,
+    component_states,
+    load_component_states,
+)
 from privfl.mechanisms import MechanismSetup, PrivacyMechanism, check_combination
 from privfl.plugins import PluginManager, get_plugin_manager
 from privfl.records import RoundRecord
 from privfl.registry import ComponentRegistry
-from privfl.seeding import torch_generator
 from privfl.tasks import accuracy, infer_task, resolve_loss, task_metrics
 
 ComponentSpec = str | Any
@@ -127,7 +138,7 @@ class Federation:
         self.model = copy.deepcopy(model)
         self._model_flat = flatten_parameters(self.model)
         self.params = self._model_flat.clone()
-        self.task = infer_task(self._known_targets(), task)
+        self.task = infer_task(known_targets(self.client_data, self.test), task)
         """The learning task, ``"classification"`` or ``"regression"``."""
         self.loss = resolve_loss(loss, self.task)
         self.metrics = dict(metrics) if metrics is not None else task_metrics(self.task)
@@ -189,7 +200,9 @@ class Federation:
             self.compressor.setup(dimension=self.params.numel(), seed=self.seed)
         self.client_states = ClientStates()
         """What client halves in this process keep between rounds; checkpointed."""
-        self.malicious = self._choose_malicious(malicious_fraction, attack is not None)
+        self.malicious = choose_malicious(
+            malicious_fraction, self.num_clients, seed, attacked=attack is not None
+        )
         self.round = 0
         self.total_rounds = 0
         self.history: list[RoundRecord] = []
@@ -228,7 +241,9 @@ class Federation:
                 mechanisms=tuple(self.mechanisms),
                 attack=self.attack,
                 malicious=self.malicious,
-                num_classes=self._num_classes() if self.attack is not None else 0,
+                num_classes=(
+                    num_classes(self.client_data, self.test) if self.attack is not None else 0
+                ),
                 compressor=self.compressor,
                 states=self.client_states,
                 trainer=self.trainer,
@@ -372,55 +387,19 @@ class Federation:
 
     def state_dict(self) -> dict[str, Any]:
         """Return what a checkpoint needs: round, global parameters, component states."""
-        states = {}
-        for kind, value in self.components().items():
-            items = value if isinstance(value, list) else [value]
-            for position, component in enumerate(items):
-                state = component.state_dict()
-                if state:
-                    states[f"{kind}.{position}.{component.name}"] = state
-        if len(self.client_states):
-            states["client_states"] = self.client_states.state_dict()
         return {
             "round": self.round,
             "params": self.params.clone(),
-            "components": states,
+            "components": component_states(self.components(), self.client_states),
             "settings": dict(self.settings),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`; components must match by kind and name,
         the settings must be the same, and the parameters finite."""
-        params = state["params"]
-        if params.shape != self.params.shape:
-            raise ConfigError(
-                "checkpoint", f"{params.numel()} parameters", f"{self.params.numel()} parameters"
-            )
-        if not bool(torch.isfinite(params).all()):
-            raise ConfigError("checkpoint", "NaN or infinite parameters", "finite parameters")
-        saved_settings = state.get("settings", {})
-        changed = sorted(
-            k
-            for k in {*saved_settings, *self.settings}
-            if saved_settings.get(k) != self.settings.get(k)
-        )
-        if changed:
-            raise ConfigError(
-                "checkpoint",
-                f"made with other {', '.join(changed)}",
-                "the settings it was made with (only rounds, the executor, evaluators and "
-                "the evaluation and checkpoint intervals may change on resume)",
-            )
-        saved = dict(state["components"])
-        for kind, value in self.components().items():
-            items = value if isinstance(value, list) else [value]
-            for position, component in enumerate(items):
-                component_state = saved.pop(f"{kind}.{position}.{component.name}", {})
-                component.load_state_dict(component_state)
-        self.client_states.load_state_dict(saved.pop("client_states", {}))
-        if saved:
-            raise ConfigError("checkpoint", sorted(saved), "component states of this federation")
-        self.params = params.clone()
+        check_loadable(state["params"], self.params, state.get("settings", {}), self.settings)
+        load_component_states(self.components(), self.client_states, state["components"])
+        self.params = state["params"].clone()
         self.round = int(state["round"])
 
     def _set_up_mechanisms(self, sampling: Sampling | None) -> None:
@@ -443,14 +422,6 @@ class Federation:
                 )
             )
 
-    def _known_targets(self) -> torch.Tensor | None:
-        """Targets the server half may look at to infer the task: the simulated training
-        data's, else the test split's (never a real owner's)."""
-        data = self.client_data
-        if isinstance(data, PartitionedData):
-            return data.train.targets
-        return self.test.targets if self.test is not None else None
-
     def _api_settings(self) -> dict[str, Any]:
         """What a checkpoint of a federation built in Python must match on load."""
         return {
@@ -462,24 +433,6 @@ class Federation:
             "training": dataclasses.asdict(self.training),
             "trainer": None if self.trainer is None else self.trainer.name,
         }
-
-    def _num_classes(self) -> int:
-        """Number of classes, for label attacks: the simulated training data's, else the
-        test split's, else client 0's."""
-        data = self.client_data
-        pair = data.train if isinstance(data, PartitionedData) else self.test
-        return int((pair or data.load(0).examples).targets.max()) + 1
-
-    def _choose_malicious(self, fraction: float, attacked: bool) -> frozenset[int]:
-        """The ids of ``round(fraction * clients)`` clients drawn with the seed (none
-        without an attack; the fraction is checked either way)."""
-        if not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
-            raise ConfigError("malicious_fraction", fraction, "a number in [0, 1)")
-        if not attacked:
-            return frozenset()
-        count = round(fraction * self.num_clients)
-        order = torch.randperm(self.num_clients, generator=torch_generator(self.seed, "malicious"))
-        return frozenset(order[:count].tolist())
 
     def options_for(self, name: str) -> dict[str, Any]:
         """Return the keyword options given for the component registered as ``name``."""
