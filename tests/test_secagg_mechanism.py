@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import privfl
 import privfl.builtin.executors
+from privfl.builtin.secure_aggregation import SecAgg
 from privfl.messages import bytes_tensor, tensor_bytes
 from privfl.secagg import KeyDirectory
 from privfl.secagg.messages import AdvertiseKeys, UnmaskResponse
@@ -357,3 +358,56 @@ def test_against_a_semi_honest_server_a_round_survives_losing_half_its_clients()
         (records[name],) = fed.run(1)
     assert "quorum" in records["malicious"].values["aborted"]
     assert records["semi-honest"].values["secagg_contributors"] >= 4
+
+
+class WeakerInRound2(SecAgg):
+    """A deviating server half: round 2's tasks carry threshold 1."""
+
+    def client_config(self, *, round, client_ids):
+        config = super().client_config(round=round, client_ids=client_ids)
+        return {**config, "threshold": 1} if round == 2 else config
+
+
+@pytest.mark.parametrize("executor", ["serial", "process"])
+def test_clients_refusing_a_weaker_round_sit_it_out_and_the_run_goes_on(executor):
+    """A server that lowers one round's threshold gets refusals, not secrets: each
+    client's reason is recorded, that round leaves the model as it was, and the next
+    round (with honest settings) runs, in process and across worker processes alike."""
+    fed = tiny_federation(num_clients=10, mechanisms=["secagg"], executor=executor)
+    fed.mechanisms[0].__class__ = WeakerInRound2
+    try:
+        first, refused, third = fed.run(3)
+    finally:
+        fed.close()
+    assert sorted(refused.rejected) == list(range(10))
+    assert all("threshold 1" in reason for reason in refused.rejected.values())
+    assert refused.num_examples == 0
+    assert first.values["secagg_contributors"] == third.values["secagg_contributors"] == 10
+
+
+def test_a_client_refusing_a_request_mid_protocol_aborts_only_that_round(monkeypatch):
+    """A refusal after the first phase (as for a split unmask request) means the server
+    deviated: the round is aborted naming the client and its reason, the run goes on."""
+    fed = tiny_federation(num_clients=6, mechanisms=["secagg"])
+    mechanism = fed.mechanisms[0]
+    real = mechanism.secure_client
+
+    def secure_client(*, client_id, config):
+        client = real(client_id=client_id, config=config)
+        if client_id == 4 and config["round"] == 1:
+            step = client.step
+
+            def refusing(phase, data):
+                if phase == "unmasking":
+                    raise privfl.PrivflError("that request would unmask client 2: refusing")
+                return step(phase, data)
+
+            client.step = refusing
+        return client
+
+    monkeypatch.setattr(mechanism, "secure_client", secure_client)
+    aborted, after = fed.run(2)
+    assert aborted.values["aborted"] == (
+        "client 4 refused the 'unmasking' phase: that request would unmask client 2: refusing"
+    )
+    assert after.values["secagg_contributors"] == 6

@@ -37,7 +37,7 @@ from privfl.client_data import ClientDataSource
 from privfl.client_state import ClientStates
 from privfl.components import Attack, ClientTrainer, Trainer
 from privfl.compressors import Compressor
-from privfl.errors import PerformanceWarning
+from privfl.errors import PerformanceWarning, PrivflError
 from privfl.mechanisms import PrivacyMechanism, SecureSumClient
 from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes
 from privfl.seeding import torch_generator
@@ -343,10 +343,13 @@ class ClientHost:
         if not bool(torch.isfinite(contribution).all()):  # a finite update can overflow
             reason = f"the update times its weight {weight:g} overflows float32"
             return Message("refused", {"reason": reason})
-        client = app.mechanisms[int(secure)].secure_client(
-            client_id=client_id, config=task.configs[int(secure)]
-        )
-        first = client.start(contribution)
+        try:  # a client that refuses the server's round settings sits the round out
+            client = app.mechanisms[int(secure)].secure_client(
+                client_id=client_id, config=task.configs[int(secure)]
+            )
+            first = client.start(contribution)
+        except PrivflError as error:
+            return Message("refused", {"reason": str(error)})
         if not client.finished:
             self._secure[client_id] = client
         values = {**report, "phase": client.first_phase, "statistic_names": names}
@@ -357,7 +360,11 @@ class ClientHost:
         if client is None:
             raise MessageError(f"client {client_id} has no secure sum under way")
         phase = str(message.value("phase", "the server"))
-        reply = client.step(phase, tensor_bytes(message.tensor("data", "the server")))
+        try:
+            reply = client.step(phase, tensor_bytes(message.tensor("data", "the server")))
+        except PrivflError as error:  # a refused request: the server learns why, no more
+            del self._secure[client_id]
+            return Message("refused", {"phase": phase, "reason": str(error)})
         if client.finished:
             del self._secure[client_id]
         return Message("secure-reply", {"phase": phase}, {"data": bytes_tensor(reply)})

@@ -363,6 +363,11 @@ def _exchange(fed, phase: str, messages: Mapping[int, bytes]) -> dict[int, bytes
     }
     replies: dict[int, bytes] = {}
     for client, reply in fed.executor.send_and_receive(out).items():
+        if isinstance(reply, Message) and reply.kind == "refused":
+            # A client refuses a request only when the server deviated from the protocol
+            # (a split or forbidden unmask request): no sound sum this round.
+            reason = reply.values.get("reason")
+            raise RoundAborted(f"client {client} refused the {phase!r} phase: {reason}")
         # A failed or malformed answer leaves the client out of the phase: the protocol
         # counts it as dropped there.
         if isinstance(reply, Message) and reply.kind == "secure-reply":

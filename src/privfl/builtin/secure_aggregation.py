@@ -17,11 +17,12 @@ carries to every host (:func:`~privfl.secagg.signing.provisioned_key`); the serv
 and each host pin the first key they see for a client, which stands for a PKI (trust
 on first use). A session id drawn at set-up and the round are bound into every key,
 associated data, signature and tag. The client half recomputes the threshold, the
-corruption count and the degree from its own options and refuses a weaker round. A
+corruption count and the degree from its own options and refuses a weaker round: it
+sits that round out, with its reason in the record's ``rejected``, and the run goes on. A
 client whose message the server refuses (a bad signature or tag, a replay, a wrong
 length) is left out of the sum and named in the record's ``secagg_rejected``; an error
-that leaves no sound sum (a client refusing the server's request, shares that
-contradict each other) aborts the round (:class:`privfl.RoundAborted`), naming the
+that leaves no sound sum (a client refusing a request of the server mid-protocol, in
+process or across hosts alike; shares that contradict each other) aborts the round (:class:`privfl.RoundAborted`), naming the
 client.
 
 Each round the server half picks the clamping bound and the ring. The bound is the
