@@ -52,6 +52,7 @@ from privfl.components import (
 )
 from privfl.compressors import Compressor
 from privfl.errors import (
+    ClientError,
     ConfigError,
     DataError,
     PerformanceWarning,
@@ -84,6 +85,7 @@ __all__ = [
     "ClientApp",
     "ClientData",
     "ClientDataSource",
+    "ClientError",
     "ClientHost",
     "ClientResult",
     "ClientSampler",

@@ -35,6 +35,12 @@ class PluginError(PrivflError):
     """Plugins do not fit together: a misspelt hook or two components with one name."""
 
 
+class ClientError(PrivflError):
+    """A client half failed where the executor runs it (a worker process, a Ray actor, a
+    Flower SuperNode): the message names the client or node and the error it raised
+    there. The run stops, since the client's failure is not a protocol-level dropout."""
+
+
 class RoundAborted(PrivflError):  # noqa: N818 -- names an event, not a bug
     """A round could not finish (for example too few clients left for secure aggregation).
 

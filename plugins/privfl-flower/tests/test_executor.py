@@ -22,10 +22,10 @@ from privfl_flower.client_app import owned_clients
 from privfl_flower.wire import HELLO_ACTION, WireError, hello_reply, pack, unpack
 
 import privfl
-from privfl.builtin.process_executor import ClientError
 from privfl.client_data import FolderData, write_client_folders
 from privfl.client_runtime import ClientHost
 from privfl.data.partition import iid
+from privfl.errors import ClientError
 from privfl.messages import decode, encode
 from privfl.testing import ClearSum, tiny_dataset, tiny_federation
 

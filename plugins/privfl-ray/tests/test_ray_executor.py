@@ -16,8 +16,8 @@ from privfl_ray import RayExecutor
 from ray.exceptions import RayActorError
 
 import privfl
-from privfl.builtin.process_executor import ClientError
 from privfl.builtin.secure_aggregation import SecAgg
+from privfl.errors import ClientError
 from privfl.testing import ClearSum, tiny_federation
 
 pytestmark = pytest.mark.usefixtures("ray_instance")

@@ -40,15 +40,11 @@ import torch
 
 from privfl.client_runtime import ClientApp, ClientHost
 from privfl.components import Executor
-from privfl.errors import ConfigError, PrivflError
+from privfl.errors import ClientError, ConfigError
 from privfl.messages import Failure, Message, decode, encode
 from privfl.plugins import hookimpl
 
 _FRAME = struct.Struct(">IB")  # client id, status (0: reply, 1: error text)
-
-
-class ClientError(PrivflError):
-    """A client half raised an error while answering a message in its worker."""
 
 
 def _serve(conn: Connection, app: ClientApp, threads: int, stack: bool) -> None:

@@ -22,8 +22,8 @@ sits that round out, with its reason in the record's ``rejected``, and the run g
 client whose message the server refuses (a bad signature or tag, a replay, a wrong
 length) is left out of the sum and named in the record's ``secagg_rejected``; an error
 that leaves no sound sum (a client refusing a request of the server mid-protocol, in
-process or across hosts alike; shares that contradict each other) aborts the round (:class:`privfl.RoundAborted`), naming the
-client.
+process or across hosts alike; shares that contradict each other) aborts the round
+(:class:`privfl.RoundAborted`), naming the client.
 
 Each round the server half picks the clamping bound and the ring. The bound is the
 user's ``bound``, or less when the federation's mechanisms declare a smaller one

@@ -23,10 +23,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from privfl.builtin.process_executor import ClientError
 from privfl.client_runtime import ClientApp
 from privfl.components import Executor
-from privfl.errors import ConfigError, PrivflError
+from privfl.errors import ClientError, ConfigError, PrivflError
 from privfl.messages import Failure, Message, decode, encode
 from privfl_flower.wire import HELLO_ACTION, PRIVFL_ACTION, clients_of, pack, unpack
 

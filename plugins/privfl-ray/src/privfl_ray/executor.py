@@ -33,10 +33,9 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from privfl.builtin.process_executor import ClientError
 from privfl.client_runtime import ClientApp, ClientHost
 from privfl.components import Executor
-from privfl.errors import ConfigError, PrivflError
+from privfl.errors import ClientError, ConfigError, PrivflError
 from privfl.messages import Failure, Message, decode, encode
 
 
