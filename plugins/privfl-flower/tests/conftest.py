@@ -7,9 +7,10 @@ ports; each runs in its own process group, which is killed when the module's tes
 end. As in a real deployment, the SuperLink serves TLS with a certificate signed by a
 CA the fixture makes, and admits only SuperNodes whose public keys were registered
 with ``flwr supernode register`` (each node signs its requests with its EC key).
-Each SuperNode holds the data of two of the six privfl clients of the tests' tiny
-federation in its own folder, as :func:`privfl.client_data.write_client_folders`
-writes it.
+Each SuperNode holds the data of two of the six privfl clients of the tests' app (100
+MNIST digits each, from the sample shipped with privfl) in its own folder, as
+:func:`privfl.client_data.write_client_folders` writes it; the folder ``all`` holds
+every client's file, for the in-process runs the tests compare with.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ with warnings.catch_warnings():
     import flwr.app  # noqa: F401
 
 from privfl.client_data import write_client_folders
+from privfl.components import TensorPair
+from privfl.data.mnist import images_to_float, load_bundled_mnist
 from privfl.data.partition import iid
-from privfl.testing import tiny_dataset
 
 APP = Path(__file__).parent / "flower_app"
 NODES = 3
 CLIENTS_PER_NODE = 2
+EXAMPLES_PER_CLIENT = 100
 START_SECONDS = 60.0
 
 
@@ -124,6 +127,8 @@ class LocalFederation:
     address: str
     env: dict[str, str]
     data_dirs: list[Path]
+    all_data: Path
+    """A folder with every client's file, for the in-process runs."""
     nodes: list[subprocess.Popen] = field(default_factory=list)
     others: list[subprocess.Popen] = field(default_factory=list)
 
@@ -144,14 +149,21 @@ class LocalFederation:
                 *("--auth-supernode-private-key", str(keys / key)),
                 *("--superlink", self.address),
                 *("--host", "127.0.0.1", "--port", str(free_port())),
-                *("--node-config", f'data-dir="{data_dir}"'),
+                # a run's host exits 2 minutes after its last message, not an hour
+                *("--node-config", f'data-dir="{data_dir}" idle-timeout=120'),
                 *more,
             ],
         )
 
-    def kill_node(self, index: int) -> None:
-        """Kill SuperNode ``index`` and everything it started, as a power cut would."""
-        kill_group(self.nodes[index])
+    def stop_node(self, index: int) -> None:
+        """Stop SuperNode ``index`` as its owner would (SIGTERM: it tells the SuperLink
+        it leaves), then kill what it started (a ClientApp it waits for, its host)."""
+        process = self.nodes[index]
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        finally:
+            kill_group(process)
 
     def kill(self, process: subprocess.Popen) -> None:
         """Kill a process this federation started, with its group."""
@@ -204,8 +216,11 @@ def federation(tmp_path_factory) -> Iterator[LocalFederation]:
         f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{address}"\n'
         f'root-certificates = "{keys / "ca.crt"}"\n'
     )
-    train, _ = tiny_dataset(seed=0)
-    partition = iid(len(train), NODES * CLIENTS_PER_NODE, seed=0)
+    mnist = load_bundled_mnist()
+    count = NODES * CLIENTS_PER_NODE * EXAMPLES_PER_CLIENT
+    train = TensorPair(images_to_float(mnist.train_images[:count]), mnist.train_labels[:count])
+    partition = iid(count, NODES * CLIENTS_PER_NODE, seed=0)
+    write_client_folders(root / "all", train, partition)
     data_dirs = []
     for node in range(NODES):
         folder = root / f"owner-{node}"
@@ -214,7 +229,7 @@ def federation(tmp_path_factory) -> Iterator[LocalFederation]:
         for client in set(range(len(partition))) - set(mine):  # an owner holds its own only
             source.path(client).unlink()
         data_dirs.append(folder)
-    fed = LocalFederation(root, address, flower_env(home), data_dirs)
+    fed = LocalFederation(root, address, flower_env(home), data_dirs, root / "all")
     try:
         superlink = fed.start(
             "superlink",

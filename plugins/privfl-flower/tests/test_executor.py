@@ -20,8 +20,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from privfl_flower import FlowerGridExecutor, NodeData, connect_nodes
 from privfl_flower.client_app import owned_clients
 from privfl_flower.wire import HELLO_ACTION, WireError, hello_reply, pack, unpack
+from stop_clients import StopClients
 
 import privfl
+from privfl.builtin.executors import SerialExecutor
 from privfl.client_data import FolderData, write_client_folders
 from privfl.client_runtime import ClientHost
 from privfl.data.partition import iid
@@ -62,13 +64,17 @@ class InProcessGrid(Grid):
         client half as the app's builder would.
     :param fail: Node id -> a Flower error code its replies carry instead of answers.
     :param silent: Nodes that never answer.
+    :param stop: (node, round, phase): from that phase of that round on, the node is
+        unavailable, as a SuperNode stopped then is.
     """
 
-    def __init__(self, folders, settings=None, fail=None, silent=()):
+    def __init__(self, folders, settings=None, fail=None, silent=(), stop=None):
         self.folders = folders
         self.settings = dict(settings or {})
         self.fail = dict(fail or {})
         self.silent = set(silent)
+        self.stop = stop
+        self.round = 0
         self.hosts: dict[int, ClientHost] = {}
         self.replies: dict[str, Message] = {}
         self.sent: list[Message] = []
@@ -83,6 +89,7 @@ class InProcessGrid(Grid):
             ids.append(message.metadata.message_id)
             self.sent.append(message)
             node = message.metadata.dst_node_id
+            self._maybe_stop(node, message)
             if node in self.silent:
                 continue
             if node in self.fail:
@@ -91,6 +98,16 @@ class InProcessGrid(Grid):
             else:
                 self.replies[ids[-1]] = Message(self._answer(node, message), reply_to=message)
         return ids
+
+    def _maybe_stop(self, node: int, message: Message) -> None:
+        if self.stop is None or message.metadata.message_type == HELLO_ACTION:
+            return
+        _, bodies, fields = unpack(message.content, "the server")
+        if fields["kind"] == "train":
+            self.round = decode(bodies[0], sender="the server").values["round"]
+        phase = fields["phase"] or fields["kind"]
+        if (node, self.round, phase) == self.stop:
+            self.fail[node] = ErrorCode.NODE_UNAVAILABLE
 
     def _answer(self, node: int, message: Message) -> RecordDict:
         if message.metadata.message_type == HELLO_ACTION:
@@ -126,7 +143,7 @@ class InProcessGrid(Grid):
         raise AssertionError("not used")
 
 
-def _on_grid(grid, timeout=30.0, **settings) -> privfl.Federation:
+def _on_grid(grid, timeout=30.0, rounds=2, **settings) -> privfl.Federation:
     nodes = connect_nodes(grid, timeout=timeout)
     fed = tiny_federation(
         train=None,
@@ -135,7 +152,7 @@ def _on_grid(grid, timeout=30.0, **settings) -> privfl.Federation:
         executor=FlowerGridExecutor(grid, nodes, timeout=timeout),
         **settings,
     )
-    fed.run(2)
+    fed.run(rounds)
     return fed
 
 
@@ -165,6 +182,7 @@ def test_nodes_that_do_not_answer_the_handshake_are_named(folders):
 
 
 DP_DISTRIBUTED = {"dp": {"mode": "distributed", "noise_multiplier": 0.5, "clip": 1.0}}
+DP_DISTRIBUTED_SECAGG = {**DP_DISTRIBUTED, "secagg+": {"tolerated_dropout": 0.4}}
 
 
 @pytest.mark.parametrize(
@@ -208,6 +226,27 @@ def test_a_node_lost_or_silent_is_dropped_or_timed_out(folders):
     reference = tiny_federation(num_clients=6, mechanisms=[ClearSum(keep={0, 1})])
     reference.run(1)
     assert torch.allclose(fed.params, reference.params, atol=1e-6)
+
+
+@pytest.mark.parametrize("phase", ["masked_input", "unmasking", "train"])
+@pytest.mark.filterwarnings("ignore::privfl.PrivacyWarning")
+def test_stop_clients_reproduces_a_node_that_stops_mid_round(folders, phase):
+    """The deployment test's reference: an in-process run whose clients 4 and 5 stop
+    at a phase of round 2 gives the bytes of a Flower run whose node 303 stops then."""
+    settings = {"mechanisms": ["dp", "secagg+"], "options": DP_DISTRIBUTED_SECAGG}
+    grid = InProcessGrid(folders, settings, stop=(303, 2, phase))
+    on_grid = _on_grid(grid, rounds=3, **settings)
+    stopped = StopClients(SerialExecutor(), clients={4, 5}, round=2, phase=phase)
+    serial = tiny_federation(num_clients=6, executor=stopped, **settings)
+    serial.run(3)
+    assert torch.equal(on_grid.params, serial.params)
+    assert _records(on_grid) == _records(serial)
+    assert [r.values["secagg_contributors"] for r in serial.history] == [
+        6,
+        6 if phase == "unmasking" else 4,  # the masked inputs came: the sum holds them
+        4,
+    ]
+    assert serial.history[2].values["failed"] == {"4": "dropped", "5": "dropped"}
 
 
 def test_an_error_of_the_client_app_itself_is_raised_naming_the_node(folders):

@@ -13,26 +13,37 @@ import pytest
 from privfl_flower import node_host
 
 from privfl.builtin.executors import SerialExecutor
-from privfl.client_data import write_client_folders
+from privfl.client_data import FolderData, write_client_folders
 from privfl.client_runtime import ClientHost
 from privfl.data.partition import iid
 from privfl.messages import Message, decode, encode
-from privfl.testing import tiny_dataset, tiny_federation
+from privfl.testing import tiny_dataset
 
 APP = str(Path(__file__).parent / "flower_app")
-OPTIONS = {"secagg+": {"tolerated_dropout": 0.4}}  # as the tests' app builds secagg+
+RUN_CONFIG = {"mechanisms": "secagg+"}
 
 
 @pytest.fixture
 def owner(tmp_path, monkeypatch):
     """The tests' app on sys.path (as Flower puts an installed app), and one owner's
-    folder with clients 0 and 1 of six."""
+    folder with clients 0 and 1 of six (random rows of the app's 784 inputs); the
+    folder ``all`` holds the six, for the in-process federation."""
     monkeypatch.syspath_prepend(APP)
-    train, _ = tiny_dataset(seed=0)
-    source = write_client_folders(tmp_path, train, iid(len(train), 6, seed=0))
+    train, _ = tiny_dataset(num_features=784, seed=0)
+    partition = iid(len(train), 6, seed=0)
+    write_client_folders(tmp_path / "all", train, partition)
+    source = write_client_folders(tmp_path / "owner", train, partition)
     for client in range(2, 6):
         source.path(client).unlink()
-    return tmp_path
+    return tmp_path / "owner"
+
+
+def _in_process(owner, executor):
+    """The tests' app's federation in this process, on every client's data."""
+    from privfl_flower_testapp.task import build
+
+    data = FolderData(owner.parent / "all", 6)
+    return build(client_data=data, executor=executor, run_config=RUN_CONFIG)
 
 
 @pytest.fixture
@@ -49,7 +60,7 @@ def _start(owner, supernode, idle_timeout=600.0):
         "privfl_flower_testapp.task:build",
         data_dir=str(owner),
         num_clients=6,
-        run_config={"mechanisms": "secagg+"},
+        run_config=RUN_CONFIG,
         threads=1,
         idle_timeout=idle_timeout,
         watch=supernode.pid,
@@ -79,12 +90,10 @@ class Recording(SerialExecutor):
         return super().send_and_receive(messages)
 
 
-def _train_messages() -> dict[int, Message]:
+def _train_messages(owner) -> dict[int, Message]:
     """Round 1's train messages for clients 0 and 1, as the server half sends them."""
     executor = Recording()
-    tiny_federation(num_clients=6, executor=executor, mechanisms=["secagg+"], options=OPTIONS).run(
-        1
-    )
+    _in_process(owner, executor).run(1)
     return {c: executor.first[c] for c in (0, 1)}
 
 
@@ -92,20 +101,19 @@ def test_the_host_answers_with_the_bytes_of_an_in_process_client_and_keeps_its_s
     owner, supernode
 ):
     address, key = _start(owner, supernode)
-    messages = _train_messages()
+    messages = _train_messages(owner)
     replies = node_host.ask(address, key, {c: encode(m) for c, m in messages.items()})
-    here = tiny_federation(num_clients=6, mechanisms=["secagg+"], options=OPTIONS)
-    expected = ClientHost(here.client_app).handle_all(messages)
+    expected = ClientHost(_in_process(owner, "serial").client_app).handle_all(messages)
     for client in (0, 1):
         reply = decode(replies[client], sender=f"client {client}")
         assert reply.kind == "secure-reply"
         assert reply.values == expected[client].values
-    # The host keeps clients 0's protocol state for the next phase (which refuses a
-    # message without its data), where client 2 trained here has none.
+    # The host keeps client 0's protocol state for the next phase (whose protocol
+    # refuses a message without its data), where client 2 trained here has none.
     phase = encode(Message("secure", {"phase": "share_keys"}))
-    with pytest.raises(RuntimeError, match=r"(?s)client 0 failed .*lacks tensor 'data'") as kept:
-        node_host.ask(address, key, {0: phase})
-    assert "no secure sum under way" not in str(kept.value)
+    refused = decode(node_host.ask(address, key, {0: phase})[0], sender="client 0")
+    assert refused.kind == "refused"
+    assert "lacks tensor 'data'" in refused.values["reason"]
     with pytest.raises(RuntimeError, match=r"client 2 has no secure sum under way"):
         node_host.ask(address, key, {2: phase})
 

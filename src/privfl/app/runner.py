@@ -39,7 +39,7 @@ from privfl.builtin.rundir import (
 )
 from privfl.client import LocalTraining
 from privfl.client_data import ClientDataSource, client_data_source
-from privfl.components import Datasets
+from privfl.components import Datasets, Executor
 from privfl.errors import ConfigError
 from privfl.federation import Federation
 from privfl.options import declared_options
@@ -72,11 +72,14 @@ def build_federation(
     *,
     plugins: PluginManager | None = None,
     clients: Callable[[ClientDataSource], ClientDataSource] | None = None,
+    executor: Executor | None = None,
 ) -> tuple[Federation, Datasets]:
     """Load the data and build the federation that ``config`` describes.
 
     :param clients: Changes the clients' data source before the federation is built (a
         privacy audit adds its canary clients this way).
+    :param executor: An executor instance to use instead of ``config.executor`` (a
+        deployment engine's, such as privfl-flower's, which a name cannot build).
     """
     pm = plugins if plugins is not None else get_plugin_manager()
     registry = pm.components
@@ -110,7 +113,7 @@ def build_federation(
         sampler=config.sampler,
         aggregator=config.aggregator,
         server_optimizer=config.server_optimizer,
-        executor=config.executor,
+        executor=config.executor if executor is None else executor,
         evaluators=config.evaluators,
         mechanisms=config.mechanisms,
         compressor=config.compressor,

@@ -30,6 +30,7 @@ __all__ = [
     "FlowerGridExecutor",
     "NodeData",
     "connect_nodes",
+    "federation_from_config",
     "make_client_app",
     "make_server_app",
     "run_federation",
@@ -38,6 +39,7 @@ __all__ = [
 _LAZY = {
     "FlowerGridExecutor": "privfl_flower.executor",
     "connect_nodes": "privfl_flower.executor",
+    "federation_from_config": "privfl_flower.from_config",
     "make_client_app": "privfl_flower.client_app",
     "NodeData": "privfl_flower.server_app",
     "make_server_app": "privfl_flower.server_app",

@@ -1,1 +1,1 @@
-"""A tiny privfl federation as a Flower app, for privfl-flower's tests."""
+"""The 2NN on a few MNIST digits as a Flower app, for privfl-flower's tests."""

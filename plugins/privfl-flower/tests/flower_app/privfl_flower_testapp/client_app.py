@@ -1,9 +1,11 @@
-"""The tests' ClientApp, with a mod that makes one node stop answering mid-round.
+"""The tests' ClientApp, with a mod that makes one node stop in the middle of a round.
 
-With run config ``hang-at = "<phase>"`` and ``hang-dir = "<folder>"``, the node whose
-data folder that is writes the file ``reached-<phase>`` there when the server asks
-it for that secure-aggregation phase, and then does not answer (the test kills the
-node when the file appears), as a node that goes away in the middle of a round would.
+With run config ``stop-dir = "<folder>"``, ``stop-round = <r>`` and ``stop-at =
+"<phase>"``, the node whose data folder that is counts the rounds it starts (in the
+file ``rounds-started`` there) and, when the server asks it for that
+secure-aggregation phase of round ``r``, writes the file ``reached-<phase>`` there
+and does not answer: the test then stops the SuperNode, as an owner that shuts its
+machine down in the middle of a round would.
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ from privfl_flower.wire import unpack
 from privfl_flower_testapp.task import build
 
 
-def hang_at_phase(message: Message, context: Context, call_next):
-    """A Flower mod: stop answering at the run config's ``hang-at`` phase."""
-    phase, folder = context.run_config.get("hang-at"), context.run_config.get("hang-dir")
-    if phase and folder == context.node_config["data-dir"]:
+def stop_mid_round(message: Message, context: Context, call_next):
+    """A Flower mod: stop answering at the run config's ``stop-at`` phase of ``stop-round``."""
+    folder = context.run_config.get("stop-dir")
+    if folder and folder == context.node_config["data-dir"]:
         _, _, fields = unpack(message.content, "the server")
-        if fields["phase"] == phase:
-            Path(str(folder), f"reached-{phase}").touch()
+        started = Path(str(folder), "rounds-started")
+        count = int(started.read_text()) if started.exists() else 0
+        if fields["kind"] == "train":
+            started.write_text(str(count + 1))
+        elif fields["phase"] == context.run_config["stop-at"] and count == int(
+            context.run_config["stop-round"]
+        ):
+            Path(str(folder), f"reached-{fields['phase']}").touch()
             time.sleep(3600)
     return call_next(message, context)
 
 
-client = make_client_app(build, mods=[hang_at_phase])
+client = make_client_app(build, mods=[stop_mid_round])
