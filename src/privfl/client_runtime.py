@@ -36,7 +36,7 @@ from privfl.client import ClientData, LocalTrainer, LocalTraining, Loss
 from privfl.client_data import ClientDataSource
 from privfl.client_state import ClientStates
 from privfl.components import Attack, ClientTrainer, Trainer
-from privfl.compressors import Compressor
+from privfl.compressors import Compressor, encode_stack
 from privfl.errors import PerformanceWarning, PrivflError
 from privfl.mechanisms import PrivacyMechanism, SecureSumClient
 from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes
@@ -203,8 +203,8 @@ class ClientHost:
             replies.update((c, self._secure_step(c, messages[c])) for c in secure)
         for group in self._stack_groups(tasks):
             updates, losses = self._train_stacked([tasks[c] for c in group])
-            for client_id, update, loss in zip(group, updates, losses, strict=True):
-                replies[client_id] = self._finish(client_id, tasks.pop(client_id), update, loss)
+            stack = [tasks.pop(c) for c in group]
+            replies.update(self._finish_stack(group, stack, updates, losses))
         for client_id, task in tasks.items():
             statistics: dict[str, float] = {}
             if self.app.trainer is None:
@@ -296,17 +296,66 @@ class ClientHost:
         data = app.data.load(client_id)
         return _TrainTask(message, seed, configs, params, data, poison, round)
 
-    def _finish(
+    def _finish_stack(
+        self,
+        clients: list[int],
+        tasks: list[_TrainTask],
+        updates: torch.Tensor,
+        losses: list[float],
+    ) -> dict[int, Message]:
+        """Finish the clients of a stack: each client's mechanism steps in turn, then,
+        where every reply is encoded with the same compression config, the compressor's
+        client half for all of them at once
+        (:func:`~privfl.compressors.encode_stack`)."""
+        compressor, server = self.app.compressor, "the server"
+        configs = [t.message.values.get("compression") for t in tasks]
+        if (
+            compressor is None
+            or any(t.message.values.get("secure") is not None for t in tasks)
+            or any(config != configs[0] for config in configs)
+        ):
+            return {
+                client_id: self._finish(client_id, task, update, loss)
+                for client_id, task, update, loss in zip(
+                    clients, tasks, updates, losses, strict=True
+                )
+            }
+        views = list(updates)
+        stepped = [
+            self._client_steps(client_id, task, update)
+            for client_id, task, update in zip(clients, tasks, views, strict=True)
+        ]
+        rows = [update for update, _ in stepped]
+        if any(row is not view for row, view in zip(rows, views, strict=True)):
+            updates = torch.stack(rows)
+        encoded, seconds = encode_stack(
+            compressor,
+            updates,
+            config=tasks[0].message.value("compression", server),
+            generators=[torch_generator(task.seed, "compressor") for task in tasks],
+            states=[self.app.states.of(client_id) for client_id in clients],
+            pool=self._pool,
+        )
+        # Each client is charged an equal share of the time the stack took to encode,
+        # so a round's encode_seconds add up to the time it spent encoding.
+        share = seconds / len(clients)
+        return {
+            client_id: self._encoded_reply(task, loss, statistics, data, share)
+            for client_id, task, loss, (_, statistics), data in zip(
+                clients, tasks, losses, stepped, encoded, strict=True
+            )
+        }
+
+    def _client_steps(
         self,
         client_id: int,
         task: _TrainTask,
         update: torch.Tensor,
-        train_loss: float,
         trained: dict[str, float] | None = None,
-    ) -> Message:
-        """Apply the mechanisms' client steps to a trained update and build the reply
-        (with the statistics the trainer reported, ``trained``)."""
-        app, server, message = self.app, "the server", task.message
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The update after the attack (if any) and every mechanism's client step, and
+        the statistics they report (starting from the trainer's, ``trained``)."""
+        app = self.app
         if app.attack is not None and client_id in app.malicious:
             update = app.attack.craft_update(update, client_id=client_id)
         statistics: dict[str, float] = dict(trained or {})
@@ -319,6 +368,37 @@ class ClientHost:
                 generator=torch_generator(task.seed, "mechanism", position),
                 statistics=statistics,
             )
+        return update, statistics
+
+    @staticmethod
+    def _encoded_reply(
+        task: _TrainTask,
+        train_loss: float,
+        statistics: dict[str, float],
+        encoded: bytes,
+        seconds: float,
+    ) -> Message:
+        """The ``update`` reply that carries a client's encoded bytes."""
+        values = {
+            "num_examples": len(task.data),
+            "train_loss": train_loss,
+            "encode_seconds": seconds,
+            "statistics": statistics,
+        }
+        return Message("update", values, {"encoded": bytes_tensor(encoded)})
+
+    def _finish(
+        self,
+        client_id: int,
+        task: _TrainTask,
+        update: torch.Tensor,
+        train_loss: float,
+        trained: dict[str, float] | None = None,
+    ) -> Message:
+        """Apply the mechanisms' client steps to a trained update and build the reply
+        (with the statistics the trainer reported, ``trained``)."""
+        app, server, message = self.app, "the server", task.message
+        update, statistics = self._client_steps(client_id, task, update, trained)
         report = {"num_examples": len(task.data), "train_loss": train_loss}
         secure = message.values.get("secure")
         if secure is None and app.compressor is not None:
@@ -329,9 +409,8 @@ class ClientHost:
                 generator=torch_generator(task.seed, "compressor"),
                 state=app.states.of(client_id),
             )
-            report["encode_seconds"] = time.perf_counter() - started
-            values = {**report, "statistics": statistics}
-            return Message("update", values, {"encoded": bytes_tensor(encoded)})
+            seconds = time.perf_counter() - started
+            return self._encoded_reply(task, train_loss, statistics, encoded, seconds)
         if secure is None:
             return Message("update", {**report, "statistics": statistics}, {"update": update})
         if not bool(torch.isfinite(update).all()):

@@ -11,8 +11,10 @@ time which combinations keep their guarantees.
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -49,6 +51,13 @@ class Compressor(Component):
         """True when each client keeps state between rounds (error feedback's residual)."""
         return False
 
+    sums_in_ring: bool = False
+    """True when the clients' codes are integers on one grid that every client of a round
+    shares, so that the sum of the codes is the code of the sum: secure aggregation can
+    then add them in its ring (see :mod:`privfl.builtin.secure_quantizer`). Such a
+    compressor also has ``coding(round=..., radius=...)``, which gives the round's
+    :class:`~privfl.builtin.secure_quantizer.GridCoding`."""
+
     @property
     def keeps_norm_bound(self) -> bool:
         """True when a decoded update's L2 norm never exceeds the encoded update's, so a
@@ -73,12 +82,107 @@ class Compressor(Component):
             to read and replace (error feedback keeps its residual there).
         """
 
+    def encode_all(
+        self,
+        updates: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generators: Sequence[torch.Generator],
+        states: Sequence[dict[str, torch.Tensor]],
+    ) -> list[bytes]:
+        """Client half for the clients of a stack: the bytes of each row of ``updates``
+        (``[n_clients, dim]``), each exactly what :meth:`encode` gives that client alone,
+        with its own ``generators[k]`` and ``states[k]``.
+
+        Where clients train stacked in one process, this encodes them together; a
+        compressor may override it with one stacked computation (the built-ins do, and
+        their :meth:`encode` is this for one row). Default: :meth:`encode` row by row.
+        A host may call it from several threads at once, for different clients.
+        """
+        return [
+            self.encode(row, config=config, generator=generator, state=state)
+            for row, generator, state in zip(updates, generators, states, strict=True)
+        ]
+
     @abstractmethod
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
         """Server half: the flat float32 update that ``data`` stands for.
 
         :raises ValueError: when ``data`` is not an encoding of this compressor.
         """
+
+
+class StackedCompressor(Compressor):
+    """A compressor whose client half is written once, for a stack of clients: its
+    :meth:`encode` is :meth:`encode_all` of one row, so a client's bytes are the same
+    whether it is encoded alone or with others."""
+
+    def encode(
+        self,
+        update: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generator: torch.Generator,
+        state: dict[str, torch.Tensor],
+    ) -> bytes:
+        rows = update.reshape(1, -1)
+        return self.encode_all(rows, config=config, generators=[generator], states=[state])[0]
+
+    @abstractmethod
+    def encode_all(
+        self,
+        updates: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generators: Sequence[torch.Generator],
+        states: Sequence[dict[str, torch.Tensor]],
+    ) -> list[bytes]:
+        """Client half: each row's bytes (see :meth:`privfl.Compressor.encode_all`)."""
+
+
+ENCODE_PART = 262_144
+"""Most coordinates that :func:`encode_stack` encodes in one call of
+:meth:`~privfl.Compressor.encode_all` (1 MiB of float32)."""
+
+
+def encode_stack(
+    compressor: Compressor,
+    updates: torch.Tensor,
+    *,
+    config: Mapping[str, Any],
+    generators: Sequence[torch.Generator],
+    states: Sequence[dict[str, torch.Tensor]],
+    pool: ThreadPoolExecutor | None = None,
+) -> tuple[list[bytes], float]:
+    """Client half for a stack of clients trained together: each row's bytes (those
+    the client would send alone, see :meth:`~privfl.Compressor.encode_all`), and the
+    wall-clock seconds that encoding them all took.
+
+    The stack is cut into consecutive parts of at most :data:`ENCODE_PART` coordinates
+    (at least one client each), encoded by ``pool``'s threads where there is one.
+    Encoding makes several temporaries the size of its input, and a part runs fastest
+    while they fit in a core's cache: on the 2NN (199,210 coordinates, 2 MiB of cache
+    per core), encoding five clients one at a time took 0.7x the time of encoding them
+    stacked with ``qsgd`` and ``topk``, and about the same with ``random-mask``.
+    """
+
+    def encode(bounds: tuple[int, int]) -> list[bytes]:
+        start, end = bounds
+        return compressor.encode_all(
+            updates[start:end],
+            config=config,
+            generators=generators[start:end],
+            states=states[start:end],
+        )
+
+    started = time.perf_counter()
+    count, per_part = len(updates), max(1, ENCODE_PART // updates.shape[1])
+    parts = [(start, min(start + per_part, count)) for start in range(0, count, per_part)]
+    if pool is None or len(parts) == 1:
+        encoded = [data for part in parts for data in encode(part)]
+    else:
+        encoded = [data for part in pool.map(encode, parts) for data in part]
+    return encoded, time.perf_counter() - started
 
 
 def check_compression(
@@ -90,10 +194,13 @@ def check_compression(
     """Refuse combinations of a compressor with privacy mechanisms or an executor that
     would not keep their promises, naming the fix.
 
-    - **Secure aggregation**: refused. The server sees only the sum of the clients'
-      masked vectors, which secure aggregation already encodes in its own fixed-point
-      ring (a linear quantizer whose bytes it counts); these compressors' codes carry
-      per-client norms, indices or seeds that do not add up across clients.
+    - **Secure aggregation**: only a linear-compatible compressor
+      (:attr:`~privfl.Compressor.sums_in_ring`: integer codes on a grid, and a rotation,
+      shared by every client of the round), whose codes secure aggregation sums in its
+      ring, and only with a mechanism that sums such codes
+      (:attr:`~privfl.PrivacyMechanism.sums_codes`). Others are refused: their codes carry
+      per-client norms, indices or seeds that do not add up across clients, and the
+      server sees only the sum.
     - **Client-level DP** that bounds each client's share (``fixed_denominator``) with
       noise added after the client half (``mode`` ``central`` or ``distributed``): the
       compressor must keep the clip norm (:attr:`~privfl.Compressor.keeps_norm_bound`), since
@@ -107,14 +214,24 @@ def check_compression(
     :raises ConfigError: for a combination above that is refused.
     """
     name = compressor.name
-    if secure_position is not None:
+    secure = None if secure_position is None else mechanisms[secure_position]
+    if secure is not None and compressor.sums_in_ring and not secure.sums_codes:
         raise ConfigError(
             "compressor",
             name,
-            f"no compressor with {mechanisms[secure_position].name}: secure aggregation "
-            "reveals only the sum, which it already encodes in its own fixed-point ring; "
+            f"no compressor with {secure.name}: it sums the updates themselves, not "
+            f"{name}'s integer codes (its sums_codes is false); drop the compressor or use "
+            "secagg or secagg+",
+        )
+    if secure is not None and not compressor.sums_in_ring:
+        raise ConfigError(
+            "compressor",
+            name,
+            f"a linear-compatible compressor with {secure.name}, such as shared-grid: "
+            "secure aggregation reveals only the sum of the clients' codes, and "
             f"{name}'s codes (per-client norms, indices, seeds) do not add up across "
-            "clients. Drop the compressor or the secure-aggregation mechanism",
+            "clients; use --compressor shared-grid, or drop the compressor or the "
+            "secure-aggregation mechanism",
         )
     for mechanism in mechanisms:
         noise_after = getattr(mechanism, "mode", "central") != "local"

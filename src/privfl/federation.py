@@ -419,6 +419,7 @@ class Federation:
                     secure_aggregation=self.secure_position is not None,
                     mechanisms=tuple(self.mechanisms),
                     unit_weights=self.fixed_denominator or self.aggregator.weighting == "unit",
+                    compressor=self.compressor,
                 )
             )
 

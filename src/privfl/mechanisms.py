@@ -13,12 +13,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from privfl.components import Attack, Component, Sampling
 from privfl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from privfl.compressors import Compressor
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class MechanismSetup:
         them for :meth:`PrivacyMechanism.value_bound` to size its ring).
     :ivar unit_weights: Whether clients contribute to sums with weight 1 rather than
         their example count.
+    :ivar compressor: The federation's update compressor, or None (secure aggregation
+        sums the codes of one whose :attr:`~privfl.Compressor.sums_in_ring` is True).
     """
 
     sampling: Sampling | None
@@ -51,6 +56,7 @@ class MechanismSetup:
     secure_aggregation: bool = False
     mechanisms: tuple[PrivacyMechanism, ...] = ()
     unit_weights: bool = False
+    compressor: Compressor | None = None
 
 
 class PrivacyMechanism(Component):
@@ -77,6 +83,11 @@ class PrivacyMechanism(Component):
     """True for secure aggregation: the server learns the sum of the clients'
     contributions through :meth:`secure_sum`, never a single one. At most one mechanism
     of a federation may say so, and its aggregator must work on a secure sum."""
+
+    sums_codes: ClassVar[bool] = False
+    """True for a secure sum that adds the integer codes of a compressor whose codes add
+    up (:attr:`privfl.Compressor.sums_in_ring`) instead of the updates: only such a
+    mechanism may run with a compressor (:func:`privfl.compressors.check_compression`)."""
 
     def setup(self, context: MechanismSetup) -> None:
         """Server half: prepare for a run (build an accountant, derive seeds); default: nothing.

@@ -194,12 +194,13 @@ def test_masked_inputs_of_another_ring_or_sender_are_rejected_naming_the_client(
     round_.shares()
     masked = round_.masked(inputs)
     narrow = MaskedInput.from_bytes(masked[2])
-    masked[2] = dataclasses.replace(narrow, vector=narrow.vector.astype(np.uint32)).to_bytes()
+    narrow = dataclasses.replace(narrow, vector=narrow.vector.astype(np.uint32), ring_bits=32)
+    masked[2] = narrow.to_bytes()
     masked[3], masked[4] = masked[4], masked[3]  # each claims to be the other
     masked[5] = masked[5][:-1]  # truncated
     round_.survivors(masked)
     assert round_.server.rejected == {
-        2: "client 2: its input is not uint64",
+        2: "client 2: its input is 32-bit uint32, not 64-bit uint64",
         3: "client 3: its message claims to come from client 4",
         4: "client 4: its message claims to come from client 3",
         5: "client 5: MaskedInput message is truncated",

@@ -59,11 +59,23 @@ def test_masked_input_keeps_ring_words_exactly(dtype):
     np.testing.assert_array_equal(decoded.vector, vector)
 
 
+@pytest.mark.parametrize("bits", [1, 12, 20, 31, 40])
+def test_masked_input_of_a_narrow_ring_travels_at_its_bits(bits):
+    dtype = np.uint32 if bits <= 32 else np.uint64
+    vector = np.random.default_rng(bits).integers(0, 2**bits, size=37, dtype=dtype)
+    data = MaskedInput(2, vector, TAG, KEY_C, bits).to_bytes()
+    assert len(data) == 2 + 4 + 16 + 32 + 1 + 4 + (37 * bits + 7) // 8
+    decoded = MaskedInput.from_bytes(data)
+    assert (decoded.ring_bits, decoded.vector.dtype) == (bits, np.dtype(dtype))
+    np.testing.assert_array_equal(decoded.vector, vector)
+
+
 def test_masked_input_rejects_other_rings_and_lengths():
     data = bytearray(MaskedInput(2, np.zeros(3, np.uint32), TAG, KEY_C).to_bytes())
-    data[54] = 16
-    with pytest.raises(ProtocolError, match="16 bits"):
-        MaskedInput.from_bytes(bytes(data))
+    for bits in (0, 65):
+        data[54] = bits
+        with pytest.raises(ProtocolError, match=f"ring of {bits} bits"):
+            MaskedInput.from_bytes(bytes(data))
     data[54] = 32
     data[55:59] = (4).to_bytes(4, "big")
     with pytest.raises(ProtocolError, match="truncated"):

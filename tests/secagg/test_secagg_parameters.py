@@ -121,7 +121,8 @@ def test_secagg_config_builds_the_variants():
     [
         ({"num_clients": 1, "threshold": 1}, "num_clients"),
         ({"num_clients": 4, "threshold": 4}, r"threshold = 4 .* \[1, 3\]"),
-        ({"num_clients": 4, "threshold": 2, "ring_bits": 16}, "ring_bits"),
+        ({"num_clients": 4, "threshold": 2, "ring_bits": 65}, "ring_bits"),
+        ({"num_clients": 4, "threshold": 2, "ring_bits": 0}, "ring_bits"),
         ({"num_clients": 2, "threshold": 1, "client_ids": (3, 3)}, "distinct"),
         ({"num_clients": 2, "threshold": 1, "client_ids": (1, 2**32)}, r"2\^32"),
         ({"num_clients": 2, "threshold": 1, "client_ids": (1, 2.0)}, "integers"),

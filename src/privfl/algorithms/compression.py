@@ -19,7 +19,7 @@
   "Federated Learning: Strategies for Improving Communication Efficiency"): a client
   sends the values of a seeded random subset of coordinates; scaled by ``dim / k`` the
   server's estimate is unbiased.
-- **Bit packing** of ``b``-bit integers into bytes (numpy's ``packbits``), so a
+- **Bit packing** of ``b``-bit integers into bytes (vector shifts), so a
   ``b``-bit code costs ``b`` bits on the wire, not a float; sets of coordinates as
   packed indices or a bz2-compressed bitmap, whichever is shorter.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bz2
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -43,20 +44,37 @@ MIN_BLOCK = 64
 
 
 def pack_bits(values: torch.Tensor, bits: int) -> bytes:
-    """Pack non-negative integers below ``2**bits`` into ``ceil(count * bits / 8)`` bytes.
+    """Pack non-negative integers below ``2**bits`` into ``ceil(count * bits / 8)`` bytes,
+    least significant bit first: code ``i`` holds bits ``i * bits`` to ``(i + 1) * bits - 1``.
 
-    Each code's little-endian bytes are split into bits (numpy ``unpackbits``), its
-    ``bits`` low bits kept, and all of them packed again, least significant first.
+    Codes of 1, 2, 4 or 8 bits are shifted into place, ``8 / bits`` to a byte. Eight
+    codes of 3, 5, 6 or 7 bits fill exactly ``bits`` bytes: each group of eight is
+    shifted into one little-endian uint64 and its ``bits`` low bytes kept. Either way it
+    is a few vector operations, whatever the count. Wider codes are split into bits
+    (numpy ``unpackbits``), their ``bits`` low bits kept, and all of them packed again.
     """
-    if 8 % bits == 0:  # whole codes per byte: shift them into place
+    if 8 % bits == 0:
         per_byte = 8 // bits
-        codes = values.reshape(-1).numpy().astype(np.uint8)
-        codes = np.pad(codes, (0, -len(codes) % per_byte)).reshape(-1, per_byte)
-        shifts = np.arange(0, 8, bits, dtype=np.uint8)
-        return np.bitwise_or.reduce(codes << shifts, axis=1).astype(np.uint8).tobytes()
+        flat = values.reshape(-1).to(torch.uint8)
+        grouped = torch.nn.functional.pad(flat, (0, -len(flat) % per_byte)).view(-1, per_byte)
+        packed = grouped[:, 0].clone()
+        for position in range(1, per_byte):
+            packed |= grouped[:, position] << position * bits
+        return packed.numpy().tobytes()
+    codes = values.reshape(-1).numpy()
+    if bits < 8:
+        _code_width(bits)
+        groups = np.zeros((-(-len(codes) // 8), 8), dtype=np.uint64)
+        groups.reshape(-1)[: len(codes)] = codes
+        words = groups[:, 0].copy()
+        for position in range(1, 8):
+            words |= groups[:, position] << np.uint64(position * bits)
+        packed = words.view(np.uint8).reshape(-1, 8)[:, :bits]
+        return packed.tobytes()[: packed_size(len(codes), bits)]
     width = _code_width(bits)
-    codes = values.reshape(-1).numpy().astype(f"<u{width}")
-    planes = np.unpackbits(codes.view(np.uint8).reshape(-1, width), axis=1, bitorder="little")
+    planes = np.unpackbits(
+        codes.astype(f"<u{width}").view(np.uint8).reshape(-1, width), axis=1, bitorder="little"
+    )
     return np.packbits(planes[:, :bits], bitorder="little").tobytes()
 
 
@@ -70,6 +88,15 @@ def unpack_bits(data: bytes, bits: int, count: int) -> torch.Tensor:
         shifts = np.arange(0, 8, bits, dtype=np.uint8)
         codes = ((raw[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
         return torch.from_numpy(codes.astype(np.int64))
+    if bits < 8:  # the inverse of pack_bits' uint64 groups
+        _code_width(bits)
+        groups = -(-count // 8)
+        words = np.zeros((groups, 8), dtype=np.uint8)
+        words[:, :bits] = np.pad(raw, (0, groups * bits - len(raw))).reshape(groups, bits)
+        word = words.view("<u8").reshape(-1)
+        shifts = np.arange(0, 8 * bits, bits, dtype=np.uint64)
+        codes = (word[:, None] >> shifts) & np.uint64((1 << bits) - 1)
+        return torch.from_numpy(codes.reshape(-1)[:count].astype(np.int64))
     width = _code_width(bits)
     planes = np.zeros((count, 8 * width), dtype=np.uint8)
     planes[:, :bits] = np.unpackbits(raw, count=count * bits, bitorder="little").reshape(
@@ -105,11 +132,12 @@ def pack_index_set(indices: torch.Tensor, dim: int) -> bytes:
     few percent density, where absolute indices cost 18-21 bits; bz2 (standard library)
     does it in about a millisecond for the 2NN.
     """
-    absolute = pack_bits(indices, index_bits(dim))
     mask = np.zeros(dim, dtype=np.uint8)
     mask[indices.numpy()] = 1
     bitmap = bz2.compress(np.packbits(mask).tobytes(), 9)
-    return b"\x01" + bitmap if len(bitmap) < len(absolute) else b"\x00" + absolute
+    if len(bitmap) < packed_size(len(indices), index_bits(dim)):
+        return b"\x01" + bitmap
+    return b"\x00" + pack_bits(indices, index_bits(dim))
 
 
 def unpack_index_set(data: bytes, dim: int, count: int) -> torch.Tensor:
@@ -148,20 +176,37 @@ def qsgd_levels(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+Randomness = torch.Generator | torch.Tensor
+"""What a stochastic quantizer draws from: a generator, or the uniform draws in ``[0, 1)``
+themselves, one per coordinate (see :func:`row_uniforms`)."""
+
+
+def row_uniforms(
+    shape: Sequence[int], generators: Sequence[torch.Generator], dtype: torch.dtype
+) -> torch.Tensor:
+    """Uniform draws in ``[0, 1)`` of shape ``[n, dim]``, row ``k`` from ``generators[k]``:
+    the numbers that ``torch.rand((1, dim), generator=generators[k], dtype=dtype)``
+    gives, so clients quantized together get what each would get alone."""
+    draws = torch.empty(tuple(shape), dtype=dtype)
+    for row, generator in zip(draws, generators, strict=True):
+        row.uniform_(generator=generator)
+    return draws
+
+
 def qsgd_quantize(
-    x: torch.Tensor, levels: int, generator: torch.Generator
+    x: torch.Tensor, levels: int, randomness: Randomness
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """QSGD (Alistarh et al. 2017, Section 3.1) of each row of ``x`` (``[n, dim]``).
 
-    Returns the rows' L2 norms ``[n]`` and integer codes ``[n, dim]`` in ``-s .. s``
+    Returns the rows' L2 norms ``[n]`` and int32 codes ``[n, dim]`` in ``-s .. s``
     (``s = levels``); :func:`dequantize` turns them back into an unbiased
     estimate of ``x``.
     """
-    return stochastic_quantize(x, torch.linalg.vector_norm(x, dim=1), levels, generator)
+    return stochastic_quantize(x, torch.linalg.vector_norm(x, dim=1), levels, randomness)
 
 
 def max_quantize(
-    x: torch.Tensor, levels: int, generator: torch.Generator
+    x: torch.Tensor, levels: int, randomness: Randomness
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastic ``2 s + 1``-level quantization of each row over ``[-max|x|, max|x|]``:
     Suresh et al. 2017's stochastic k-level quantization (their range is ``[min, max]``;
@@ -169,22 +214,25 @@ def max_quantize(
     largest coordinate is about ``||x|| sqrt(log(dim) / dim)``, so the error is about
     ``log(dim) / s^2 * ||x||^2``, where QSGD's norm scale gives ``sqrt(dim) / s``.
     """
-    return stochastic_quantize(x, x.abs().amax(dim=1), levels, generator)
+    return stochastic_quantize(x, x.abs().amax(dim=1), levels, randomness)
 
 
 def stochastic_quantize(
-    x: torch.Tensor, scales: torch.Tensor, levels: int, generator: torch.Generator
+    x: torch.Tensor, scales: torch.Tensor, levels: int, randomness: Randomness
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``round_random(s * x / scale)`` of each row with its ``scale >= max|x|``:
     each value goes to one of its two nearest levels, the upper one with probability
     equal to its distance from the lower, so the estimate ``scale * code / s`` is
     unbiased. Returns ``scales`` (as given) and the codes."""
+    if isinstance(randomness, torch.Generator):
+        randomness = torch.rand(x.shape, generator=randomness, dtype=x.dtype)
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    scaled = (x.abs() / safe[:, None] * levels).clamp_(max=levels)
+    scaled = x.abs().div_(safe[:, None]).mul_(levels).clamp_(max=levels)
     lower = scaled.floor()
-    up = torch.rand(x.shape, generator=generator, dtype=x.dtype) < (scaled - lower)
-    codes = (lower + up.to(x.dtype)) * torch.sign(x)
-    return scales, codes.to(torch.int64)
+    up = randomness < scaled.sub_(lower)  # scaled now holds the distance to the lower level
+    # copysign, not a product with sign(x): where x is 0 the magnitude is 0 either way
+    codes = lower.add_(up).copysign_(x)
+    return scales, codes.to(torch.int32)
 
 
 def dequantize(scales: torch.Tensor, codes: torch.Tensor, levels: int) -> torch.Tensor:
@@ -230,6 +278,10 @@ def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
     ...``), so the transform is one small matrix product per factor along its axis of
     the row reshaped into a grid: ``O(n m log m)`` work done by BLAS. torch has no
     Hadamard transform on CPU, hence this one. The transform is its own inverse.
+
+    Rows are transformed one at a time: a matrix product's rounding can depend on how
+    many rows it multiplies, and a client's rotated update must not depend on the
+    clients stacked beside it.
     """
     n, m = x.shape
     if m & (m - 1):
@@ -239,13 +291,20 @@ def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
     while rest > 1:
         factors.append(min(rest, _HADAMARD_FACTOR))
         rest //= factors[-1]
-    y = x
-    after = m
-    for size in factors:
-        after //= size
-        # Rows as [n * before, size, after]: H_size acts on the middle axis.
-        y = torch.matmul(_hadamard_matrix(size, x.dtype), y.reshape(-1, size, after))
-    return y.reshape(n, m) / math.sqrt(m)
+    matrices = [_hadamard_matrix(size, x.dtype) for size in factors]
+    rows = []
+    for y in x.split(1):
+        after = m
+        for size, matrix in zip(factors, matrices, strict=True):
+            after //= size
+            if after == 1:  # the last factor: one product on the last axis (H is
+                # symmetric; multiplying by H.T is torch.matmul's own arithmetic for
+                # H y, without its many matrix-vector products)
+                y = y.reshape(-1, size) @ matrix.mT
+            else:  # the row as [before, size, after]: H_size acts on the middle axis
+                y = torch.matmul(matrix, y.reshape(-1, size, after))
+        rows.append(y.reshape(1, m))
+    return (rows[0] if n == 1 else torch.cat(rows)) / math.sqrt(m)
 
 
 _HADAMARD_FACTOR = 64
@@ -285,8 +344,20 @@ def unrotate(y: torch.Tensor, signs: torch.Tensor, dim: int) -> torch.Tensor:
 
 def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest-magnitude coordinates of each row of ``x``: sorted indices
-    ``[n, k]`` and their values."""
-    indices = x.abs().topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+    ``[n, k]`` and their values.
+
+    Each row's ``k``-th largest magnitude comes from numpy's ``partition`` (linear-time
+    selection, several times faster than ``torch.topk`` on CPU), and the coordinates at
+    or above it are the ``k`` largest when it is not tied. Where it is (or a row holds
+    NaN), ``torch.topk`` chooses among the tied coordinates.
+    """
+    magnitudes = x.abs()
+    dim, array = x.shape[1], magnitudes.numpy()
+    chosen = array >= np.partition(array, dim - k, axis=1)[:, dim - k, None]
+    if bool((np.count_nonzero(chosen, axis=1) == k).all()):
+        indices = torch.from_numpy(np.nonzero(chosen)[1].reshape(-1, k))
+    else:
+        indices = magnitudes.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
     return indices, x.gather(1, indices)
 
 
@@ -308,4 +379,6 @@ def error_feedback(corrected: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
 
 def random_subset(dim: int, k: int, generator: torch.Generator) -> torch.Tensor:
     """A seeded, sorted subset of ``k`` of ``dim`` coordinates (Konečný et al. 2016's mask)."""
-    return torch.randperm(dim, generator=generator)[:k].sort().values
+    chosen = torch.zeros(dim, dtype=torch.bool)
+    chosen[torch.randperm(dim, generator=generator)[:k]] = True
+    return chosen.nonzero().view(-1)  # increasing, as a sort would give, in one pass

@@ -139,7 +139,8 @@ class RunConfig:
     compressor: str | None = _key(
         None,
         "Update compressor, encoding each client's update where it runs: qsgd, topk, "
-        "random-mask, or a plugin's; unset: updates travel as float32.",
+        "random-mask, shared-grid (the one secure aggregation can sum), or a plugin's; "
+        "unset: updates travel as float32.",
         group="training",
     )
     attack: str | None = _key(

@@ -24,7 +24,7 @@ The bytes per client per round are in every round's record as ``uplink_bytes``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -45,12 +45,14 @@ from privfl.algorithms.compression import (
     random_signs,
     random_subset,
     rotate,
+    row_uniforms,
     top_k,
     unpack_bits,
     unpack_index_set,
     unrotate,
 )
-from privfl.compressors import Compressor
+from privfl.builtin.secure_quantizer import SharedGrid
+from privfl.compressors import StackedCompressor
 from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
 from privfl.seeding import derive_seed
@@ -63,7 +65,7 @@ QUANTIZERS = {"norm": qsgd_quantize, "max": max_quantize}
 """What QSGD's ``scale`` option chooses: the scale codes are relative to."""
 
 
-class QSGD(Compressor):
+class QSGD(StackedCompressor):
     """QSGD stochastic quantization (Alistarh et al. 2017), unbiased, with an optional
     randomized Hadamard rotation first (Suresh et al. 2017).
 
@@ -94,19 +96,22 @@ class QSGD(Compressor):
     def client_config(self, *, round: int) -> dict[str, Any]:
         return {"rotation_seed": derive_seed(self.seed, "rotation", round)} if self.rotation else {}
 
-    def encode(
+    def encode_all(
         self,
-        update: torch.Tensor,
+        updates: torch.Tensor,
         *,
         config: Mapping[str, Any],
-        generator: torch.Generator,
-        state: dict[str, torch.Tensor],
-    ) -> bytes:
-        row = update.reshape(1, -1)
-        if self.rotation:
-            row = rotate(row, self._rotation(config))
-        scales, codes = self.quantize(row, self.levels, generator)
-        return struct.pack("<f", float(scales[0])) + pack_bits(codes + self.levels, self.bits)
+        generators: Sequence[torch.Generator],
+        states: Sequence[dict[str, torch.Tensor]],
+    ) -> list[bytes]:
+        rows = rotate(updates, self._rotation(config)) if self.rotation else updates
+        uniforms = row_uniforms(rows.shape, generators, rows.dtype)
+        scales, codes = self.quantize(rows, self.levels, uniforms)
+        codes += self.levels
+        return [
+            struct.pack("<f", scale) + pack_bits(row, self.bits)
+            for scale, row in zip(scales.tolist(), codes, strict=True)
+        ]
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
         signs = self._rotation(config) if self.rotation else None
@@ -137,7 +142,7 @@ class QSGD(Compressor):
         return self._signs[1]
 
 
-class TopK(Compressor):
+class TopK(StackedCompressor):
     """Top-k sparsification (Stich et al. 2018) with error feedback (Karimireddy et al.
     2019): each client sends the ``k`` largest coordinates of its update plus its
     residual, and keeps the rest as its next residual.
@@ -171,25 +176,33 @@ class TopK(Compressor):
         # Rounding may enlarge a value; error feedback sends old residuals too.
         return not self.error_feedback and self.value_bits == 32
 
-    def encode(
+    def encode_all(
         self,
-        update: torch.Tensor,
+        updates: torch.Tensor,
         *,
         config: Mapping[str, Any],
-        generator: torch.Generator,
-        state: dict[str, torch.Tensor],
-    ) -> bytes:
-        dim = update.numel()
+        generators: Sequence[torch.Generator],
+        states: Sequence[dict[str, torch.Tensor]],
+    ) -> list[bytes]:
+        dim = updates.shape[1]
         k = _count(self.fraction, dim)
-        corrected = update.reshape(1, -1)
-        if self.error_feedback and "residual" in state:
-            corrected = corrected + state["residual"]
+        corrected = updates
+        if self.error_feedback and any("residual" in state for state in states):
+            corrected = updates.clone()
+            for row, state in zip(corrected, states, strict=True):
+                if "residual" in state:
+                    row += state["residual"]
         indices, values = top_k(corrected, k)
-        data, sent = self._values(values)
-        if self.error_feedback:
-            state["residual"] = error_feedback(corrected, densify(indices, sent, dim))[0]
-        index_set = pack_index_set(indices[0], dim)
-        return struct.pack("<II", k, len(index_set)) + index_set + data
+        datas, sent = self._values(values)
+        if self.error_feedback:  # row by row: each residual its own tensor, to checkpoint
+            for row, index, sent_row, state in zip(corrected, indices, sent, states, strict=True):
+                dense = densify(index[None], sent_row[None], dim)
+                state["residual"] = error_feedback(row[None], dense)[0]
+        encoded = []
+        for index, data in zip(indices, datas, strict=True):
+            index_set = pack_index_set(index, dim)
+            encoded.append(struct.pack("<II", k, len(index_set)) + index_set + data)
+        return encoded
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
         dim = self.dimension
@@ -202,16 +215,16 @@ class TopK(Compressor):
         values = self._read_values(data[8 + index_bytes :], k)
         return densify(indices.reshape(1, -1), values.reshape(1, -1), dim)[0]
 
-    def _values(self, values: torch.Tensor) -> tuple[bytes, torch.Tensor]:
-        """The values' bytes, and the float32 values the server will decode from them."""
+    def _values(self, values: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
+        """Each row's values as bytes, and the float32 values the server will decode."""
         if self.value_bits == 8:
             scales, codes = nearest_quantize(values, CODE_LEVELS)
             sent = dequantize(scales, codes, CODE_LEVELS)
-            return struct.pack("<f", float(scales[0])) + codes.to(
-                torch.int8
-            ).numpy().tobytes(), sent
+            rows = codes.to(torch.int8).numpy()
+            scale_bytes = [struct.pack("<f", scale) for scale in scales.tolist()]
+            return [head + row.tobytes() for head, row in zip(scale_bytes, rows, strict=True)], sent
         rounded = values.to(VALUE_DTYPES[self.value_bits])
-        return rounded.numpy().tobytes(), rounded.to(torch.float32)
+        return [row.numpy().tobytes() for row in rounded], rounded.to(torch.float32)
 
     def _read_values(self, data: bytes, k: int) -> torch.Tensor:
         if self.value_bits == 8:
@@ -230,7 +243,7 @@ class TopK(Compressor):
         return _values(data, dtype)
 
 
-class RandomMask(Compressor):
+class RandomMask(StackedCompressor):
     """Konečný et al. 2016's random-mask subsampling: each client sends its update's
     values at a seeded random subset of coordinates, and the seed.
 
@@ -255,23 +268,26 @@ class RandomMask(Compressor):
     def keeps_norm_bound(self) -> bool:
         return not self.unbiased and self.value_dtype == torch.float32
 
-    def encode(
+    def encode_all(
         self,
-        update: torch.Tensor,
+        updates: torch.Tensor,
         *,
         config: Mapping[str, Any],
-        generator: torch.Generator,
-        state: dict[str, torch.Tensor],
-    ) -> bytes:
-        dim = update.numel()
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        indices = random_subset(
-            dim, _count(self.fraction, dim), torch.Generator().manual_seed(seed)
-        )
-        values = update.reshape(-1)[indices]
+        generators: Sequence[torch.Generator],
+        states: Sequence[dict[str, torch.Tensor]],
+    ) -> list[bytes]:
+        dim = updates.shape[1]
+        k = _count(self.fraction, dim)
+        seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generators]
+        masks = [random_subset(dim, k, torch.Generator().manual_seed(seed)) for seed in seeds]
+        values = updates.gather(1, torch.stack(masks))
         if self.unbiased:
-            values = values * (dim / len(indices))
-        return struct.pack("<Q", seed) + values.to(self.value_dtype).numpy().tobytes()
+            values = values * (dim / k)
+        rows = values.to(self.value_dtype)
+        return [
+            struct.pack("<Q", seed) + row.numpy().tobytes()
+            for seed, row in zip(seeds, rows, strict=True)
+        ]
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
         dim, k = self.dimension, _count(self.fraction, self.dimension)
@@ -307,4 +323,4 @@ def _check_value_bits(value_bits: int) -> None:
 
 @hookimpl
 def privfl_register_compressors() -> list[type]:
-    return [QSGD, TopK, RandomMask]
+    return [QSGD, TopK, RandomMask, SharedGrid]

@@ -38,6 +38,14 @@ dropped in that phase) and can be simulated with a seeded rate: the server half 
 acts as if the chosen clients' messages from a chosen phase on never arrived. A round
 with too few clients left is aborted (:class:`privfl.RoundAborted`) with the global
 model unchanged.
+
+With a compressor whose codes add up (``shared-grid``,
+:mod:`privfl.builtin.secure_quantizer`) clients send its integer codes instead of
+fixed-point values: the ring is the narrowest that holds the round's sum of codes
+(:func:`~privfl.secagg.quantization.code_ring_bits`, any width from 1 to 64 bits), the
+masked inputs travel packed at that width, and the server decodes the sum of codes
+into the sum of the clients' dequantized contributions. The record then also holds
+``secagg_code_bits``, ``secagg_input_bytes`` and ``uplink_bytes``.
 """
 
 from __future__ import annotations
@@ -47,12 +55,13 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from privfl.builtin.secure_quantizer import GridCoding
 from privfl.errors import ConfigError, DataError, RoundAborted
 from privfl.mechanisms import (
     Exchange,
@@ -78,8 +87,9 @@ from privfl.secagg import (
     secagg_plus_parameters,
     secagg_threshold,
 )
+from privfl.secagg.encoding import FLOAT32_SLACK
 from privfl.secagg.signing import provisioned_key
-from privfl.seeding import derive_seed
+from privfl.seeding import derive_seed, torch_generator
 
 PHASE_STEPS = {
     "share_keys": "share_keys",
@@ -104,16 +114,25 @@ class SecAggProtocolClient(SecureSumClient):
         *,
         signing_key: Ed25519PrivateKey,
         directory: KeyDirectory,
+        coding: tuple[GridCoding, torch.Generator] | None = None,
     ) -> None:
         self._client = SecAggClient(client_id, config, signing_key=signing_key, directory=directory)
         self._config = config
         self._frac_bits = frac_bits
         self._bound = bound
+        self._coding = coding
         self._input: np.ndarray | None = None
         self._finished = False
 
     def start(self, contribution: torch.Tensor) -> bytes:
         dtype = self._config.dtype
+        if self._coding is not None:  # integer codes on the round's shared grid
+            try:
+                codes, _ = self._coding[0].encode(contribution, self._coding[1])
+            except DataError as error:
+                raise DataError(f"client {self._client.client_id}: {error}") from error
+            self._input = codes.astype(dtype)
+            return self._client.advertise_keys()
         self._input = np.empty(contribution.numel() + 1, dtype=dtype)
         try:
             _, clamped = encode(
@@ -161,11 +180,17 @@ class SecAgg(PrivacyMechanism):
     :param malicious_server: Guard against a server that deviates from the protocol (a
         majority of the round must sign the survivor set); false: against a semi-honest
         one only (t signatures), so that rounds survive losing half their clients.
+
+    With a compressor whose codes add up (:attr:`privfl.Compressor.sums_in_ring`, such
+    as ``shared-grid``), clients sum its integer codes instead of fixed-point values, in
+    the narrowest ring that holds the round's sum (or ``ring_bits``, if at least that
+    wide); ``frac_bits`` and ``bound`` then play no part.
     """
 
     name = "secagg"
     variant: ClassVar[str] = "secagg"
     sums_securely = True
+    sums_codes = True
     flags = MappingProxyType({"dropout": "--dropout"})
 
     def __init__(
@@ -206,6 +231,7 @@ class SecAgg(PrivacyMechanism):
         federation's seed)."""
         self._mechanisms: tuple[PrivacyMechanism, ...] = ()
         self._unit_weights = False
+        self._quantizer: Any = None  # a compressor whose codes add up, or None
         self._session = b""  # drawn at set-up
         self._provisioning = secrets.token_bytes(32)  # client half: the clients' keys
         self._last_protocol: tuple[tuple[Any, ...], SecAggConfig] | None = None
@@ -236,19 +262,56 @@ class SecAgg(PrivacyMechanism):
         self.seed = derive_seed(context.seed, "secagg", context.position)
         self._mechanisms = context.mechanisms
         self._unit_weights = context.unit_weights
+        compressor = context.compressor
+        self._quantizer = compressor if compressor is not None and compressor.sums_in_ring else None
+        self.coding(0)  # refuses example-count weights the compressor cannot bound
 
-    def round_bound(self) -> float:
-        """This round's clamping bound: ``bound``, or less if the mechanisms declare less."""
+    def _declared_bound(self) -> float | None:
+        """The bound the mechanisms declare on every value a client sends, or None."""
         declared: float | None = None  # the update as trained: no bound known
         for mechanism in self._mechanisms:
             declared = mechanism.value_bound(declared)
-        return clamp_bound(self.bound, declared, unit_weights=self._unit_weights)
+        return declared
+
+    def round_bound(self) -> float:
+        """This round's clamping bound: ``bound``, or less if the mechanisms declare less."""
+        return clamp_bound(self.bound, self._declared_bound(), unit_weights=self._unit_weights)
+
+    def coding(self, round: int) -> GridCoding | None:
+        """The round's integer coding with a compressor whose codes add up, else None.
+
+        Its range is the compressor's ``range``, or the declared bound (with float32
+        room, see :data:`~privfl.secagg.encoding.FLOAT32_SLACK`) when that is smaller.
+        """
+        if self._quantizer is None:
+            return None
+        declared = self._declared_bound()
+        radius = self._quantizer.range
+        if declared is not None and declared > 0:
+            radius = min(radius, declared * (1 + FLOAT32_SLACK))
+        coding = self._quantizer.coding(round=round, radius=radius, unit_weights=self._unit_weights)
+        return cast(GridCoding, coding)
+
+    def _ring_bits(self, round: int, client_ids: Sequence[int]) -> int:
+        """The round's ring: the narrowest that holds the sum, or ``ring_bits`` if set."""
+        coding = self.coding(round)
+        if coding is None:
+            return ring_bits_for(
+                self.round_bound(), self.frac_bits, len(client_ids), requested=self.ring_bits
+            )
+        needed = coding.ring_bits(len(client_ids))
+        if self.ring_bits is not None and self.ring_bits < needed:
+            raise ConfigError(
+                "ring_bits",
+                self.ring_bits,
+                f"a ring of at least {needed} bits for the sum of {len(client_ids)} clients' "
+                f"{coding.bits}-bit codes: set ring_bits = 64, or leave it unset",
+            )
+        return needed if self.ring_bits is None else self.ring_bits
 
     def _round_config(self, round: int, client_ids: Sequence[int]) -> SecAggConfig:
         """The round's protocol settings: the same on both halves, computed by the server."""
-        ring_bits = ring_bits_for(
-            self.round_bound(), self.frac_bits, len(client_ids), requested=self.ring_bits
-        )
+        ring_bits = self._ring_bits(round, client_ids)
         return secagg_config(
             client_ids,
             variant=self.variant,
@@ -263,11 +326,23 @@ class SecAgg(PrivacyMechanism):
 
     def client_config(self, *, round: int, client_ids: Sequence[int]) -> dict[str, Any]:
         config = self._round_config(round, client_ids)
+        coding = self.coding(round)
+        encoding: dict[str, Any] = (
+            {"frac_bits": self.frac_bits, "bound": self.round_bound()}
+            if coding is None
+            else {
+                "code_bits": coding.bits,
+                "radius": coding.radius,
+                "dimension": coding.dimension,
+                "rotation_seed": coding.rotation_seed,
+                "max_weight": coding.max_weight,
+                "code_seed": derive_seed(self.seed, "codes", round),
+            }
+        )
         values: dict[str, Any] = {
             "threshold": config.threshold,
             "ring_bits": config.ring_bits,
-            "frac_bits": self.frac_bits,
-            "bound": self.round_bound(),
+            **encoding,
             "ids": torch.tensor(config.client_ids, dtype=torch.int64),
             "session": torch.tensor(list(config.session), dtype=torch.uint8),
             "round": round,
@@ -282,13 +357,28 @@ class SecAgg(PrivacyMechanism):
     def secure_client(self, *, client_id: int, config: Mapping[str, Any]) -> SecureSumClient:
         if client_id not in self._signing_keys:
             self._signing_keys[client_id] = provisioned_key(self._provisioning, client_id)
+        coding = None
+        if "code_bits" in config:
+            seed = config["rotation_seed"]
+            grid = GridCoding(
+                int(config["code_bits"]),
+                float(config["radius"]),
+                int(config["dimension"]),
+                None if seed is None else int(seed),
+                int(config["max_weight"]),
+            )
+            # The rounding's randomness, seeded per client and round like every
+            # compressor's (runs repeat); the server learns the codes only as a sum.
+            rounding = torch_generator(int(config["code_seed"]), client_id)
+            coding = (grid, rounding)
         return SecAggProtocolClient(
             client_id,
             self._protocol(config),
-            int(config["frac_bits"]),
-            float(config["bound"]),
+            int(config.get("frac_bits", 0)),
+            float(config.get("bound", 1.0)),
             signing_key=self._signing_keys[client_id],
             directory=self._pinned,
+            coding=coding,
         )
 
     def _protocol(self, config: Mapping[str, Any]) -> SecAggConfig:
@@ -365,11 +455,14 @@ class SecAgg(PrivacyMechanism):
         plan = DropoutPlan.random(client_ids, self.dropout, seed=derive_seed(round_seed, "drop"))
         sent = dict.fromkeys(client_ids, 0)
         received = dict.fromkeys(client_ids, 0)
+        inputs: dict[int, int] = {}  # client -> bytes of its masked input
 
         def arrived(replies: Mapping[int, bytes], phase: str) -> dict[int, bytes]:
             kept = {c: m for c, m in replies.items() if c not in getattr(plan, phase)}
             for client, message in kept.items():
                 sent[client] += len(message)
+                if phase == "masked_input":
+                    inputs[client] = len(message)
             return kept
 
         def send(phase: str, messages: Mapping[int, bytes]) -> dict[int, bytes]:
@@ -389,8 +482,14 @@ class SecAgg(PrivacyMechanism):
         except ProtocolError as error:  # no sound sum this round; the model stays
             raise RoundAborted(f"secure aggregation stopped: {error}") from error
         seconds = time.perf_counter() - started
+        coding = self.coding(round)
+        if coding is None:
+            summed = torch.from_numpy(decode(total[:-1], frac_bits=self.frac_bits))
+            clamped = int(total[-1])
+        else:
+            summed, clamped = coding.decode(total, len(survivors))
         values = {
-            "secagg_clamped": int(total[-1]),
+            "secagg_clamped": clamped,
             "secagg_ring_bits": config.ring_bits,
             "secagg_bound": self.round_bound(),
             "secagg_seconds": seconds,
@@ -401,7 +500,12 @@ class SecAgg(PrivacyMechanism):
             "secagg_bytes_sent": {str(c): sent[c] for c in sorted(sent)},
             "secagg_bytes_received": {str(c): received[c] for c in sorted(received)},
         }
-        summed = torch.from_numpy(decode(total[:-1], frac_bits=self.frac_bits))
+        if coding is not None:
+            values["secagg_code_bits"] = coding.bits
+            values["secagg_bound"] = coding.radius
+            # The update's bytes: each survivor's masked input, as for a compressor.
+            values["uplink_bytes"] = sum(inputs[c] for c in survivors) / len(survivors)
+            values["secagg_input_bytes"] = {str(c): inputs[c] for c in sorted(inputs)}
         return SecureSum(total=summed.to(torch.float32), contributors=survivors, values=values)
 
 

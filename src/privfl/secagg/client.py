@@ -11,7 +11,8 @@ secure protocol; Bell et al. 2020, CCS, for the sparse graph):
    Shamir-shares ``b_u`` and its s-key secret ``s_u`` among its live neighbours with
    threshold t, and encrypts each neighbour's pair of shares for that neighbour alone;
 3. :meth:`SecAggClient.masked_input` decrypts and keeps the shares it received and sends
-   ``y_u = x_u + PRG(b_u) + sum_v sign(u, v) PRG(s_uv)`` over the neighbours ``v`` that
+   ``y_u = x_u + PRG(b_u) + sum_v sign(u, v) PRG(s_uv)`` (modulo ``2^k``, the ring
+   of the round) over the neighbours ``v`` that
    shared with it, where ``s_uv`` is agreed from the s-keys and ``sign(u, v)`` is +1
    when ``u < v`` and -1 otherwise, so that the pairwise masks cancel in the sum, with
    a commitment to ``b_u``, both under a Poly1305 tag keyed by the agreement of its
@@ -44,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privfl.secagg import primitives, shamir
 from privfl.secagg.config import SecAggConfig
+from privfl.secagg.encoding import reduce_ring
 from privfl.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -199,7 +201,8 @@ class SecAggClient:
         """Round 2: keep the shares in ``relay``; send ``values`` under the masks.
 
         :param relay: The server's :class:`ShareRelay` for this client.
-        :param values: The encoded input, a 1-D ring vector of the config's dtype.
+        :param values: The encoded input, a 1-D ring vector of the config's dtype, its
+            values below ``2^ring_bits``.
         :param overwrite: Mask ``values`` in place rather than a copy (for a caller that
             needs them no more: it saves a copy of the vector).
         """
@@ -209,6 +212,12 @@ class SecAggClient:
             raise ProtocolError(
                 f"client {self.client_id}'s input must be a 1-D {self.config.dtype} vector, "
                 f"not {values.ndim}-D {values.dtype}"
+            )
+        bits = self.config.ring_bits
+        if bits < values.dtype.itemsize * 8 and values.size and int(values.max()) >> bits:
+            raise ProtocolError(
+                f"client {self.client_id}'s input has a value of {int(values.max())}, "
+                f"outside the ring Z_2^{bits}"
             )
         ciphertexts = ShareRelay.from_bytes(relay).ciphertexts
         senders = [u for u, _ in ciphertexts]
@@ -244,6 +253,7 @@ class SecAggClient:
         ]
         masked = values if overwrite else values.copy()
         primitives.add_masks(masked, masks)
+        reduce_ring(masked, self.config.ring_bits)  # masks, like inputs, live in Z_2^k
         commitment = seed_commitment(self.config, self.client_id, self._seed)
         tag = primitives.input_tag(
             primitives.agree(self._c_key, self._server_public),
@@ -252,7 +262,9 @@ class SecAggClient:
             session=self.config.session,
             round=self.config.round,
         )
-        return MaskedInput(self.client_id, masked, tag, commitment).to_bytes()
+        return MaskedInput(
+            self.client_id, masked, tag, commitment, self.config.ring_bits
+        ).to_bytes()
 
     def consistency_check(self, survivor_set: bytes) -> bytes:
         """Round 3: sign the survivor set U3 the server sends, after checking it."""

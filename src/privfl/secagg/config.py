@@ -16,7 +16,7 @@ from types import MappingProxyType
 import numpy as np
 
 from privfl.errors import ConfigError
-from privfl.secagg.encoding import ring_dtype
+from privfl.secagg.encoding import word_dtype
 from privfl.secagg.graph import harary_graph
 from privfl.secagg.parameters import secagg_plus_parameters, secagg_threshold
 
@@ -33,7 +33,10 @@ class SecAggConfig:
         neighbours and any t of them recover the secrets; fewer reveal nothing.
     :param neighbours: Each client's neighbours (symmetric, no self-loops), or ``None``
         for the complete graph of plain SecAgg.
-    :param ring_bits: 32 (``numpy.uint32`` inputs) or 64 (``numpy.uint64``).
+    :param ring_bits: k of the ring ``Z_2^k`` the inputs are summed in: 32
+        (``numpy.uint32`` inputs) or 64 (``numpy.uint64``) for fixed-point values, any k
+        from 1 to 64 for non-negative integer codes (words of :attr:`dtype`, with masks
+        and sums reduced modulo ``2^k``).
     :param client_ids: The clients' ids, distinct integers in ``[0, 2^32)``; empty
         means ``0 .. num_clients - 1``. Stored as a sorted tuple.
     :param session: The session's id (at most 64 bytes), and
@@ -79,7 +82,7 @@ class SecAggConfig:
             raise ConfigError("round", self.round, "an integer in [0, 2^63)")
         if not (isinstance(self.corrupted, int) and 0 <= self.corrupted < n):
             raise ConfigError("corrupted", self.corrupted, f"an integer in [0, {n})")
-        ring_dtype(self.ring_bits)
+        word_dtype(self.ring_bits)
         if self.neighbours is not None:
             object.__setattr__(self, "neighbours", _checked_graph(self.neighbours, ids))
         fewest = n - 1 if self.neighbours is None else min(map(len, self.neighbours.values()))
@@ -90,8 +93,8 @@ class SecAggConfig:
 
     @property
     def dtype(self) -> np.dtype:
-        """The ring's numpy dtype."""
-        return ring_dtype(self.ring_bits)
+        """The numpy dtype of the ring's words (``uint32`` for k <= 32, else ``uint64``)."""
+        return word_dtype(self.ring_bits)
 
     @property
     def quorum(self) -> int:
@@ -154,7 +157,9 @@ def secagg_config(
         or the complete graph when that degree is ``n - 1``).
     :param dropout_rate: The fraction of clients that may drop out during the round.
     :param corruption_rate: The fraction that may collude with the server.
-    :param ring_bits: 32 or 64 (see :func:`~privfl.secagg.encoding.ring_bits_for`).
+    :param ring_bits: 32 or 64 (see :func:`~privfl.secagg.encoding.ring_bits_for`), or
+        any k from 1 to 64 for integer codes (see
+        :func:`~privfl.secagg.quantization.code_ring_bits`).
     :param seed: Seed of SecAgg+'s graph: keep it from the clients (the round seed).
     :param session: The session id and
     :param round: the round bound into the round's keys and signatures.

@@ -12,6 +12,13 @@ values lies in ``[-n B, n B]``: :func:`required_bits` counts the bits that holds
 :func:`ring_bits_for` picks the ring, both before a round (the server knows ``n``).
 How small ``bound`` can be without clamping real values is :func:`clamp_bound`'s
 question: it depends on the weights and on what the privacy mechanisms declare.
+
+Inputs that are already non-negative integers (the codes of
+:mod:`privfl.secagg.quantization`) can be summed in a narrower ring ``Z_2^k`` for any
+``k`` from 1 to 64: vectors hold it in ``uint32`` (``k <= 32``) or ``uint64`` words
+(:func:`word_dtype`), arithmetic runs modulo the word and is reduced modulo ``2^k``
+(which divides the word's modulus, so the reduction commutes with every sum), and
+:func:`pack_ring` writes ``k`` bits per value on the wire.
 """
 
 from __future__ import annotations
@@ -35,6 +42,93 @@ def ring_dtype(ring_bits: int) -> np.dtype:
     if ring_bits not in RING_DTYPES:
         raise ConfigError("ring_bits", ring_bits, "32 or 64")
     return RING_DTYPES[ring_bits]
+
+
+def word_dtype(ring_bits: int) -> np.dtype:
+    """The numpy dtype that holds ``Z_2^ring_bits``: ``uint32`` up to 32 bits, else ``uint64``."""
+    if isinstance(ring_bits, bool) or not (isinstance(ring_bits, int) and 1 <= ring_bits <= 64):
+        raise ConfigError("ring_bits", ring_bits, "an integer from 1 to 64")
+    return RING_DTYPES[32 if ring_bits <= 32 else 64]
+
+
+def reduce_ring(vector: np.ndarray, ring_bits: int) -> None:
+    """Reduce a ring vector modulo ``2^ring_bits`` in place (nothing to do for a full word)."""
+    if ring_bits < vector.dtype.itemsize * 8:
+        np.bitwise_and(vector, vector.dtype.type((1 << ring_bits) - 1), out=vector)
+
+
+def pack_ring(vector: np.ndarray, ring_bits: int) -> memoryview:
+    """The values of ``vector`` (each below ``2^ring_bits``) in ``ring_bits`` bits each.
+
+    32- and 64-bit rings travel as the little-endian words themselves, without a copy.
+    Narrower ones travel as one stream of ``ceil(size * ring_bits / 8)`` bytes, value
+    ``i`` in its bits ``i * ring_bits`` to ``(i + 1) * ring_bits - 1``, least significant
+    first (numpy's ``bitorder="little"``): eight values fill exactly ``ring_bits`` bytes,
+    so each group of eight is shifted into ``ceil(ring_bits / 8)`` little-endian uint64
+    lanes, a few vector operations whatever the size. Written here rather than with
+    :func:`privfl.algorithms.compression.pack_bits` because ring vectors are numpy words
+    of up to 64 bits, where that one takes torch codes of at most 32.
+    """
+    words = np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<"))
+    width = words.dtype.itemsize * 8
+    if not 1 <= ring_bits <= width:
+        raise ConfigError("ring_bits", ring_bits, f"1 to {width} for {vector.dtype} words")
+    if ring_bits == width:
+        return words.data.cast("B")
+    groups = np.zeros((-(-words.size // 8), 8), dtype=np.uint64)
+    groups.reshape(-1)[: words.size] = words
+    lanes = np.zeros((len(groups), -(-ring_bits // 8)), dtype="<u8")
+    for j, (lane, shift, spill) in enumerate(_lane_layout(ring_bits)):
+        lanes[:, lane] |= groups[:, j] << np.uint64(shift)
+        if spill:  # the value's high bits continue in the next lane
+            lanes[:, lane + 1] |= groups[:, j] >> np.uint64(64 - shift)
+    packed = lanes.view(np.uint8)[:, :ring_bits].reshape(-1)[
+        : packed_ring_size(words.size, ring_bits)
+    ]
+    return np.ascontiguousarray(packed).data.cast("B")
+
+
+def _lane_layout(ring_bits: int) -> list[tuple[int, int, bool]]:
+    """For each of eight values in a group: its uint64 lane, its shift in the lane, and
+    whether it spills into the next lane."""
+    starts = [j * ring_bits for j in range(8)]
+    return [(p // 64, p % 64, p % 64 + ring_bits > 64) for p in starts]
+
+
+def packed_ring_size(size: int, ring_bits: int) -> int:
+    """Bytes that :func:`pack_ring` writes for ``size`` values of a ``ring_bits``-bit ring."""
+    return (size * ring_bits + 7) // 8
+
+
+def unpack_ring(data: memoryview | bytes, ring_bits: int, size: int) -> np.ndarray:
+    """The ``size`` values that :func:`pack_ring` wrote, as a native :func:`word_dtype` vector.
+
+    :raises ValueError: when ``data`` does not have :func:`packed_ring_size` bytes.
+    """
+    dtype = word_dtype(ring_bits)
+    if len(data) != packed_ring_size(size, ring_bits):
+        raise ValueError(
+            f"{len(data)} bytes hold no {size} values of {ring_bits} bits "
+            f"({packed_ring_size(size, ring_bits)})"
+        )
+    width = dtype.itemsize * 8
+    if ring_bits == width:  # a read-only view of ``data``, not a copy
+        words = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
+        return words.astype(dtype, copy=False)
+    count = -(-size // 8)
+    raw = np.zeros(count * ring_bits, dtype=np.uint8)
+    raw[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    padded = np.zeros((count, 8 * -(-ring_bits // 8)), dtype=np.uint8)
+    padded[:, :ring_bits] = raw.reshape(count, ring_bits)
+    lanes = padded.view("<u8")
+    groups = np.empty((count, 8), dtype=np.uint64)
+    mask = np.uint64((1 << ring_bits) - 1)
+    for j, (lane, shift, spill) in enumerate(_lane_layout(ring_bits)):
+        groups[:, j] = lanes[:, lane] >> np.uint64(shift)
+        if spill:
+            groups[:, j] |= lanes[:, lane + 1] << np.uint64(64 - shift)
+        groups[:, j] &= mask
+    return groups.reshape(-1)[:size].astype(dtype)
 
 
 def encoded_bound(bound: float, frac_bits: int) -> int:

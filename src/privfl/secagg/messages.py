@@ -4,7 +4,8 @@ Clients and the server exchange nothing but these messages, as ``bytes``, so a s
 object cannot reach a client's secrets and the bytes can travel over any transport. The
 format is explicit and versioned (no pickle): one version byte, one kind byte, then
 fixed-width big-endian fields, with a ``u32`` count before every list and a ``u32``
-length before every ciphertext. Vectors travel as little-endian ring words. Decoding
+length before every ciphertext. Vectors travel as little-endian ring words, or packed
+at k bits a value in a ring ``Z_2^k`` narrower than 32 bits (version 3). Decoding
 checks every length and rejects trailing bytes.
 
 The rounds of the actively secure protocol of Bonawitz et al. 2017 (CCS), with its
@@ -36,8 +37,9 @@ import numpy as np
 
 from privfl.errors import PrivflError
 from privfl.secagg import shamir
+from privfl.secagg.encoding import pack_ring, packed_ring_size, unpack_ring
 
-VERSION = 2
+VERSION = 3
 _KEY = 32  # raw X25519 or Ed25519 public key bytes
 _SIGNATURE = 64  # Ed25519
 _TAG = 16  # Poly1305
@@ -217,13 +219,20 @@ class ShareRelay:
 class MaskedInput:
     """Round 2, client to server: the masked ring vector of ``sender``, a commitment
     to its self-mask seed (so that the seed rebuilt from shares can be checked), and
-    the Poly1305 tag that authenticates both for this session and round."""
+    the Poly1305 tag that authenticates both for this session and round.
+
+    ``ring_bits`` is k of the ring ``Z_2^k`` (1 to 64; None: the width of the
+    vector's words, 32 or 64). The vector travels as little-endian words in a 32- or
+    64-bit ring, and packed at k bits per value in a narrower one
+    (:func:`~privfl.secagg.encoding.pack_ring`), so a 12-bit ring costs 12 bits a value.
+    """
 
     KIND: ClassVar[int] = 5
     sender: int
     vector: np.ndarray
     tag: bytes
     commitment: bytes
+    ring_bits: int | None = None
 
     @staticmethod
     def words(vector: np.ndarray) -> np.ndarray:
@@ -231,11 +240,10 @@ class MaskedInput:
         return np.ascontiguousarray(vector, dtype=_RING_DTYPES[vector.dtype.itemsize * 8])
 
     def to_bytes(self) -> bytes:
-        words = self.words(self.vector)
-        bits = words.dtype.itemsize * 8
+        bits = self.ring_bits or self.vector.dtype.itemsize * 8
         header = _header(self.KIND) + _u32(self.sender) + self.tag + self.commitment
-        header += bytes((bits,)) + _u32(words.size)
-        return b"".join((header, words.data.cast("B")))  # one copy of the vector
+        header += bytes((bits,)) + _u32(self.vector.size)
+        return b"".join((header, pack_ring(self.vector, bits)))  # one copy of the vector
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MaskedInput:
@@ -243,14 +251,12 @@ class MaskedInput:
         sender = reader.u32()
         tag, commitment = reader.take(_TAG), reader.take(_KEY)
         (bits,) = reader.take(1)
-        if bits not in _RING_DTYPES:
-            raise ProtocolError(f"MaskedInput ring of {bits} bits: only 32 and 64 exist")
-        dtype = _RING_DTYPES[bits]
+        if not 1 <= bits <= 64:
+            raise ProtocolError(f"MaskedInput ring of {bits} bits: 1 to 64 exist")
         length = reader.u32()
-        vector = np.frombuffer(reader.view(length * dtype.itemsize), dtype=dtype)
-        reader.finish()  # the vector is a read-only view of ``data``, not a copy
-        vector = vector.astype(dtype.newbyteorder("="), copy=False)
-        return cls(sender, vector, tag, commitment)
+        payload = reader.view(packed_ring_size(length, bits))
+        reader.finish()  # a 32- or 64-bit vector is a read-only view of ``data``, not a copy
+        return cls(sender, unpack_ring(payload, bits, length), tag, commitment, bits)
 
 
 def _write_ids(ids: tuple[int, ...]) -> bytes:

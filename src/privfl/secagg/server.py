@@ -52,6 +52,7 @@ from privfl.secagg.client import (
     survivors_statement,
 )
 from privfl.secagg.config import SecAggConfig
+from privfl.secagg.encoding import reduce_ring
 from privfl.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -223,8 +224,11 @@ class SecAggServer:
         dtype = self.config.dtype
 
         def check(sender: int, message: MaskedInput) -> None:
-            if message.vector.dtype != dtype:
-                raise ProtocolError(f"its input is not {dtype}")
+            if message.vector.dtype != dtype or message.ring_bits != self.config.ring_bits:
+                raise ProtocolError(
+                    f"its input is {message.ring_bits}-bit {message.vector.dtype}, not "
+                    f"{self.config.ring_bits}-bit {dtype}"
+                )
             primitives.check_input_tag(
                 primitives.agree(self._round_key, self._keys[sender][0]),
                 sender,
@@ -341,6 +345,7 @@ class SecAggServer:
                 seed = primitives.mask_seed(primitives.agree(key, self._keys[v][1]))
                 masks.append((seed, -1 if v < u else 1))
         primitives.add_masks(total, masks)
+        reduce_ring(total, self.config.ring_bits)
         return total
 
 
