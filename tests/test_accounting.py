@@ -1,4 +1,4 @@
-"""Tests of the rdp and pld accountants against privacy values computed independently.
+"""Tests of the rdp, pld and auto accountants against privacy values computed independently.
 
 The reference values here use scipy only, not dp-accounting: the analytic Gaussian
 mechanism of Balle and Wang 2018, the exact hockey-stick divergence of one
@@ -17,25 +17,27 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, special, stats
 
-from privfl.builtin.accountants import (
-    PldPrivacyAccountant,
-    RdpPrivacyAccountant,
-    _DpAccountingAccountant,
-)
+from privfl.builtin import auto_accountant, pld_accountant
+from privfl.builtin.accountants import RdpPrivacyAccountant
+from privfl.builtin.auto_accountant import PLD_MIN_NOISE, AutoPrivacyAccountant
+from privfl.builtin.pld_accountant import PldPrivacyAccountant
 from privfl.components import Sampling
 from privfl.errors import ConfigError
+from privfl.mechanisms import Accountant
 
 DELTA = 1e-5
 POISSON = Sampling("poisson", 1000, rate=0.1)
 ALL = Sampling("all", 1000)
 FIXED = Sampling("fixed", 1000, size=100)
 
-ACCOUNTANTS = [RdpPrivacyAccountant, PldPrivacyAccountant]
+ACCOUNTANTS: list[type[Accountant]] = [
+    RdpPrivacyAccountant,
+    PldPrivacyAccountant,
+    AutoPrivacyAccountant,
+]
 
 
-def composed(
-    cls: type[_DpAccountingAccountant], sampling: Sampling, z: float, rounds: int
-) -> _DpAccountingAccountant:
+def composed(cls: type[Accountant], sampling: Sampling, z: float, rounds: int) -> Accountant:
     accountant = cls()
     accountant.compose(sampling=sampling, noise_multiplier=z, rounds=rounds)
     return accountant
@@ -271,7 +273,7 @@ def test_one_accountant_does_not_mix_neighbouring_relations() -> None:
 
 
 @pytest.mark.parametrize("cls", ACCOUNTANTS)
-def test_epsilon_is_zero_before_any_round(cls: type[_DpAccountingAccountant]) -> None:
+def test_epsilon_is_zero_before_any_round(cls: type[Accountant]) -> None:
     accountant = cls()
     assert accountant.epsilon(DELTA) == 0.0
     assert accountant.state_dict() == {"accountant": cls.name, "composed": []}
@@ -280,7 +282,7 @@ def test_epsilon_is_zero_before_any_round(cls: type[_DpAccountingAccountant]) ->
 
 
 @pytest.mark.parametrize("cls", ACCOUNTANTS)
-def test_state_round_trip_gives_the_same_epsilon(cls: type[_DpAccountingAccountant]) -> None:
+def test_state_round_trip_gives_the_same_epsilon(cls: type[Accountant]) -> None:
     accountant = cls()
     accountant.compose(sampling=POISSON, noise_multiplier=1.0, rounds=30)
     for _ in range(3):  # round by round, as the federation composes
@@ -311,8 +313,8 @@ def test_state_round_trip_gives_the_same_epsilon(cls: type[_DpAccountingAccounta
 
 
 @pytest.mark.parametrize("cls", ACCOUNTANTS)
-def test_load_refuses_foreign_or_malformed_states(cls: type[_DpAccountingAccountant]) -> None:
-    other = "pld" if cls.name == "rdp" else "rdp"
+def test_load_refuses_foreign_or_malformed_states(cls: type[Accountant]) -> None:
+    other = {"rdp": "pld", "pld": "rdp", "auto": "counting"}[cls.name]
     accountant = cls()
     with pytest.raises(ValueError, match="not a state of the"):
         accountant.load_state_dict({"accountant": other, "composed": []})
@@ -332,7 +334,7 @@ def test_load_refuses_foreign_or_malformed_states(cls: type[_DpAccountingAccount
 
 
 @pytest.mark.parametrize("cls", ACCOUNTANTS)
-def test_epsilon_after_leaves_the_state_alone(cls: type[_DpAccountingAccountant]) -> None:
+def test_epsilon_after_leaves_the_state_alone(cls: type[Accountant]) -> None:
     accountant = composed(cls, POISSON, 1.0, 10)
     state, epsilon = accountant.state_dict(), accountant.epsilon(DELTA)
     after = accountant.epsilon_after(sampling=POISSON, noise_multiplier=1.0, rounds=5, delta=DELTA)
@@ -352,7 +354,7 @@ def test_epsilon_after_leaves_the_state_alone(cls: type[_DpAccountingAccountant]
 
 @pytest.mark.parametrize("cls", ACCOUNTANTS)
 @pytest.mark.parametrize("delta", [0, 1, -1e-5, 2.0, math.nan, True, "1e-5"])
-def test_bad_delta_is_a_config_error(cls: type[_DpAccountingAccountant], delta: object) -> None:
+def test_bad_delta_is_a_config_error(cls: type[Accountant], delta: object) -> None:
     accountant = composed(cls, ALL, 1.0, 1)
     with pytest.raises(ConfigError, match=rf"^delta = {re.escape(repr(delta))} ") as error:
         accountant.epsilon(delta)  # type: ignore[arg-type]
@@ -363,9 +365,7 @@ def test_bad_delta_is_a_config_error(cls: type[_DpAccountingAccountant], delta: 
 
 @pytest.mark.parametrize("cls", ACCOUNTANTS)
 @pytest.mark.parametrize("z", [0, 0.0, -1.0, math.inf, math.nan, True, "1"])
-def test_bad_noise_multiplier_is_a_config_error(
-    cls: type[_DpAccountingAccountant], z: object
-) -> None:
+def test_bad_noise_multiplier_is_a_config_error(cls: type[Accountant], z: object) -> None:
     accountant = cls()
     with pytest.raises(ConfigError, match=rf"^noise_multiplier = {re.escape(repr(z))} "):
         accountant.compose(sampling=POISSON, noise_multiplier=z)  # type: ignore[arg-type]
@@ -412,3 +412,129 @@ def test_rdp_hides_dp_accountings_convergence_warnings(caplog: pytest.LogCapture
         accountant.epsilon_after(sampling=POISSON, noise_multiplier=1.0, rounds=3, delta=DELTA)
     assert caplog.records == []
     assert logging.getLogger("absl").filters == []
+
+
+# --- Incremental PLD composition --------------------------------------------------------
+
+
+def test_pld_composed_round_by_round_gives_the_bits_of_a_checkpoint_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent
+    from dp_accounting.pld import PLDAccountant
+
+    monkeypatch.setattr(pld_accountant, "PLD_BLOCK", 4)  # cross block boundaries in a few rounds
+    live = PldPrivacyAccountant()
+    for rounds in range(1, 10):
+        live.compose(sampling=POISSON, noise_multiplier=2.0)
+        loaded = PldPrivacyAccountant()
+        loaded.load_state_dict(live.state_dict())
+        assert loaded.epsilon(DELTA) == live.epsilon(DELTA)
+        if rounds in (4, 9):
+            # The PLD of dp-accounting's accountant composing the rounds in one call.
+            reference = PLDAccountant(value_discretization_interval=1e-3)
+            reference.compose(PoissonSampledDpEvent(0.1, GaussianDpEvent(2.0)), rounds)
+            assert live.epsilon(DELTA) == pytest.approx(reference.get_epsilon(DELTA), rel=1e-9)
+    assert live.epsilon_after(
+        sampling=POISSON, noise_multiplier=2.0, rounds=3, delta=DELTA
+    ) == composed(PldPrivacyAccountant, POISSON, 2.0, 12).epsilon(DELTA)
+
+
+# --- The auto accountant ----------------------------------------------------------------
+
+
+def same_rounds(rounds: list[tuple[Sampling, float, int]]) -> list[Accountant]:
+    """auto, rdp and (without fixed-size rounds) pld, given the same rounds one call each."""
+    each: list[Accountant] = [AutoPrivacyAccountant(), RdpPrivacyAccountant()]
+    if all(sampling.kind != "fixed" for sampling, _, _ in rounds):
+        each.append(PldPrivacyAccountant())
+    for accountant in each:
+        for sampling, z, count in rounds:
+            accountant.compose(sampling=sampling, noise_multiplier=z, rounds=count)
+    return each
+
+
+@pytest.mark.parametrize("sampling", [POISSON, ALL])
+def test_auto_is_pld_for_poisson_sampling_and_everyone(sampling: Sampling) -> None:
+    auto, rdp, pld = same_rounds([(sampling, 1.0, 5), (sampling, 1.0, 1), (sampling, 2.0, 3)])
+    assert auto.method.startswith("pld: ")
+    assert auto.epsilon(DELTA) == pld.epsilon(DELTA) < rdp.epsilon(DELTA)
+    assert auto.neighbouring == "add or remove one client"
+
+
+def test_auto_is_rdp_for_a_fixed_size_cohort() -> None:
+    check = AutoPrivacyAccountant()
+    check.compose(sampling=FIXED, noise_multiplier=1.0, rounds=0)  # accepted, nothing composed
+    assert check.state_dict() == {"accountant": "auto", "composed": []}
+    auto, rdp = same_rounds([(FIXED, 1.0, 20)])
+    assert auto.method.startswith("rdp: a fixed-size cohort")
+    assert auto.epsilon(DELTA) == rdp.epsilon(DELTA)
+    assert auto.neighbouring == "replace one client's data"
+
+
+def test_auto_is_rdp_where_pld_grid_would_be_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At z = 1e-9 dp-accounting's PLD fails ("Maximum allowed size exceeded").
+    with pytest.raises(ValueError, match="Maximum allowed size"):
+        composed(PldPrivacyAccountant, POISSON, 1e-9, 1)
+    auto = composed(AutoPrivacyAccountant, POISSON, 1e-9, 1)
+    assert auto.method.startswith(f"rdp: noise multiplier 1e-09 below {PLD_MIN_NOISE:g}")
+    assert auto.epsilon(DELTA) == composed(RdpPrivacyAccountant, POISSON, 1e-9, 1).epsilon(DELTA)
+    # Everyone at z = 1: PLD up to sum(rounds / z^2) = 100 (10 here, to stay fast), then
+    # RDP for the whole run.
+    monkeypatch.setattr(auto_accountant, "PLD_MAX_MU_SQUARED", 10.0)
+    auto, rdp, pld = same_rounds([(ALL, 1.0, 10)])
+    assert auto.method.startswith("pld: ")
+    assert auto.epsilon(DELTA) == pld.epsilon(DELTA)
+    auto.compose(sampling=ALL, noise_multiplier=1.0)
+    rdp.compose(sampling=ALL, noise_multiplier=1.0)
+    assert auto.method.startswith("rdp: sum(rounds q^2 / z^2) = 11 above 10")
+    assert auto.epsilon(DELTA) == rdp.epsilon(DELTA) > pld.epsilon(DELTA)
+
+
+def test_auto_switches_to_rdp_for_good_and_resumes_with_the_same_bits() -> None:
+    auto = AutoPrivacyAccountant()
+    auto.compose(sampling=POISSON, noise_multiplier=1.0, rounds=3)
+    assert auto.method.startswith("pld")
+    predicted = auto.epsilon_after(sampling=POISSON, noise_multiplier=0.25, rounds=1, delta=DELTA)
+    now = auto.epsilon_after(sampling=POISSON, noise_multiplier=0.25, rounds=0, delta=DELTA)
+    auto.compose(sampling=POISSON, noise_multiplier=0.25, rounds=0)
+    assert auto.method.startswith("pld")  # predictions and checks change nothing
+    assert now == auto.epsilon(DELTA)
+    auto.compose(sampling=POISSON, noise_multiplier=0.25)
+    auto.compose(sampling=POISSON, noise_multiplier=1.0)  # stays with rdp
+    assert auto.method.startswith("rdp: noise multiplier 0.25")
+    _, rdp, _ = same_rounds([(POISSON, 1.0, 3), (POISSON, 0.25, 1), (POISSON, 1.0, 1)])
+    assert auto.epsilon(DELTA) == rdp.epsilon(DELTA) > predicted
+    state = json.loads(json.dumps(auto.state_dict()))
+    assert state["accountant"] == "auto"
+    assert [run["rounds"] for run in state["composed"]] == [3, 1, 1]
+    resumed = AutoPrivacyAccountant()
+    resumed.load_state_dict(state)
+    assert (resumed.method, resumed.epsilon(DELTA)) == (auto.method, auto.epsilon(DELTA))
+
+
+@pytest.mark.parametrize("name", ["rdp", "pld"])
+def test_auto_resumes_a_checkpoint_of_rdp_or_pld_with_that_accountant(name: str) -> None:
+    """A run checkpointed when rdp was the default goes on with rdp, epsilon unchanged."""
+    old = {"rdp": RdpPrivacyAccountant, "pld": PldPrivacyAccountant}[name]()
+    old.compose(sampling=POISSON, noise_multiplier=1.0, rounds=4)
+    auto = AutoPrivacyAccountant()
+    auto.load_state_dict(old.state_dict())
+    for each in (old, auto):
+        each.compose(sampling=POISSON, noise_multiplier=1.0)
+    assert auto.epsilon(DELTA) == old.epsilon(DELTA)
+    assert auto.method.startswith(f"{name}: the accountant of the checkpoint")
+    assert auto.state_dict() == old.state_dict()
+
+
+def test_auto_passes_its_options_on() -> None:
+    with pytest.raises(ConfigError, match=r"^orders = "):
+        AutoPrivacyAccountant(orders=[0.5])
+    with pytest.raises(ConfigError, match=r"^value_discretization_interval = "):
+        AutoPrivacyAccountant(value_discretization_interval=0).compose(
+            sampling=POISSON, noise_multiplier=1.0
+        )
+    coarse = AutoPrivacyAccountant(value_discretization_interval=1e-2)
+    coarse.compose(sampling=POISSON, noise_multiplier=1.0, rounds=5)
+    default = composed(AutoPrivacyAccountant, POISSON, 1.0, 5).epsilon(DELTA)
+    assert default < coarse.epsilon(DELTA) < default * 1.1

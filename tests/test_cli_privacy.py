@@ -29,6 +29,12 @@ def test_dp_run_shows_epsilon_every_round_and_stops_at_the_target(tmp_path, caps
     assert epsilons == sorted(epsilons)
     assert epsilons[-1] <= 5.0
     assert all(r["delta"] == 1e-5 for r in records)
+    # The default accountant names the one it uses (PLD for Poisson sampling) and why,
+    # in the first record, the table (once) and the summary.
+    assert records[0]["accountant"].startswith("pld: Poisson sampling")
+    assert not any("accountant" in r for r in records[1:])
+    assert out.count("accountant: pld: Poisson sampling") == 1
+    assert "accountant" in out[out.index("privfl run") :]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "stopped"
     assert "privacy budget" in status["stop_reason"]
@@ -49,6 +55,11 @@ def test_resumed_dp_run_reports_the_same_epsilon(tmp_path, capsys):
     config.write_text(config.read_text().replace("rounds = 2", "rounds = 4"))
     assert main(["resume", str(split)]) == 0
     assert [r["epsilon"] for r in history(whole)] == [r["epsilon"] for r in history(split)]
+    # Said again in the first round after the resume.
+    methods = {
+        r["round"]: r["accountant"].split(":")[0] for r in history(split) if "accountant" in r
+    }
+    assert methods == {1: "pld", 3: "pld"}
 
 
 def test_dp_with_a_robust_aggregator_is_refused(tmp_path, capsys):

@@ -13,6 +13,7 @@ from privfl.algorithms.dp import noise_to_signal
 from privfl.app.checkpoint import load_checkpoint, save_checkpoint
 from privfl.builtin.accountants import RdpPrivacyAccountant
 from privfl.builtin.dp_mechanism import DPFedAvg
+from privfl.builtin.pld_accountant import PldPrivacyAccountant
 from privfl.testing import tiny_federation
 
 SECURE = {"secure_noise": True}
@@ -152,11 +153,15 @@ def test_every_record_holds_epsilon_from_the_accountant():
         mechanisms=["dp"], options={"dp": {"noise_multiplier": 1.5, "delta": 1e-6, **SECURE}}
     )
     records = fed.run(4)
-    reference = RdpPrivacyAccountant()
+    # The default accountant, auto, uses PLD for everyone at z = 1.5, and says so in the
+    # first record (and in any where its choice changes).
+    reference = PldPrivacyAccountant()
     for record in records:
         reference.compose(sampling=privfl.Sampling("all", 4), noise_multiplier=1.5)
-        assert record.values["epsilon"] == pytest.approx(reference.epsilon(1e-6))
+        assert record.values["epsilon"] == reference.epsilon(1e-6)
         assert record.values["delta"] == 1e-6
+    assert records[0].values["accountant"].startswith("pld: Poisson sampling or everyone")
+    assert not any("accountant" in record.values for record in records[1:])
     epsilons = [r.values["epsilon"] for r in records]
     assert epsilons == sorted(epsilons)
     assert epsilons[0] > 0

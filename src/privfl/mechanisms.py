@@ -227,6 +227,12 @@ class Accountant(Component):
         """The neighbouring relation of the guarantee, in words."""
         return "add or remove one client"
 
+    @property
+    def method(self) -> str:
+        """How epsilon is computed, for the round records: by default the accountant's
+        name; one that picks a method (``auto``) names it and why."""
+        return self.name
+
     @abstractmethod
     def compose(self, *, sampling: Sampling, noise_multiplier: float, rounds: int = 1) -> None:
         """Account ``rounds`` more rounds of the Gaussian mechanism with ``noise_multiplier``.

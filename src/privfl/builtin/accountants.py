@@ -12,22 +12,26 @@ that to dp-accounting events and leave all privacy math to the library:
   Rényi Differential Privacy and Analytical Moments Accountant", AISTATS, Theorem
   27), and the RDP-to-DP conversion of Canonne, Kamath and Steinke 2020
   (arXiv:2004.00010, Proposition 12).
-- ``pld``: privacy loss distributions (Koskela, Jälkö and Honkela 2020, "Computing
-  Tight Differential Privacy Guarantees Using FFT", AISTATS; Doroshenko, Ghazi,
-  Kamath, Kumar and Manurangsi 2022, "Connect the Dots: Tighter Discrete
-  Approximations of Privacy Loss Distributions", PETS). Tighter than RDP, with
-  pessimistic rounding so the result stays an upper bound.
+- ``pld`` (:mod:`privfl.builtin.pld_accountant`): privacy loss distributions (Koskela,
+  Jälkö and Honkela 2020, "Computing Tight Differential Privacy Guarantees Using
+  FFT", AISTATS; Doroshenko, Ghazi, Kamath, Kumar and Manurangsi 2022, "Connect the
+  Dots: Tighter Discrete Approximations of Privacy Loss Distributions", PETS).
+  Tighter than RDP, with pessimistic rounding so the result stays an upper bound.
 
 Measured with dp-accounting 0.6 (Poisson rate ``q``, noise ``z``, ``T`` rounds, delta
 1e-5), against PLD on a 1e-5 grid as the reference: RDP's epsilon is higher by 12% (z
 1, q 0.1, T 100), 8% (T 1000), 15% (q 0.01, T 1000), 10% (z 0.8, T 500) and 87% (z
 0.5, q 0.1, T 1000, where the low orders that matter there are dropped, see
 :class:`RdpPrivacyAccountant`); PLD on its default 1e-3 grid is higher by 8e-7 to 4e-4
-relative. Per round, privfl recomposes the run so far: 40 to 200 ms for either
-accountant at 100 to 500 rounds (measured with the machine busy). ``rdp`` stays the
-default because it accounts every sampler, including the fixed-size cohort of the
-default ``uniform`` sampler, which PLD cannot; choose ``pld`` with Poisson sampling
-for the tighter epsilon.
+relative. Per round (``bench/accounting_speed.py``, mean over 100 rounds, three runs
+with the machine busy: load average 8 to 19), ``rdp`` computes the round's RDP at
+every order and recomposes the run in one call: 50 to 530 ms at q 0.01 to 0.1 and z
+0.5 to 1, 480 to 580 ms for a fixed-size cohort of 100 in 1000, under 2 ms for
+everyone; ``pld`` composes each round onto the PLD so far: 9 to 104 ms, 6 to 21 times
+less than recomposing the run in one dp-accounting call as it did before (agreeing
+with that to 7e-11 relative at 100 rounds). The default accountant, ``auto``
+(:mod:`privfl.builtin.auto_accountant`), is ``pld`` where it applies and stays
+affordable, and ``rdp`` otherwise.
 
 Sampling schemes (:class:`privfl.Sampling`):
 
@@ -44,9 +48,10 @@ Sampling schemes (:class:`privfl.Sampling`):
 
 The state is the list of composed rounds, consecutive identical rounds merged into
 one run. The running accountant always holds "all runs but the last" composed, plus
-the last run composed in one call (``count`` = its rounds), so that a state loaded
-from a checkpoint recomposes with exactly the same calls and gives the same epsilon
-to the last bit.
+the last run composed by a rule that depends on its length alone (``rdp``: one call
+with ``count`` = its rounds; ``pld``: blocks of 16 rounds in one call, then single
+rounds), so that a state loaded from a checkpoint recomposes with exactly the same
+calls and gives the same epsilon to the last bit.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from privfl.plugins import hookimpl
 if TYPE_CHECKING:  # dp-accounting is imported on first use: it takes a second (scipy)
     from dp_accounting import NeighboringRelation, PrivacyAccountant
     from dp_accounting.dp_event import DpEvent
+    from dp_accounting.pld.privacy_loss_distribution import PrivacyLossDistribution
 
 ADD_OR_REMOVE = "add or remove one client"
 REPLACE = "replace one client's data"
@@ -136,8 +142,8 @@ class _Ledger:
     """
 
     runs: tuple[_Run, ...] = ()
-    prefix: PrivacyAccountant | None = None
-    current: PrivacyAccountant | None = None
+    prefix: PrivacyAccountant | PrivacyLossDistribution | None = None
+    current: PrivacyAccountant | PrivacyLossDistribution | None = None
 
 
 class _DpAccountingAccountant(Accountant):
@@ -168,7 +174,7 @@ class _DpAccountingAccountant(Accountant):
             self._ledger = self._extended(self._ledger, run)
 
     def epsilon(self, delta: float) -> float:
-        return _epsilon(self._ledger.current, _check_delta(delta))
+        return self._epsilon(self._ledger.current, _check_delta(delta))
 
     def epsilon_after(
         self, *, sampling: Sampling, noise_multiplier: float, rounds: int, delta: float
@@ -176,8 +182,8 @@ class _DpAccountingAccountant(Accountant):
         run = self._run(self._ledger, sampling, noise_multiplier, rounds)
         delta = _check_delta(delta)
         if not run.rounds:
-            return _epsilon(self._ledger.current, delta)
-        return _epsilon(self._extended(self._ledger, run).current, delta)
+            return self._epsilon(self._ledger.current, delta)
+        return self._epsilon(self._extended(self._ledger, run).current, delta)
 
     def state_dict(self) -> dict[str, Any]:
         """Return ``{"accountant": name, "composed": [run, ...]}``, JSON-serialisable.
@@ -223,18 +229,36 @@ class _DpAccountingAccountant(Accountant):
         """Return ``ledger`` with ``run`` composed (merged into the last run if identical)."""
         runs = list(ledger.runs)
         if runs and runs[-1].continued_by(run):
-            runs[-1] = replace(runs[-1], rounds=runs[-1].rounds + run.rounds)
-            prefix = ledger.prefix
+            before = runs[-1].rounds
+            runs[-1] = replace(runs[-1], rounds=before + run.rounds)
+            prefix, partial = ledger.prefix, ledger.current
         else:
             runs.append(run)
-            prefix = ledger.current
+            before, prefix, partial = 0, ledger.current, None
         if prefix is None:
             prefix = self._backend(self._relation(run.sampling))
-        current = copy.deepcopy(prefix)
-        last = runs[-1]
-        with _without_unconverged_order_warnings():
-            current.compose(last.event(), last.rounds)
+        current = self._composed_run(prefix, runs[-1], partial, before)
         return _Ledger(tuple(runs), prefix, current)
+
+    def _composed_run(self, prefix: Any, run: _Run, partial: Any, before: int) -> Any:
+        """Return ``prefix`` with every round of ``run`` composed onto it (a new object).
+
+        ``partial`` is what this returned for the first ``before`` rounds of the run
+        (None when ``before`` is 0). The result must depend on ``prefix`` and ``run``
+        alone, so that a checkpoint's load gives the same bits; here it is one
+        dp-accounting call for the whole run, on a copy of ``prefix``.
+        """
+        current = copy.deepcopy(prefix)
+        with _without_unconverged_order_warnings():
+            current.compose(run.event(), run.rounds)
+        return current
+
+    def _epsilon(self, current: Any, delta: float) -> float:
+        """Epsilon at ``delta`` of what ``_composed_run`` built (0 before any round)."""
+        if current is None:
+            return 0.0
+        with _without_unconverged_order_warnings():
+            return float(current.get_epsilon(delta))
 
 
 class RdpPrivacyAccountant(_DpAccountingAccountant):
@@ -279,50 +303,6 @@ class RdpPrivacyAccountant(_DpAccountingAccountant):
         return RdpAccountant(self.orders, _dp_relation(relation))
 
 
-class PldPrivacyAccountant(_DpAccountingAccountant):
-    """Privacy-loss-distribution accounting (dp-accounting's ``PLDAccountant``); tighter.
-
-    Supports Poisson sampling and full participation (adding or removing one client);
-    refuses fixed-size sampling, which dp-accounting's PLD does not support.
-
-    :param value_discretization_interval: Grid step of the privacy loss. dp-accounting's
-        default is 1e-4; 1e-3 makes each round's accounting about ten times faster
-        for an epsilon larger by 8e-7 to 4e-4 relative than a 1e-5 grid's (measured in
-        six settings; the most at q = 0.01), still an upper bound (pessimistic
-        rounding).
-    """
-
-    name = "pld"
-
-    def __init__(self, *, value_discretization_interval: float = 1e-3) -> None:
-        super().__init__()
-        if not (
-            _is_number(value_discretization_interval) and 0 < value_discretization_interval <= 0.1
-        ):
-            raise ConfigError(
-                "value_discretization_interval",
-                value_discretization_interval,
-                "a number in (0, 0.1] (dp-accounting's default is 1e-4)",
-            )
-        self.value_discretization_interval = float(value_discretization_interval)
-
-    def _backend(self, relation: str) -> PrivacyAccountant:
-        from dp_accounting.pld import PLDAccountant
-
-        return PLDAccountant(_dp_relation(relation), self.value_discretization_interval)
-
-    def _relation(self, sampling: Sampling) -> str:
-        if sampling.kind == "fixed":
-            raise ConfigError(
-                "accountant",
-                self.name,
-                "an accountant that supports fixed-size sampling (dp-accounting's PLD "
-                "does not): use the Poisson sampler (--sampler poisson --sample-rate Q) "
-                "or the rdp accountant (--accountant rdp)",
-            )
-        return super()._relation(sampling)
-
-
 class _UnconvergedOrderFilter(logging.Filter):
     """Drops dp-accounting's warning that a fractional RDP order did not converge."""
 
@@ -345,13 +325,6 @@ def _without_unconverged_order_warnings() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(quiet)
-
-
-def _epsilon(accountant: PrivacyAccountant | None, delta: float) -> float:
-    if accountant is None:
-        return 0.0
-    with _without_unconverged_order_warnings():
-        return float(accountant.get_epsilon(delta))
 
 
 def _parse_record(record: Any) -> tuple[Sampling, Any, Any]:
@@ -392,4 +365,8 @@ def _is_number(value: object) -> bool:
 
 @hookimpl
 def privfl_register_accountants() -> list[type]:
-    return [RdpPrivacyAccountant, PldPrivacyAccountant]
+    # These modules import this one.
+    from privfl.builtin.auto_accountant import AutoPrivacyAccountant
+    from privfl.builtin.pld_accountant import PldPrivacyAccountant
+
+    return [RdpPrivacyAccountant, PldPrivacyAccountant, AutoPrivacyAccountant]

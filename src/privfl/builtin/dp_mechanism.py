@@ -74,9 +74,11 @@ class DPFedAvg(PrivacyMechanism):
         expected clients / 20, the choice of Andrew et al.
     :param delta: The ``delta`` at which epsilon is reported.
     :param target_epsilon: Stop before the round that would take epsilon above this.
-    :param accountant: Name of a registered accountant: ``rdp`` (every sampler) or
-        ``pld`` (Poisson sampling or everyone; a tighter epsilon, measured 7 to 47
-        percent below ``rdp``'s, see :mod:`privfl.builtin.accountants`).
+    :param accountant: Name of a registered accountant: ``auto`` (``pld`` where it
+        applies and is affordable, else ``rdp``; the records say which and why, see
+        :mod:`privfl.builtin.auto_accountant`), ``rdp`` (every sampler) or ``pld``
+        (Poisson sampling or everyone; RDP's epsilon measured 8 to 87 percent above
+        it, see :mod:`privfl.builtin.accountants`).
     :param secure_noise: Draw noise from a cryptographically secure generator (not
         reproducible); otherwise from the seeded generators, with a warning.
     """
@@ -106,7 +108,7 @@ class DPFedAvg(PrivacyMechanism):
         count_stddev: float | None = None,
         delta: float = 1e-5,
         target_epsilon: float | None = None,
-        accountant: str = "rdp",
+        accountant: str = "auto",
         secure_noise: bool = False,
     ) -> None:
         _check(clip > 0 and math.isfinite(clip), "clip", clip, "a finite number > 0")
@@ -161,6 +163,7 @@ class DPFedAvg(PrivacyMechanism):
         self.expected_clients = 0.0
         self._update_noise = self.noise_multiplier
         self._count_noise = 0.0
+        self._method_recorded: str | None = None
 
     def setup(self, context: MechanismSetup) -> None:
         """Build the accountant, take the sampler's scheme and split the noise budget."""
@@ -256,11 +259,14 @@ class DPFedAvg(PrivacyMechanism):
                 self.noise_multiplier, expected_clients, contributors
             )
         self.accountant.compose(sampling=self.sampling, noise_multiplier=noise_multiplier)
-        values = {
+        values: dict[str, Any] = {
             "epsilon": self.accountant.epsilon(self.delta),
             "delta": self.delta,
             "clip": self.clip,
         }
+        if self.accountant.method != self._method_recorded:
+            # In the first round's record (of a run or a resumed run) and where it changes.
+            values["accountant"] = self._method_recorded = self.accountant.method
         if self.adaptive_quantile is not None:
             # The protocol divided the sum of centred bits by the expected clients.
             noisy_sum = statistics[UNCLIPPED] * expected_clients

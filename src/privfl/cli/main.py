@@ -290,6 +290,9 @@ def _execute(run: Run, console: Console, quiet: bool = False) -> int:
     if epsilons:
         delta = [r.values["delta"] for r in records if "delta" in r.values][-1]
         rows.append(("epsilon", f"{_number(epsilons[-1], 'epsilon')} (δ {delta:g})"))
+        methods = [r.values["accountant"] for r in records if "accountant" in r.values]
+        if methods:
+            rows.append(("accountant", str(methods[-1])))
     if run.federation.stop_reason:
         rows.append(("stopped", run.federation.stop_reason))
     rows.append(("seconds", f"{sum(r.seconds for r in records):.1f}"))
