@@ -3,7 +3,7 @@
 The two halves meet only in the protocol's messages. The server half says in each
 client's task what the round's protocol is (the clients, the threshold, SecAgg+'s
 neighbour graph, the ring and the fixed-point encoding). The client half
-(``SecAggProtocolClient``, kept by the client's host between messages) encodes
+(:mod:`privfl.builtin.secure_aggregation_client`, kept by the host between messages) encodes
 its own contribution (weighted update, statistics and weight, after any clipping
 and noise) to fixed-point integers, appends the number of values it had to clamp
 (capped like any encoded value, so that the ring holds the sum of the counts too),
@@ -57,12 +57,16 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, cast
 
-import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from privfl.builtin.secure_aggregation_client import (
+    SecAggProtocolClient,
+    check_round_parameters,
+    grid_coding,
+)
 from privfl.builtin.secure_quantizer import GridCoding
-from privfl.errors import ConfigError, DataError, RoundAborted
+from privfl.errors import ConfigError, RoundAborted
 from privfl.mechanisms import (
     Exchange,
     MechanismSetup,
@@ -75,92 +79,16 @@ from privfl.secagg import (
     DropoutPlan,
     KeyDirectory,
     ProtocolError,
-    SecAggClient,
     SecAggConfig,
     SecAggServer,
     clamp_bound,
     decode,
-    encode,
-    encoded_bound,
     ring_bits_for,
     secagg_config,
-    secagg_plus_parameters,
-    secagg_threshold,
 )
 from privfl.secagg.encoding import FLOAT32_SLACK
 from privfl.secagg.signing import provisioned_key
-from privfl.seeding import derive_seed, torch_generator
-
-PHASE_STEPS = {
-    "share_keys": "share_keys",
-    "masked_input": "masked_input",
-    "consistency_check": "consistency_check",
-    "unmasking": "unmask",
-}
-"""Phase of the client's reply -> the :class:`SecAggClient` method that writes it."""
-
-
-class SecAggProtocolClient(SecureSumClient):
-    """One client's side of a SecAgg round: its encoded contribution and protocol state."""
-
-    first_phase = "advertise_keys"
-
-    def __init__(
-        self,
-        client_id: int,
-        config: SecAggConfig,
-        frac_bits: int,
-        bound: float,
-        *,
-        signing_key: Ed25519PrivateKey,
-        directory: KeyDirectory,
-        coding: tuple[GridCoding, torch.Generator] | None = None,
-    ) -> None:
-        self._client = SecAggClient(client_id, config, signing_key=signing_key, directory=directory)
-        self._config = config
-        self._frac_bits = frac_bits
-        self._bound = bound
-        self._coding = coding
-        self._input: np.ndarray | None = None
-        self._finished = False
-
-    def start(self, contribution: torch.Tensor) -> bytes:
-        dtype = self._config.dtype
-        if self._coding is not None:  # integer codes on the round's shared grid
-            try:
-                codes, _ = self._coding[0].encode(contribution, self._coding[1])
-            except DataError as error:
-                raise DataError(f"client {self._client.client_id}: {error}") from error
-            self._input = codes.astype(dtype)
-            return self._client.advertise_keys()
-        self._input = np.empty(contribution.numel() + 1, dtype=dtype)
-        try:
-            _, clamped = encode(
-                contribution,
-                frac_bits=self._frac_bits,
-                bound=self._bound,
-                dtype=dtype,
-                out=self._input[:-1],
-            )
-        except DataError as error:
-            raise DataError(f"client {self._client.client_id}: {error}") from error
-        # Capped like every other value, so that the ring holds the sum of the counts too.
-        self._input[-1] = min(clamped, encoded_bound(self._bound, self._frac_bits))
-        return self._client.advertise_keys()
-
-    def step(self, phase: str, data: bytes) -> bytes:
-        if phase not in PHASE_STEPS:
-            raise ProtocolError(f"client {self._client.client_id}: no secure phase {phase!r}")
-        method = getattr(self._client, PHASE_STEPS[phase])
-        if phase == "masked_input":  # the input is needed no more: mask it in place
-            return method(data, self._input, overwrite=True)
-        reply = method(data)
-        self._finished = phase == "unmasking"
-        return reply
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
+from privfl.seeding import derive_seed
 
 
 class SecAgg(PrivacyMechanism):
@@ -357,20 +285,6 @@ class SecAgg(PrivacyMechanism):
     def secure_client(self, *, client_id: int, config: Mapping[str, Any]) -> SecureSumClient:
         if client_id not in self._signing_keys:
             self._signing_keys[client_id] = provisioned_key(self._provisioning, client_id)
-        coding = None
-        if "code_bits" in config:
-            seed = config["rotation_seed"]
-            grid = GridCoding(
-                int(config["code_bits"]),
-                float(config["radius"]),
-                int(config["dimension"]),
-                None if seed is None else int(seed),
-                int(config["max_weight"]),
-            )
-            # The rounding's randomness, seeded per client and round like every
-            # compressor's (runs repeat); the server learns the codes only as a sum.
-            rounding = torch_generator(int(config["code_seed"]), client_id)
-            coding = (grid, rounding)
         return SecAggProtocolClient(
             client_id,
             self._protocol(config),
@@ -378,7 +292,7 @@ class SecAgg(PrivacyMechanism):
             float(config.get("bound", 1.0)),
             signing_key=self._signing_keys[client_id],
             directory=self._pinned,
-            coding=coding,
+            coding=grid_coding(config, client_id),
         )
 
     def _protocol(self, config: Mapping[str, Any]) -> SecAggConfig:
@@ -416,31 +330,14 @@ class SecAgg(PrivacyMechanism):
                 key[6],
                 majority=self.malicious_server,  # the client's own option, not the server's
             )
-            self._check_parameters(protocol)
+            check_round_parameters(
+                protocol,
+                variant=self.variant,
+                tolerated_dropout=self.tolerated_dropout,
+                corruption_rate=self.corruption_rate,
+            )
             self._last_protocol = (key, protocol)
         return self._last_protocol[1]
-
-    def _check_parameters(self, protocol: SecAggConfig) -> None:
-        """Refuse a round whose threshold, corruption count or degree differ from what
-        this client's own options give for its number of clients: a server that sent
-        a lower threshold could rebuild a client's secrets from fewer shares."""
-        n, dropped, corrupt = protocol.num_clients, self.tolerated_dropout, self.corruption_rate
-        if self.variant == "secagg+":
-            degree, threshold = secagg_plus_parameters(
-                n, dropout_rate=dropped, corruption_rate=corrupt
-            )
-        else:
-            threshold = secagg_threshold(n, dropout_rate=dropped, corruption_rate=corrupt)
-            degree = n - 1
-        degrees = {len(protocol.neighbours_of(u)) for u in protocol.client_ids}
-        expected = (threshold, math.floor(corrupt * n + 1e-9), {min(degree, n - 1)})
-        if (protocol.threshold, protocol.corrupted, degrees) != expected:
-            raise ProtocolError(
-                f"the server's round config has threshold {protocol.threshold}, "
-                f"{protocol.corrupted} corrupted clients and degrees {sorted(degrees)}; this "
-                f"client's options give {expected[0]}, {expected[1]} and {degree} for {n} "
-                "clients: refusing"
-            )
 
     def secure_sum(
         self,
