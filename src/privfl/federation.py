@@ -45,6 +45,7 @@ from privfl.components import (
 from privfl.compressors import Compressor, check_compression
 from privfl.errors import ConfigError, PluginError
 from privfl.federation_state import (
+    check_attack_and_trainer,
     check_loadable,
     choose_malicious,
     component_states,
@@ -167,19 +168,7 @@ class Federation:
         self.attack: Attack | None = (
             None if attack is None else self._component("attack", attack, Attack)
         )
-        if self.attack is not None and self.attack.needs_labels and self.task != "classification":
-            raise ConfigError(
-                "attack",
-                self.attack.name,
-                f"an attack that fits a {self.task} task: {self.attack.name} changes class "
-                "labels, and these targets are values; use sign-flip, gaussian or alie",
-            )
-        if trainer is not None and not isinstance(trainer, Trainer):
-            raise ConfigError("trainer", trainer, "a privfl.components.Trainer instance")
-        if trainer is not None and self.attack is not None and self.attack.needs_labels:
-            raise ConfigError(
-                "attack", self.attack.name, f"an attack on updates with trainer {trainer.name!r}"
-            )
+        check_attack_and_trainer(self.attack, trainer, self.task)
         self.trainer = trainer
         """Local training other than plain SGD, or None."""
         sampling = self.sampler.sampling(self.num_clients)

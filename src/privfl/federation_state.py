@@ -3,7 +3,8 @@
 Pure functions over a federation's parts, kept apart from :class:`privfl.Federation`'s
 orchestration: the component states keyed by kind, position and name, the settings
 a resumed federation must share with the one that wrote the checkpoint, and the
-seeded choice of simulated malicious clients (part of what a seed repeats).
+seeded choice of simulated malicious clients (part of what a seed repeats) with the
+checks that an attack fits the task and the trainer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from privfl.client_state import ClientStates
+from privfl.components import Attack, Trainer
 from privfl.errors import ConfigError
 from privfl.seeding import torch_generator
 
@@ -91,3 +93,22 @@ def choose_malicious(
     count = round(fraction * num_clients)
     order = torch.randperm(num_clients, generator=torch_generator(seed, "malicious"))
     return frozenset(order[:count].tolist())
+
+
+def check_attack_and_trainer(attack: Attack | None, trainer: Any, task: str) -> None:
+    """Refuse a label-flipping attack on a regression task or beside a custom trainer
+    (which may not train on the poisoned labels), and a trainer that is not a
+    :class:`~privfl.components.Trainer`."""
+    if attack is not None and attack.needs_labels and task != "classification":
+        raise ConfigError(
+            "attack",
+            attack.name,
+            f"an attack that fits a {task} task: {attack.name} changes class labels, and "
+            "these targets are values; use sign-flip, gaussian or alie",
+        )
+    if trainer is not None and not isinstance(trainer, Trainer):
+        raise ConfigError("trainer", trainer, "a privfl.components.Trainer instance")
+    if trainer is not None and attack is not None and attack.needs_labels:
+        raise ConfigError(
+            "attack", attack.name, f"an attack on updates with trainer {trainer.name!r}"
+        )
