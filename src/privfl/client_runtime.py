@@ -39,12 +39,10 @@ from privfl.components import Attack, ClientTrainer, Trainer
 from privfl.compressors import Compressor, encode_stack
 from privfl.errors import PerformanceWarning, PrivflError
 from privfl.mechanisms import PrivacyMechanism, SecureSumClient
-from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes
+from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes, unpack_configs
 from privfl.seeding import torch_generator
 from privfl.stacked_layers import unsupported
 from privfl.vectorized import StackedTrainer, small_steps
-
-CONFIG_TENSOR_PREFIX = "config."
 
 
 @dataclass(frozen=True)
@@ -79,38 +77,6 @@ class ClientApp:
     compressor: Compressor | None = None
     states: ClientStates = field(default_factory=ClientStates)
     trainer: Trainer | None = None
-
-
-def pack_configs(
-    configs: Sequence[Mapping[str, Any]],
-) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Split mechanisms' client configs into JSON-safe values and named tensors."""
-    values: list[dict] = []
-    tensors: dict[str, torch.Tensor] = {}
-    for position, config in enumerate(configs):
-        plain = {}
-        for key, value in config.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{CONFIG_TENSOR_PREFIX}{position}.{key}"] = value
-            else:
-                plain[key] = value
-        values.append(plain)
-    return values, tensors
-
-
-def unpack_configs(message: Message, count: int, sender: str) -> list[dict[str, Any]]:
-    """Rebuild the ``count`` mechanism configs of a ``train`` message."""
-    values = message.value("config", sender)
-    if not (isinstance(values, list) and len(values) == count):
-        raise MessageError(f"train message from {sender}: expected {count} mechanism configs")
-    configs = [dict(v) if isinstance(v, dict) else {} for v in values]
-    for name, tensor in message.tensors.items():
-        if name.startswith(CONFIG_TENSOR_PREFIX):
-            position, _, key = name[len(CONFIG_TENSOR_PREFIX) :].partition(".")
-            if not (position.isdigit() and int(position) < count and key):
-                raise MessageError(f"train message from {sender} has a stray tensor {name!r}")
-            configs[int(position)][key] = tensor
-    return configs
 
 
 @dataclass

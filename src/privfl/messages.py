@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,3 +163,40 @@ def check_finite(value: Any, key: str, sender: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise MessageError(f"{sender} sent {key} = {value!r}, not a finite number")
     return float(value)
+
+
+CONFIG_TENSOR_PREFIX = "config."
+"""Tensors of a ``train`` message named ``config.<position>.<key>`` belong to the
+mechanism config at that position."""
+
+
+def pack_configs(
+    configs: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Split mechanisms' client configs into JSON-safe values and named tensors."""
+    values: list[dict] = []
+    tensors: dict[str, torch.Tensor] = {}
+    for position, config in enumerate(configs):
+        plain = {}
+        for key, value in config.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{CONFIG_TENSOR_PREFIX}{position}.{key}"] = value
+            else:
+                plain[key] = value
+        values.append(plain)
+    return values, tensors
+
+
+def unpack_configs(message: Message, count: int, sender: str) -> list[dict[str, Any]]:
+    """Rebuild the ``count`` mechanism configs of a ``train`` message."""
+    values = message.value("config", sender)
+    if not (isinstance(values, list) and len(values) == count):
+        raise MessageError(f"train message from {sender}: expected {count} mechanism configs")
+    configs = [dict(v) if isinstance(v, dict) else {} for v in values]
+    for name, tensor in message.tensors.items():
+        if name.startswith(CONFIG_TENSOR_PREFIX):
+            position, _, key = name[len(CONFIG_TENSOR_PREFIX) :].partition(".")
+            if not (position.isdigit() and int(position) < count and key):
+                raise MessageError(f"train message from {sender} has a stray tensor {name!r}")
+            configs[int(position)][key] = tensor
+    return configs

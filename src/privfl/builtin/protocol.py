@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from privfl.client_runtime import pack_configs
 from privfl.errors import RoundAborted
 from privfl.messages import (
     Failure,
@@ -28,6 +27,7 @@ from privfl.messages import (
     MessageError,
     bytes_tensor,
     check_finite,
+    pack_configs,
     tensor_bytes,
 )
 from privfl.plugins import hookimpl
