@@ -21,7 +21,8 @@ as a ratio of times taken in this one run:
   same total steps in a fresh process (start-up, data loading and final evaluation
   included), with peak memory (max RSS) of each.
 
-Usage: ``python bench/fedavg_overhead.py --data-dir ../shared/data/mnist``
+Usage: ``python bench/fedavg_overhead.py --data-dir ../shared/data/mnist`` (add
+``--cores 1`` for the one-core figures).
 """
 
 from __future__ import annotations
@@ -225,10 +226,20 @@ def main() -> None:
         "--busy", type=int, default=2, help="busy processes for the contention rows (0: none)"
     )
     parser.add_argument("--no-whole-run", action="store_true", help="time rounds only")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        help="run everything (privfl, the floor, the busy processes) on this many cores, "
+        "like `taskset`: --cores 1 gives issue 12's one-core figures",
+    )
     args = parser.parse_args()
+    if args.cores:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
     all_threads = torch.get_num_threads()
     print(
-        f"torch {torch.__version__}, {all_threads} threads, data "
+        f"torch {torch.__version__}, {all_threads} threads on cores "
+        f"{sorted(os.sched_getaffinity(0))}, data "
         f"{args.data_dir or 'bundled sample'}, load average {os.getloadavg()[0]:.2f}"
     )
     print(

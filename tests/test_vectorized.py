@@ -29,7 +29,13 @@ from privfl.client_runtime import ClientHost, _parts
 from privfl.components import TensorPair
 from privfl.stacked_layers import unsupported
 from privfl.testing import tiny_federation
-from privfl.vectorized import SINGLE_THREAD_FLOPS, TOLERANCE, StackedTrainer, forward_flops
+from privfl.vectorized import (
+    SINGLE_THREAD_FLOPS,
+    TOLERANCE,
+    StackedTrainer,
+    _schedule,
+    forward_flops,
+)
 
 
 def _images(n: int, seed: int = 0) -> TensorPair:
@@ -40,9 +46,11 @@ def _images(n: int, seed: int = 0) -> TensorPair:
     )
 
 
-def _compare(model: nn.Module, training: LocalTraining, sizes: list[int], lr_scale: float = 1.0):
+def _compare(
+    model: nn.Module, training: LocalTraining, sizes: list[int], data: TensorPair | None = None
+):
     """Train clients of ``sizes`` examples both ways; return (serial, stacked, losses)."""
-    data = _images(sum(sizes))
+    data = _images(sum(sizes)) if data is None else data
     bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
     clients = [ClientData(data, torch.arange(a, b)) for a, b in itertools.pairwise(bounds)]
     start = flatten_parameters(model).clone()
@@ -67,14 +75,31 @@ def _assert_close(serial: torch.Tensor, stacked: torch.Tensor) -> None:
         # ragged: clients of different lengths, last batches shorter than the rest
         (LocalTraining(epochs=2, batch_size=7, lr=0.05), [3, 23, 41, 16]),
         (LocalTraining(epochs=1, batch_size=10, lr=0.1, proximal_mu=0.5), [25, 12, 40]),
+        # every client smaller than a batch: batches only as wide as the largest client
+        (LocalTraining(epochs=3, batch_size=10, lr=0.1), [3, 1, 6, 2]),
+        # one step each: the updates are written without copies of the parameters
+        (LocalTraining(epochs=1, batch_size=10, lr=0.1, proximal_mu=0.5), [3, 1, 6, 2]),
     ],
-    ids=["equal", "ragged-two-epochs", "fedprox"],
+    ids=["equal", "ragged-two-epochs", "fedprox", "clients-smaller-than-a-batch", "one-step"],
 )
 def test_stacked_2nn_updates_and_losses_equal_serial(training, sizes):
     torch.manual_seed(0)
     serial, stacked, serial_losses, stacked_losses = _compare(TwoNN(), training, sizes)
     _assert_close(serial, stacked)
     assert stacked_losses == pytest.approx(serial_losses, rel=1e-5)
+
+
+def test_batches_of_small_clients_are_as_wide_as_the_largest_client():
+    data = _images(12)
+    clients = [ClientData(data, torch.arange(a, b)) for a, b in [(0, 3), (3, 4), (4, 10)]]
+    schedule = _schedule(clients, [1, 2, 3], epochs=2, batch=10)
+    assert schedule.weights.shape == (2, 3, 6)  # [steps, clients, batch]
+    assert schedule.order == [0, 1, 2]
+    assert schedule.steps == [2, 2, 2]
+    assert schedule.weights.sum(dim=2).tolist() == [[3, 1, 6], [3, 1, 6]]
+    # each client's epoch holds each of its examples once
+    assert sorted(schedule.rows[0, 2].tolist()) == list(range(4, 10))
+    assert sorted(schedule.rows[1, 0, :3].tolist()) == [0, 1, 2]
 
 
 def test_stacked_cnn_equals_serial():
@@ -86,6 +111,71 @@ def test_stacked_cnn_equals_serial():
     serial, stacked, serial_losses, stacked_losses = _compare(CNN(), training, [10, 7, 15])
     _assert_close(serial, stacked)
     assert stacked_losses == pytest.approx(serial_losses, rel=1e-5)
+
+
+def _perceptron(bias: bool = True, activation: type[nn.Module] = nn.ReLU) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 32, bias=bias), activation(), nn.Linear(32, 10, bias=bias)
+    )
+
+
+def _tabular(n: int) -> TensorPair:
+    generator = torch.Generator().manual_seed(3)
+    return TensorPair(torch.randn(n, 20, generator=generator), torch.randint(0, 3, (n,)))
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "steps_by_hand"),
+    [
+        (lambda: _perceptron(bias=False), None, True),
+        (lambda: nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3)), _tabular, True),
+        (lambda: _perceptron(activation=nn.Tanh), None, False),
+    ],
+    ids=["no-bias", "tabular-no-flatten", "tanh-autograd"],
+)
+def test_other_perceptrons_equal_serial(model, data, steps_by_hand):
+    """Perceptrons train with hand-written steps, others with autograd; both match serial,
+    including FedProx's pull and ragged batches."""
+    torch.manual_seed(0)
+    sizes = [3, 23, 41, 16]
+    model = model()
+    training = LocalTraining(epochs=2, batch_size=7, lr=0.05, proximal_mu=0.1)
+    trainer = StackedTrainer(model, F.cross_entropy, training)
+    assert (trainer.mlp_layers is not None) == steps_by_hand
+    pair = data(sum(sizes)) if data else None
+    serial, stacked, serial_losses, stacked_losses = _compare(model, training, sizes, pair)
+    _assert_close(serial, stacked)
+    assert stacked_losses == pytest.approx(serial_losses, rel=1e-5)
+
+
+def test_soft_labels_train_with_autograd_and_equal_serial():
+    """Cross-entropy against class probabilities is not what the hand-written steps
+    compute (they take class indices): such data trains with autograd."""
+    torch.manual_seed(0)
+    images = _images(21).inputs
+    data = TensorPair(images, torch.softmax(torch.randn(21, 10), dim=1))
+    training = LocalTraining(batch_size=4)
+    serial, stacked, serial_losses, stacked_losses = _compare(TwoNN(), training, [12, 9], data)
+    _assert_close(serial, stacked)
+    assert stacked_losses == pytest.approx(serial_losses, rel=1e-5)
+
+
+def test_the_2nn_trains_without_autograd():
+    """Under ``no_grad`` autograd has no graph to differentiate, so only the hand-written
+    steps (no graph, no optimizer pass) can train; they still move every parameter."""
+    torch.manual_seed(0)
+    clients = [ClientData(_images(40), torch.arange(k, 40, 2)) for k in range(2)]
+    for model, by_hand in [(TwoNN(), True), (_perceptron(activation=nn.Tanh), False)]:
+        start = flatten_parameters(model).clone()
+        trainer = StackedTrainer(model, F.cross_entropy, LocalTraining())
+        updates = torch.zeros(2, start.numel())
+        with torch.no_grad():
+            if by_hand:
+                trainer.train(clients, start, [1, 2], out=updates)
+            else:
+                with pytest.raises(RuntimeError, match="does not require grad"):
+                    trainer.train(clients, start, [1, 2], out=updates)
+        assert bool((updates != 0).any(dim=1).all()) == by_hand
 
 
 def test_a_wrong_stacked_layer_would_be_caught():

@@ -173,7 +173,30 @@ def compile_layers(model: nn.Module) -> list[tuple[Layer, int]] | str:
     return program
 
 
-def _is_cross_entropy(loss: Loss) -> bool:
+def perceptron_layers(model: nn.Module) -> list[nn.Linear] | None:
+    """The linear layers of ``model`` if it is a perceptron, ``[Flatten] Linear (ReLU
+    Linear)*`` (the 2NN is one), which :class:`privfl.stacked_mlp.StackedMLP` trains
+    without autograd; None for any other model."""
+    if isinstance(compile_layers(model), str):
+        return None
+    layers = list(_leaves(model))
+    if layers and type(layers[0]) is nn.Flatten:  # compile_layers checked it is Flatten(1, -1)
+        layers = layers[1:]
+    linears, activations = layers[0::2], layers[1::2]
+    if len(layers) % 2 == 0 or any(type(m) is not nn.ReLU for m in activations):
+        return None
+    if any(type(m) is not nn.Linear for m in linears):
+        return None
+    return [m for m in linears if isinstance(m, nn.Linear)]
+
+
+def flattens_first(model: nn.Module) -> bool:
+    """Whether ``model``'s first layer is ``nn.Flatten``."""
+    return type(next(_leaves(model))) is nn.Flatten
+
+
+def is_cross_entropy(loss: Loss) -> bool:
+    """Whether ``loss`` is cross-entropy with its default settings."""
     if loss is F.cross_entropy:
         return True
     defaults = nn.CrossEntropyLoss()
@@ -194,7 +217,7 @@ def per_example_loss(loss: Loss) -> Callable[[torch.Tensor, torch.Tensor], torch
     """The per-example form of ``loss`` (``[n, outputs]``, ``[n]`` -> ``[n]``), whose mean
     is ``loss``; None for a loss that stacked training does not know: cross-entropy
     and privfl's mean squared error (:func:`privfl.tasks.mse_loss`)."""
-    if _is_cross_entropy(loss):
+    if is_cross_entropy(loss):
         return _cross_entropy
     if loss is mse_loss:
         return squared_error

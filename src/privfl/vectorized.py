@@ -11,11 +11,17 @@ its own batch order from its own seed, its own batches (a client's last, shorter
 batch is padded with examples of weight zero), the mean loss of each of its own
 batches, and its own number of steps (clients are ordered by steps, longest first,
 and a step trains only the clients that still have batches, a prefix of the stack).
-The sum of the clients' losses is differentiated once per step; since client ``k``'s
-weights enter only client ``k``'s loss, its gradient is the gradient of its own loss.
-The arithmetic is the same as serial training's, summed in another order, so the
-results agree with serial training to float32 round-off (see :data:`TOLERANCE`), not
-bit for bit.
+Where every client holds less than a batch, batches are only as wide as the largest
+client. Perceptrons (``[Flatten] Linear (ReLU Linear)*``, the 2NN) trained with
+cross-entropy take hand-written steps that fold each weight gradient into its update
+(:mod:`privfl.stacked_mlp`): the first step reads the global parameters that all
+clients share, and where one step is all a client takes, its update is written
+straight into its row of the result. Other models use autograd: the sum of the
+clients' losses is differentiated once per step; since client ``k``'s weights enter
+only client ``k``'s loss, its gradient is the gradient of its own loss. Either way the
+arithmetic is the same as serial training's, summed in another order, so the results
+agree with serial training to float32 round-off (see :data:`TOLERANCE`), not bit for
+bit.
 
 Supported: models built from ``nn.Sequential``, ``nn.Linear``, ``nn.Conv2d`` (zero
 padding), ``nn.Flatten``, max and average pooling and element-wise activations,
@@ -26,7 +32,7 @@ not, so callers can fall back to training one client at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +40,16 @@ from torch import nn
 
 from privfl.client import ClientData, LocalTraining, Loss
 from privfl.seeding import torch_generator
-from privfl.stacked_layers import Activations, compile_layers, per_example_loss, unsupported
+from privfl.stacked_layers import (
+    Activations,
+    compile_layers,
+    flattens_first,
+    is_cross_entropy,
+    per_example_loss,
+    perceptron_layers,
+    unsupported,
+)
+from privfl.stacked_mlp import StackedMLP
 
 TOLERANCE = 1e-4
 """Largest difference, relative to the update's largest entry, between a client's
@@ -88,13 +103,18 @@ def small_steps(model: nn.Module, example: torch.Tensor, batch_size: int) -> boo
 class _Schedule:
     """Every client's batches for the whole of local training, padded to one shape.
 
-    ``rows[k, s]`` are the example indices of client ``k``'s step ``s`` (padded with
-    its first example), ``weights[k, s]`` 1 for real examples and 0 for padding, and
-    ``steps[k]`` the client's number of steps; clients are sorted by steps, longest first.
+    Clients are sorted by their number of steps, longest first (``order[k]`` is the
+    client in position ``k``), and the tensors are step-major, so that the clients with
+    a batch at a step are a prefix of it: ``rows[s, k]`` are the example indices of
+    the step-``s`` batch of the client in position ``k`` (padded with index 0; batches
+    are ``min(batch size, largest client)`` wide),
+    ``weights[s, k]`` 1 for its real examples and 0 for padding, and ``steps[k]`` that
+    client's number of steps.
     """
 
-    rows: torch.Tensor  # [clients, max steps, batch] int64
-    weights: torch.Tensor  # [clients, max steps, batch] float32
+    rows: torch.Tensor  # [max steps, clients, batch] int64
+    weights: torch.Tensor  # [max steps, clients, batch] float32
+    order: list[int]
     steps: list[int]
 
 
@@ -102,26 +122,35 @@ def _schedule(
     datas: Sequence[ClientData], seeds: Sequence[int], epochs: int, batch: int
 ) -> _Schedule:
     """Each client's batch order exactly as :meth:`LocalTrainer.train` draws it."""
-    per_client = []
-    for data, seed in zip(datas, seeds, strict=True):
-        generator = torch_generator(seed, "shuffle")
-        n = len(data.indices)
-        per_batch = math.ceil(n / batch)
-        padded = torch.empty(epochs, per_batch * batch, dtype=torch.int64)
+    sizes = [len(data.indices) for data in datas]
+    per_epoch = [math.ceil(n / batch) for n in sizes]
+    order = sorted(range(len(datas)), key=lambda k: -per_epoch[k])
+    steps = [epochs * per_epoch[k] for k in order]
+    rows = torch.zeros(len(datas), steps[0] * batch, dtype=torch.int64)
+    for position, k in enumerate(order):
+        generator = torch_generator(seeds[k], "shuffle")
+        n, span, indices = sizes[k], per_epoch[k] * batch, datas[k].indices
         for epoch in range(epochs):
-            order = data.indices[torch.randperm(n, generator=generator)]
-            padded[epoch, :n] = order
-            padded[epoch, n:] = order[0] if n else 0
-        mask = torch.zeros(per_batch * batch)
-        mask[:n] = 1.0
-        per_client.append((padded.view(-1, batch), mask.view(per_batch, batch).repeat(epochs, 1)))
-    longest = max(len(rows) for rows, _ in per_client)
-    rows = torch.zeros(len(datas), longest, batch, dtype=torch.int64)
-    weights = torch.zeros(len(datas), longest, batch)
-    for k, (client_rows, client_weights) in enumerate(per_client):
-        rows[k, : len(client_rows)] = client_rows
-        weights[k, : len(client_weights)] = client_weights
-    return _Schedule(rows, weights, [len(r) for r, _ in per_client])
+            rows[position, epoch * span : epoch * span + n] = indices[
+                torch.randperm(n, generator=generator)
+            ]
+    # Where every client holds fewer examples than a batch (many small clients), each
+    # has one batch an epoch, of all its examples: batches as wide as the largest client
+    # hold them all, and the padding a full batch would add costs arithmetic only.
+    width = min(batch, max(sizes))
+    # An example is real where its place in its epoch is below the client's size.
+    step = torch.arange(steps[0]).view(1, -1, 1)
+    place = (step % torch.tensor([per_epoch[k] for k in order]).view(-1, 1, 1)) * batch
+    place = place + torch.arange(width)
+    real = (place < torch.tensor([sizes[k] for k in order]).view(-1, 1, 1)) & (
+        step < torch.tensor(steps).view(-1, 1, 1)
+    )
+    return _Schedule(
+        rows.view(len(datas), -1, batch)[:, :, :width].transpose(0, 1).contiguous(),
+        real.transpose(0, 1).float().contiguous(),
+        order,
+        steps,
+    )
 
 
 class StackedTrainer:
@@ -150,6 +179,14 @@ class StackedTrainer:
         self.transposed = [id(p) in linear_weights for p in model.parameters()]
         self.training = training
         self._buffers: list[torch.Tensor] | None = None
+        linears = perceptron_layers(model) if is_cross_entropy(loss) else None
+        self.mlp_layers = (
+            None if linears is None else [(m.out_features, m.bias is not None) for m in linears]
+        )
+        """(width, has a bias) of each linear layer of a perceptron trained with
+        cross-entropy, which trains without autograd (:mod:`privfl.stacked_mlp`)."""
+        self.flattens = flattens_first(model)
+        self._mlp: StackedMLP | None = None
 
     def train(
         self,
@@ -169,65 +206,171 @@ class StackedTrainer:
             raise ValueError("every client needs at least one example to train stacked")
         clients = len(datas)
         schedule = _schedule(datas, seeds, self.training.epochs, self.training.batch_size)
-        order = sorted(range(clients), key=lambda k: -schedule.steps[k])
-        rows, weights = schedule.rows[order], schedule.weights[order]
-        steps = [schedule.steps[k] for k in order]
-        counts = weights.sum(dim=2)  # [clients, max steps] examples per batch
-        blocks = self._load(global_params, clients)
-        lr, mu = self.training.lr, self.training.proximal_mu
-        global_blocks = [b[0].clone() for b in blocks] if mu else []
-        loss_sums = torch.zeros(clients)
-        inputs_all, targets_all = datas[0].examples.inputs, datas[0].examples.targets
-        shared = all(d.examples is datas[0].examples for d in datas)
-        for step in range(steps[0]):
-            active = sum(1 for s in steps if s > step)
-            leaves = [b[:active].detach().requires_grad_() for b in blocks]
-            if shared:
-                picked = rows[:active, step].reshape(-1)
-                inputs = inputs_all.index_select(0, picked)
-                targets = targets_all.index_select(0, picked)
-            else:
-                inputs = torch.cat(
-                    [
-                        datas[order[k]].examples.inputs.index_select(0, rows[k, step])
-                        for k in range(active)
-                    ]
-                )
-                targets = torch.cat(
-                    [
-                        datas[order[k]].examples.targets.index_select(0, rows[k, step])
-                        for k in range(active)
-                    ]
-                )
-            x = Activations(inputs.view(active, -1, *inputs.shape[1:]), active, "stacked")
-            x = self._forward(x, leaves)
-            logits = x.stacked()
-            per_example = self.per_example(logits.reshape(-1, logits.shape[-1]), targets)
-            per_example = per_example.view(active, -1)
-            losses = (per_example * weights[:active, step]).sum(dim=1) / counts[:active, step]
-            losses.sum().backward()
-            grads = [leaf.grad for leaf in leaves]
-            assert all(g is not None for g in grads)
-            if mu:  # FedProx: the gradient of mu / 2 * ||w - w_global||^2
-                torch._foreach_add_(
-                    grads,  # type: ignore[arg-type]
-                    [b[:active] - g for b, g in zip(blocks, global_blocks, strict=True)],
-                    alpha=mu,
-                )
-            torch._foreach_add_(
-                [b[:active] for b in blocks],
-                grads,  # type: ignore[arg-type]
-                alpha=-lr,
+        order, steps, weights = schedule.order, schedule.steps, schedule.weights
+        batch = weights.shape[2]
+        # Each example's share of its batch's mean loss (zero for padding).
+        scale = weights / weights.sum(dim=2, keepdim=True).clamp_min(1.0)
+        start = self._shared(global_params)
+        mlp = self._mlp_for(datas, clients, batch)
+        minus_losses = torch.zeros(steps[0], clients, batch)  # -loss of every example
+        batches = self._batches(datas, order, schedule.rows)
+        if mlp is not None and steps[0] == 1:  # one step each (so in the order given):
+            # the updates are the steps' changes, written straight into ``out``
+            inputs, targets = batches(0, clients)
+            mlp.step(
+                *self._by_layer(start),
+                inputs.view(clients, batch, -1),
+                targets.view(clients, batch),
+                scale[0],
+                lr=self.training.lr,
+                log_likelihood=minus_losses[0],
+                changes=list(zip(*self._by_layer(self._rows(out)), strict=True)),
             )
-            loss_sums[:active] += losses.detach()
-        mean_losses = [0.0] * clients
-        for k, total in zip(order, (loss_sums / torch.tensor(steps)).tolist(), strict=True):
-            mean_losses[k] = total
+            return self._mean_losses(minus_losses, scale, order, steps)
+        blocks = self._blocks(clients)
+        if mlp is None:
+            for block, shared in zip(blocks, start, strict=True):
+                block.copy_(shared.expand_as(block))
+        start_layers = list(zip(*self._by_layer(start), strict=True)) if mlp else []
+        active, views = 0, blocks
+        for step in range(steps[0]):
+            if not active or steps[active - 1] <= step:  # clients out of batches drop out
+                active = sum(1 for s in steps if s > step)
+                views = [b[:active] for b in blocks]
+                layers = self._by_layer(views) if mlp else ([], [])
+            inputs, targets = batches(step, active)
+            if mlp is not None:
+                first = step == 0  # every client starts from the shared global parameters
+                mlp.step(
+                    *(self._by_layer(start) if first else layers),
+                    inputs.view(active, batch, -1),
+                    targets.view(active, batch),
+                    scale[step, :active],
+                    lr=self.training.lr,
+                    proximal_mu=self.training.proximal_mu,
+                    start=start_layers,
+                    log_likelihood=minus_losses[step, :active],
+                    into=list(zip(*layers, strict=True)) if first else (),
+                )
+            else:
+                self._autograd_step(
+                    views, start, inputs, targets, scale[step, :active], minus_losses[step, :active]
+                )
         self._updates(blocks, global_params, order, out)
+        return self._mean_losses(minus_losses, scale, order, steps)
+
+    def _mean_losses(
+        self, minus_losses: torch.Tensor, scale: torch.Tensor, order: list[int], steps: list[int]
+    ) -> list[float]:
+        """Each client's mean batch loss, in the order given to :meth:`train`."""
+        totals = -(minus_losses * scale).sum(dim=(0, 2)) / torch.tensor(steps)
+        mean_losses = [0.0] * len(order)
+        for k, total in zip(order, totals.tolist(), strict=True):
+            mean_losses[k] = total
         return mean_losses
 
-    def _load(self, global_params: torch.Tensor, clients: int) -> list[torch.Tensor]:
-        """Every client's copy of the global parameters, one ``[clients, *shape]`` block each.
+    def _rows(self, updates: torch.Tensor) -> list[torch.Tensor]:
+        """Views of ``updates`` (``[clients, dim]``), one ``[clients, *shape]`` per parameter."""
+        views, offset = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            views.append(updates[:, offset : offset + size].view(len(updates), *shape))
+            offset += size
+        return views
+
+    def _mlp_for(self, datas: Sequence[ClientData], clients: int, batch: int) -> StackedMLP | None:
+        """The hand-written perceptron steps if they apply to ``datas``, else None
+        (autograd then trains): examples the first layer takes as they are, class-index
+        targets."""
+        if self.mlp_layers is None:
+            return None
+        for examples in {id(d.examples): d.examples for d in datas}.values():
+            inputs, targets = examples.inputs, examples.targets
+            if not (self.flattens or inputs.dim() == 2) or inputs.dtype != torch.float32:
+                return None
+            if targets.dim() != 1 or targets.dtype != torch.int64:
+                return None
+        if self._mlp is None or self._mlp.clients * self._mlp.batch < clients * batch:
+            self._mlp = StackedMLP([width for width, _ in self.mlp_layers], clients, batch)
+        return self._mlp
+
+    def _by_layer(
+        self, params: Sequence[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """``params`` (in the model's order) as the weights and the biases of each layer."""
+        assert self.mlp_layers is not None
+        weights: list[torch.Tensor] = []
+        biases: list[torch.Tensor | None] = []
+        position = 0
+        for _, biased in self.mlp_layers:
+            weights.append(params[position])
+            biases.append(params[position + 1] if biased else None)
+            position += 2 if biased else 1
+        return weights, biases
+
+    def _batches(
+        self, datas: Sequence[ClientData], order: list[int], rows: torch.Tensor
+    ) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
+        """A function of (step, active clients) that returns the examples and targets of
+        that step's batches, client ``order[k]``'s at ``rows[step, k]``, client after client.
+
+        Clients of one dataset have every step's examples gathered at once, one large
+        gather instead of one per step."""
+        first = datas[0].examples
+        if all(d.examples is first for d in datas):
+            steps, clients, batch = rows.shape
+            picked = rows.reshape(-1)
+            inputs = first.inputs.index_select(0, picked).view(steps, clients * batch, -1)
+            targets = first.targets.index_select(0, picked)
+            targets = targets.view(steps, clients * batch, *targets.shape[1:])
+            return lambda step, active: (
+                inputs[step, : active * batch].view(active * batch, *first.inputs.shape[1:]),
+                targets[step, : active * batch],
+            )
+
+        def gather(step: int, active: int) -> tuple[torch.Tensor, torch.Tensor]:
+            parts = [(datas[order[k]].examples, rows[step, k]) for k in range(active)]
+            return (
+                torch.cat([p.inputs.index_select(0, r) for p, r in parts]),
+                torch.cat([p.targets.index_select(0, r) for p, r in parts]),
+            )
+
+        return gather
+
+    def _autograd_step(
+        self,
+        blocks: list[torch.Tensor],
+        start: list[torch.Tensor],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        scale: torch.Tensor,
+        minus_losses: torch.Tensor,
+    ) -> None:
+        """One SGD step of the stacked ``blocks`` in place, gradients from autograd; writes
+        each example's ``-loss`` (before the step) into ``minus_losses``."""
+        active = len(scale)
+        leaves = [b.detach().requires_grad_() for b in blocks]
+        x = Activations(inputs.view(active, -1, *inputs.shape[1:]), active, "stacked")
+        x = self._forward(x, leaves)
+        logits = x.stacked()
+        per_example = self.per_example(logits.reshape(-1, logits.shape[-1]), targets)
+        per_example = per_example.view(active, -1)
+        (per_example * scale).sum().backward()
+        torch.neg(per_example.detach(), out=minus_losses)
+        grads = [leaf.grad for leaf in leaves]
+        assert all(g is not None for g in grads)
+        mu = self.training.proximal_mu
+        if mu:  # FedProx: the gradient of mu / 2 * ||w - w_global||^2
+            torch._foreach_add_(
+                grads,  # type: ignore[arg-type]
+                [b - g for b, g in zip(blocks, start, strict=True)],
+                alpha=mu,
+            )
+        torch._foreach_add_(blocks, grads, alpha=-self.training.lr)  # type: ignore[arg-type]
+
+    def _blocks(self, clients: int) -> list[torch.Tensor]:
+        """Room for every client's copy of the parameters, one ``[clients, *shape]`` block
+        each.
 
         Linear weights are stored transposed (``[clients, in, out]``), so that their
         gradients come out of the batched matmul in the layout they are stored in. The
@@ -239,17 +382,17 @@ class StackedTrainer:
                 torch.empty(clients, *(shape[::-1] if transposed else shape))
                 for shape, transposed in zip(self.shapes, self.transposed, strict=True)
             ]
-        blocks, offset = [], 0
-        for buffer, shape, transposed in zip(
-            self._buffers, self.shapes, self.transposed, strict=True
-        ):
+        return [buffer[:clients] for buffer in self._buffers]
+
+    def _shared(self, global_params: torch.Tensor) -> list[torch.Tensor]:
+        """Views of ``global_params``, one per parameter, in the layout of the blocks."""
+        views, offset = [], 0
+        for shape, transposed in zip(self.shapes, self.transposed, strict=True):
             size = math.prod(shape)
             piece = global_params[offset : offset + size].view(shape)
-            block = buffer[:clients]
-            block.copy_((piece.t() if transposed else piece).expand_as(block))
-            blocks.append(block)
+            views.append(piece.t() if transposed else piece)
             offset += size
-        return blocks
+        return views
 
     def _updates(
         self,
@@ -261,17 +404,18 @@ class StackedTrainer:
         """Write the updates ``local - global`` into ``updates`` in the model's layout,
         row ``order[k]`` from block row ``k``, in one pass per parameter."""
         clients = len(order)
-        index = None if order == sorted(order) else torch.tensor(order)
+        in_order = order == sorted(order)
         offset = 0
         for block, shape, transposed in zip(blocks, self.shapes, self.transposed, strict=True):
             size = math.prod(shape)
             local = block.transpose(1, 2) if transposed else block
             start = global_params[offset : offset + size].view(shape)
             target = updates[:, offset : offset + size].view(clients, *shape)
-            if index is None:
+            if in_order:
                 torch.sub(local, start, out=target)
-            else:
-                target.index_copy_(0, index, local - start)
+            else:  # row by row: no [clients, dim] temporary to fault in
+                for k, row in enumerate(order):
+                    torch.sub(local[k], start, out=target[row])
             offset += size
 
     def _forward(self, x: Activations, leaves: list[torch.Tensor]) -> Activations:
