@@ -477,7 +477,7 @@ def test_auto_is_rdp_where_pld_grid_would_be_too_large(monkeypatch: pytest.Monke
     with pytest.raises(ValueError, match="Maximum allowed size"):
         composed(PldPrivacyAccountant, POISSON, 1e-9, 1)
     auto = composed(AutoPrivacyAccountant, POISSON, 1e-9, 1)
-    assert auto.method.startswith(f"rdp: noise multiplier 1e-09 below {PLD_MIN_NOISE:g}")
+    assert auto.method.startswith(f"rdp: noise multiplier 1e-09 < {PLD_MIN_NOISE:g}")
     assert auto.epsilon(DELTA) == composed(RdpPrivacyAccountant, POISSON, 1e-9, 1).epsilon(DELTA)
     # Everyone at z = 1: PLD up to sum(rounds / z^2) = 100 (10 here, to stay fast), then
     # RDP for the whole run.
@@ -487,7 +487,7 @@ def test_auto_is_rdp_where_pld_grid_would_be_too_large(monkeypatch: pytest.Monke
     assert auto.epsilon(DELTA) == pld.epsilon(DELTA)
     auto.compose(sampling=ALL, noise_multiplier=1.0)
     rdp.compose(sampling=ALL, noise_multiplier=1.0)
-    assert auto.method.startswith("rdp: sum(rounds q^2 / z^2) = 11 above 10")
+    assert auto.method.startswith("rdp: sum of rounds q^2/z^2 11 > 10")
     assert auto.epsilon(DELTA) == rdp.epsilon(DELTA) > pld.epsilon(DELTA)
 
 

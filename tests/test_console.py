@@ -52,7 +52,8 @@ def printed(width: int, *records: RoundRecord) -> list[str]:
 
 
 def header_of(lines: list[str]) -> list[str]:
-    return [line for line in lines if line.split()[:1] == ["round"]]
+    """The table's header lines (a record's text value prints as "round N key: value")."""
+    return [line for line in lines if line.split()[:2] == ["round", "acc"]]
 
 
 def cell(header: str, row: str, name: str) -> str:

@@ -100,9 +100,16 @@ def test_history_csv_round_trips(runs, capsys):
     with (run_dir / "csv-check" / "history.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     records = history(run_dir)
-    assert [list(row) for row in rows] == [list(records[0])] * len(records)
+    assert list(rows[0]) == list(dict.fromkeys(key for record in records for key in record))
+    assert any(isinstance(value, str) for value in records[0].values())  # the accountant
     for row, record in zip(rows, records, strict=True):
-        assert {key: json.loads(cell) for key, cell in row.items()} == record
+        for key, cell in row.items():  # a key a round lacks: an empty cell; text as it is
+            if key not in record:
+                assert cell == ""
+            elif isinstance(record[key], str):
+                assert cell == record[key]
+            else:
+                assert json.loads(cell) == record[key]
 
 
 def test_three_aggregators_overlay_with_a_legend_of_what_differs(runs, tmp_path, capsys):

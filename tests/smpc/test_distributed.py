@@ -27,17 +27,24 @@ from privfl.cli.smpc_party import load_run_model
 from privfl.data.mnist import images_to_float, load_bundled_mnist
 from privfl.smpc import OpeningKind, Session, secure_predict, share_model
 from privfl.smpc.beaver import BilinearOp
-from privfl.smpc.channel import Channel, pack_bits, unpack_bits
+from privfl.smpc.channel import Channel, pack_fields, packed_size, unpack_fields
 from privfl.smpc.dealer import Request
 from privfl.smpc.dealer_streams import components, deal, party_shares
-from privfl.smpc.distributed import WireFormat, run_party, shared_predictions
+from privfl.smpc.distributed import (
+    WireFormat,
+    fix_weight_masks,
+    run_party,
+    shared_predictions,
+)
 from privfl.smpc.parties import PartySession, describe, skeleton
 from privfl.smpc.prg import ChaChaPRG
 from privfl.smpc.ring_matmul import int64_matmul
 
 TIMEOUT_S = 240
 ROLES = ("model-owner", "data-owner", "dealer")
-ALL_CUTS_OFF = WireFormat(seeded_dealer=False, seeded_inputs=False, packed_bits=False)
+ALL_CUTS_OFF = WireFormat(
+    seeded_dealer=False, seeded_inputs=False, packed_bits=False, fixed_masks=False
+)
 
 
 def _tiny_cnn() -> nn.Sequential:
@@ -110,11 +117,15 @@ def _run_three(model: nn.Sequential, images: torch.Tensor, wire: WireFormat, bat
     }
 
 
-def _single_process_counts(model: nn.Sequential, images: torch.Tensor, batch_size: int):
+def _single_process_counts(
+    model: nn.Sequential, images: torch.Tensor, batch_size: int, fixed_masks: bool = False
+):
     """What the one-process session counts for the same computation, and its openings."""
     session = Session(seed=5, keep_opened_values=False)
     shared_model = share_model(session, model)
     model_bytes = session.traffic.input_bytes
+    if fixed_masks:
+        shared_model = fix_weight_masks(session, shared_model)
     predictions = []
     for batch in images.split(batch_size):
         labels, _ = session.run_two_phase(secure_predict, shared_model, session.share_float(batch))
@@ -139,10 +150,11 @@ def test_three_processes_predict_like_plaintext_and_one_process(cnn_runs):
     model, images = _tiny_cnn(), _tiny_images()
     with torch.no_grad():
         plaintext = model(images).argmax(dim=1)
-    _, _, one_process = _single_process_counts(model, images, 4)
     for reports in cnn_runs.values():
         assert torch.equal(reports["data-owner"].predictions, plaintext)
-    assert torch.equal(one_process, plaintext)
+    for fixed_masks in (False, True):
+        _, _, one_process = _single_process_counts(model, images, 4, fixed_masks)
+        assert torch.equal(one_process, plaintext)
 
 
 def test_only_the_data_owner_learns_the_predictions(cnn_runs):
@@ -165,9 +177,14 @@ def test_without_cuts_the_wire_carries_what_the_one_process_session_counts(cnn_r
     owner, data_owner, dealer = (reports[role] for role in ROLES)
     # the one-process session opens the predictions both ways (16 bytes an image); here
     # only party 0 sends its share of them (8 bytes an image), in the output phase
+    # and it counts bit fields packed, where this run sends whole words
     images = len(_tiny_images())
+    unpacked = sum(
+        2 * (8 * math.prod(e.shape) - packed_size(math.prod(e.shape), e.width))
+        for e in session.log.entries
+    )
     online = _sent(owner, "online") + _sent(data_owner, "online")
-    assert online == session.traffic.online_bytes - 16 * images
+    assert online == session.traffic.online_bytes - 16 * images + unpacked > 0
     assert _sent(owner, "output") == 8 * images
     assert _sent(data_owner, "output") == 0
     assert _sent(dealer, "dealer") == session.traffic.offline_bytes
@@ -177,35 +194,57 @@ def test_without_cuts_the_wire_carries_what_the_one_process_session_counts(cnn_r
     assert 2 * _sent(data_owner, "input") == session.traffic.input_bytes - model_bytes
 
 
-def test_each_cut_removes_the_bytes_it_promises(cnn_runs):
+def test_with_all_cuts_the_wire_carries_what_they_promise(cnn_runs):
     before, after = cnn_runs["off"], cnn_runs["on"]
     model, images = _tiny_cnn(), _tiny_images()
-    session = Session()
-    meta_model = share_model(session, model).to_meta()
-    dependent = bit_words = 0
+    # fixed masks and packed fields: the one-process session with the weights' masks
+    # fixed counts the same online bytes (it opens the predictions both ways)
+    fixed, _, _ = _single_process_counts(model, images, 4, fixed_masks=True)
+    online = _sent(after["model-owner"], "online") + _sent(after["data-owner"], "online")
+    assert online == fixed.traffic.online_bytes - 16 * len(images)
+    assert 2 * online < _sent(before["model-owner"], "online") + _sent(
+        before["data-owner"], "online"
+    )
+    # seeded dealer: only party 1's share of each dependent component travels, packed
+    session = Session(seed=0)
+    requests = session.plan(fix_weight_masks, share_model(session, model))
+    meta_model = fix_weight_masks(session, share_model(session, model)).to_meta()
     for batch in images.split(4):
         meta_images = session.share_float(batch).to_meta()
-        for request in session.plan(shared_predictions, meta_model, meta_images):
-            dependent += 8 * math.prod(components(request)[-1].shape)
-    # seeded dealer: only party 1's share of each dependent component travels
+        requests += session.plan(shared_predictions, meta_model, meta_images)
+    dependent = sum(
+        packed_size(math.prod(part.shape), part.width)
+        for request in requests
+        for part in components(request)
+        if part.dependent
+    )
     assert _sent(after["dealer"], "dealer") == dependent < _sent(before["dealer"], "dealer") / 5
     # seeded inputs: a 32-byte key instead of the shares
     for role in ("model-owner", "data-owner"):
         assert _sent(after[role], "input") == 0 < _sent(before[role], "input")
-    # packed bits: each masked comparison bit costs 1/8 byte instead of 8 per party
-    log = _single_process_counts(model, images, 4)[0].log
-    for entry in log.entries:
-        if entry.kind is OpeningKind.BIT_MASKED:
-            n = math.prod(entry.shape)
-            bit_words += 8 * n - (n + 7) // 8
-    for role in ("model-owner", "data-owner"):
-        assert _sent(before[role], "online") - _sent(after[role], "online") == bit_words > 0
+
+
+def test_fixed_masks_open_each_weight_once_instead_of_once_per_batch():
+    model, images = _tiny_cnn(), _tiny_images()
+    weights = [math.prod(model[0].weight.shape), math.prod(model[4].weight.shape)]
+    batches = len(images.split(4))
+    words = {}
+    for fixed_masks in (False, True):
+        session, _, _ = _single_process_counts(model, images, 4, fixed_masks)
+        opened = [e.shape for e in session.log.entries if e.kind is OpeningKind.BEAVER_MASKED]
+        words[fixed_masks] = sum(math.prod(shape) for shape in opened)
+        if fixed_masks:
+            assert opened[:2] == [(weights[0],), (weights[1],)]
+    assert batches > 1
+    assert words[False] - words[True] == (batches - 1) * sum(weights)
 
 
 def test_dealt_shares_add_up_and_parties_draw_the_same_ones():
     requests = [
         Request("triple", ((3, 4), (4, 2)), BilinearOp("matmul")),
-        Request("binary_triple", ((5,),)),
+        Request("mask", ((4, 2),), fixed="w"),
+        Request("triple", ((3, 4), (4, 2)), BilinearOp("matmul"), fixed="w"),
+        Request("binary_triple", ((5,), (2, 5)), width=4),
         Request("random_bit", ((7,),)),
     ]
     dealer0, dealer1 = ChaChaPRG.from_key(bytes(32)), ChaChaPRG.from_key(bytes([1] * 32))
@@ -216,31 +255,43 @@ def test_dealt_shares_add_up_and_parties_draw_the_same_ones():
             stream.bits(part.shape) if part.kind == "bits" else stream.ring(part.shape)
         )
 
+    fixed: dict[str, torch.Tensor] = {}
+    masks = {}
     for request in requests:
-        shares0, shares1 = deal(request, draw(dealer0), draw(dealer1), int64_matmul)
+        shares0, shares1 = deal(request, draw(dealer0), draw(dealer1), int64_matmul, fixed)
         drawn0 = party_shares(request, 0, draw(party0), draw(party0))
         assert all(torch.equal(x, y) for x, y in zip(drawn0, shares0, strict=True))
         correction = shares1[-1]
         drawn1 = party_shares(request, 1, draw(party1), lambda part, c=correction: c)
         assert all(torch.equal(x, y) for x, y in zip(drawn1, shares1, strict=True))
-        if request.kind == "triple":
+        if request.kind == "mask":  # both shares drawn, nothing sent; the dealer keeps it
+            assert not any(part.dependent for part in components(request))
+            masks["w"] = shares0[0] + shares1[0]
+            assert torch.equal(fixed["w"], masks["w"])
+        elif request.kind == "triple" and request.fixed:
+            a, c = (s0 + s1 for s0, s1 in zip(shares0, shares1, strict=True))
+            assert torch.equal(c, a @ masks["w"])
+        elif request.kind == "triple":
             a, b, c = (s0 + s1 for s0, s1 in zip(shares0, shares1, strict=True))
             assert torch.equal(c, a @ b)
         elif request.kind == "binary_triple":
             a, b, c = (s0 ^ s1 for s0, s1 in zip(shares0, shares1, strict=True))
-            assert torch.equal(c, a & b)
+            assert torch.equal(c, a & b)  # a broadcasts against b
+            assert components(request)[-1].width == 4
         else:
             bit = shares0[0] ^ shares1[0]
             assert set(bit.tolist()) <= {0, 1}
             assert torch.equal(shares0[1] + shares1[1], bit)
 
 
-def test_bits_pack_eight_to_a_byte_and_back():
-    bits = torch.randint(0, 2, (3, 11), generator=torch.Generator().manual_seed(0))
-    packed = pack_bits(bits)
-    assert packed.dtype == torch.uint8
-    assert packed.numel() == 5
-    assert torch.equal(unpack_bits(packed, bits.shape), bits)
+def test_bit_fields_pack_without_gaps_and_back():
+    words = torch.randint(-(2**63), 2**63 - 1, (3, 11), generator=torch.Generator().manual_seed(0))
+    for width, size in ((1, 5), (2, 9), (4, 17), (8, 33), (16, 66), (32, 132), (64, 264)):
+        packed = pack_fields(words, width)
+        assert packed.dtype == torch.uint8
+        assert packed.numel() == size == packed_size(33, width)
+        low = words if width == 64 else words & ((1 << width) - 1)
+        assert torch.equal(unpack_fields(packed, words.shape, width), low)
 
 
 def test_model_structure_round_trips_and_bad_descriptions_are_refused():

@@ -108,8 +108,10 @@ def test_opening_log_holds_only_masked_values_and_predictions(make_model):
     assert {e.kind for e in protocol} <= allowed
     assert last.kind is OpeningKind.OUTPUT
     assert torch.equal(last.values, predictions)
-    bits = torch.cat([e.values for e in protocol if e.kind is OpeningKind.BIT_MASKED])
-    assert set(bits.unique().tolist()) <= {0, 1}
+    bits = [e.values.reshape(-1) for e in protocol if e.kind is OpeningKind.BIT_MASKED]
+    assert set(torch.cat(bits).unique().tolist()) == {0, 1}  # bit fields, logged bit by bit
+    widths = {e.width for e in protocol if e.kind is OpeningKind.BIT_MASKED}
+    assert widths == {1, 2, 4, 8, 16, 32}
     assert not _leaks(session, _hidden_activations(model, images))
 
 

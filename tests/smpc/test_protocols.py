@@ -25,7 +25,7 @@ from privfl.smpc import (
     reconstruct,
     relu,
 )
-from privfl.smpc.beaver import kogge_stone_add
+from privfl.smpc.beaver import bit_reverse_positions, carry_out
 
 ULP = 2.0**-16
 
@@ -137,9 +137,26 @@ def test_shared_tensor_rejects_bad_shares():
         SharedTensor(torch.zeros(3, 4, dtype=torch.int64))
 
 
-def test_kogge_stone_adder_adds_plaintext_words_exactly():
-    # The pure circuit with plaintext AND gates must give u + v mod 2^64 on every bit.
+def test_carry_tree_gives_the_sign_of_plaintext_sums_exactly():
+    # The pure circuit with plaintext AND gates: bit 63 of u, of v and of the carry into
+    # bit 63 (the carry out of (u << 1) + (v << 1)) XOR to the sign of u + v mod 2^64.
     u = torch.cat([torch.randint(-(2**63), 2**63 - 1, (2000,)), torch.tensor([-1, -(2**63), 0])])
     v = torch.cat([torch.randint(-(2**63), 2**63 - 1, (2000,)), torch.tensor([1, -1, -(2**63)])])
-    total = kogge_stone_add(u ^ v, u & v, lambda pairs: [x & y for x, y in pairs])
-    assert torch.equal(total, u + v)
+    widths = []
+
+    def and_with(left, rights, width):
+        widths.append(width)
+        return [left & right for right in rights]
+
+    u_rev, v_rev = bit_reverse_positions(u << 1), bit_reverse_positions(v << 1)
+    carry = carry_out(u_rev & v_rev, u_rev ^ v_rev, and_with)
+    assert torch.equal(((u >> 63) & 1) ^ ((v >> 63) & 1) ^ carry, (u + v < 0).long())
+    assert widths == [32, 16, 8, 4, 2, 1]
+
+
+def test_bit_reversed_positions_move_bit_i_to_its_reversed_index():
+    words = torch.cat([torch.randint(-(2**63), 2**63 - 1, (500,)), torch.tensor([-1, 1, -(2**63)])])
+    bits = (words.unsqueeze(1) >> torch.arange(64)) & 1
+    moved = (bit_reverse_positions(words).unsqueeze(1) >> torch.arange(64)) & 1
+    reversed_index = [int(f"{i:06b}"[::-1], 2) for i in range(64)]
+    assert torch.equal(moved[:, reversed_index], bits)

@@ -58,22 +58,18 @@ def choose_accountant(runs: Sequence[tuple[Sampling, float, int]]) -> tuple[str,
     """Return the name of the accountant ``auto`` uses for ``runs`` (sampling, noise
     multiplier and number of rounds of each stretch of rounds), and why, in words."""
     if any(sampling.kind == "fixed" for sampling, _, _ in runs):
-        return "rdp", (
-            "a fixed-size cohort (sampling without replacement), which dp-accounting's "
-            "PLD does not support; --sampler poisson makes the tighter PLD apply"
-        )
+        # (sampling without replacement, which dp-accounting's PLD does not support)
+        return "rdp", "a fixed-size cohort; PLD needs --sampler poisson"
     if runs and (low := min(z for _, z, _ in runs)) < PLD_MIN_NOISE:
-        return "rdp", (
-            f"noise multiplier {low:g} below {PLD_MIN_NOISE:g}, where PLD's grid grows "
-            "too large to compute"
-        )
+        return "rdp", f"noise multiplier {low:g} < {PLD_MIN_NOISE:g}, too small for PLD's grid"
     mu_squared = sum(rounds * _rate(sampling) ** 2 / z**2 for sampling, z, rounds in runs)
     if mu_squared > PLD_MAX_MU_SQUARED:
-        return "rdp", (
-            f"sum(rounds q^2 / z^2) = {mu_squared:.4g} above {PLD_MAX_MU_SQUARED:g}, where "
-            "epsilon is above about 90 and PLD's grid grows too large to compute"
+        # epsilon is then above about 90, and PLD's grid grows with it
+        return (
+            "rdp",
+            f"sum of rounds q^2/z^2 {mu_squared:.4g} > {PLD_MAX_MU_SQUARED:g}, too large for PLD",
         )
-    return "pld", "Poisson sampling or everyone, at a noise PLD computes: the tightest bound"
+    return "pld", "Poisson sampling or everyone: the tightest bound"
 
 
 def _rate(sampling: Sampling) -> float:

@@ -18,6 +18,12 @@ between a secure and a plaintext prediction (``smpc_max_prediction_error``) are
 references. Counts and costs are per example (``smpc_examples``, ...). With
 predictions off by at most ``d``, the secure MSE is within ``2 d MAE + d^2`` of the
 plaintext one (see the SMPC explanation page for ``d``).
+
+Before anything is shared, the model owner checks that no layer can overflow the
+fixed-point ring for inputs within the public ``input_bound``, and the data owner checks
+each batch's shape and that its inputs stay within that bound
+(:mod:`privfl.smpc.headroom`, :mod:`privfl.smpc.shapes`): a model or inputs that would
+give silently wrong encrypted results are refused with the layer and the fix.
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
 from privfl.smpc import (
     Session,
+    SharedModel,
+    SharedTensor,
     secure_count_correct,
     secure_outputs,
     secure_predict,
     share_labels,
     share_model,
 )
+from privfl.smpc.headroom import announced_input_bound, check_inputs, check_model_headroom
 
 REVEAL = ("predictions", "accuracy")
 
@@ -50,6 +59,10 @@ class SMPCEvaluator(Evaluator):
     :param frac_bits: Fractional bits of the fixed-point encoding.
     :param reveal: ``"predictions"`` opens the predicted labels to the data owner;
         ``"accuracy"`` opens only the number of correct predictions.
+    :param input_bound: Public bound on the absolute value of every input the data owner
+        shares, against which the model owner checks its layers' fixed-point headroom; 0:
+        the data owner announces the smallest power of two (at least 1) at or above its
+        largest absolute input.
     """
 
     name = "smpc"
@@ -61,6 +74,7 @@ class SMPCEvaluator(Evaluator):
         batch_size: int = 250,
         frac_bits: int = 16,
         reveal: str = "predictions",
+        input_bound: float = 0.0,
     ) -> None:
         if not (isinstance(limit, int) and limit >= 0):
             raise ConfigError("limit", limit, "an integer >= 0 (0: all)")
@@ -70,6 +84,15 @@ class SMPCEvaluator(Evaluator):
             raise ConfigError("frac_bits", frac_bits, "an integer from 8 to 24")
         if reveal not in REVEAL:
             raise ConfigError("reveal", reveal, f"one of {', '.join(REVEAL)}")
+        if (
+            isinstance(input_bound, bool)
+            or not isinstance(input_bound, int | float)
+            or not 0 <= input_bound < float("inf")
+        ):
+            raise ConfigError(
+                "input_bound", input_bound, "a finite number >= 0 (0: announced by the data owner)"
+            )
+        self.input_bound = float(input_bound)
         self.limit = limit
         self.batch_size = batch_size
         self.frac_bits = frac_bits
@@ -96,15 +119,14 @@ class SMPCEvaluator(Evaluator):
             return self._evaluate_regression(model, test, metrics)
         count = min(self.limit or len(test), len(test))
         inputs, targets = test.inputs[:count], test.targets[:count]
-        session = Session(frac_bits=self.frac_bits, keep_opened_values=False)
-        shared_model = share_model(session, model)  # the model owner's one-off sharing
+        session, shared_model, bound = self._share_model(model, inputs)
         model_bytes = session.traffic.input_bytes
         correct = 0
         offline_s = online_s = 0.0
         with torch.no_grad():
             num_classes = model(inputs[:1]).shape[1]  # the one-hot labels match the logits
         for start in range(0, count, self.batch_size):
-            images = session.share_float(inputs[start : start + self.batch_size])
+            images = self._share_batch(session, inputs, start, bound)
             labels = targets[start : start + self.batch_size]
             if self.reveal == "predictions":
                 predictions, times = session.run_two_phase(secure_predict, shared_model, images)
@@ -148,12 +170,11 @@ class SMPCEvaluator(Evaluator):
             )
         count = min(self.limit or len(test), len(test))
         inputs, targets = test.inputs[:count], test.targets[:count]
-        session = Session(frac_bits=self.frac_bits, keep_opened_values=False)
-        shared_model = share_model(session, model)
+        session, shared_model, bound = self._share_model(model, inputs)
         model_bytes = session.traffic.input_bytes
         batches, offline_s, online_s = [], 0.0, 0.0
         for start in range(0, count, self.batch_size):
-            rows = session.share_float(inputs[start : start + self.batch_size])
+            rows = self._share_batch(session, inputs, start, bound)
             outputs, times = session.run_two_phase(secure_outputs, shared_model, rows)
             batches.append(outputs)
             offline_s, online_s = offline_s + times.offline_s, online_s + times.online_s
@@ -176,6 +197,23 @@ class SMPCEvaluator(Evaluator):
             "smpc_offline_bytes_per_example": traffic.offline_bytes / count,
             "smpc_input_bytes_per_example": (traffic.input_bytes - model_bytes) / count,
         }
+
+    def _share_model(
+        self, model: torch.nn.Sequential, inputs: torch.Tensor
+    ) -> tuple[Session, SharedModel, float]:
+        """Agree on the input bound; the model owner checks its headroom, then shares."""
+        bound = self.input_bound or announced_input_bound(inputs)
+        check_model_headroom(model, inputs.shape[1:], bound, self.frac_bits)  # shapes too
+        session = Session(frac_bits=self.frac_bits, keep_opened_values=False)
+        return session, share_model(session, model), bound
+
+    def _share_batch(
+        self, session: Session, inputs: torch.Tensor, start: int, bound: float
+    ) -> SharedTensor:
+        """The data owner checks one batch against the agreed bound, then shares it."""
+        batch = inputs[start : start + self.batch_size]
+        check_inputs(batch, bound, first=start)
+        return session.share_float(batch)
 
 
 @hookimpl

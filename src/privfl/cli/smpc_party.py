@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,18 @@ from privfl.app.config import load_toml, make_config
 from privfl.app.runner import CONFIG, _model
 from privfl.builtin.rundir import MODEL
 from privfl.cli.arguments import add_verbosity_flags
-from privfl.data.mnist import images_to_float, load_bundled_mnist, load_mnist
+from privfl.data.mnist import MNIST_MEAN, MNIST_STD, images_to_float, load_bundled_mnist, load_mnist
 from privfl.errors import ConfigError
 from privfl.plugins import get_plugin_manager
 from privfl.smpc.channel import ROLES
 from privfl.smpc.distributed import PartyReport, WireFormat, run_party
+from privfl.smpc.headroom import check_inputs, check_model_headroom
+
+MNIST_SHAPE = (1, 28, 28)
+"""What the data owner shares: MNIST images through :func:`images_to_float`."""
+MNIST_INPUT_BOUND = math.ceil(100 * max(MNIST_MEAN, 1 - MNIST_MEAN) / MNIST_STD) / 100
+"""Public bound on those images' values (2.83): standardised pixels lie in about
+[-0.42, 2.82]. The model owner checks its headroom against it, the data owner its images."""
 
 
 def add_party_parser(commands: Any) -> None:
@@ -78,8 +86,8 @@ def add_party_parser(commands: Any) -> None:
     party.add_argument(
         "--send-all-shares",
         action="store_true",
-        help="model owner: send every share instead of keys, and bits as words (to measure "
-        "what the cuts save)",
+        help="model owner: send every share instead of keys, bits as words, and open the "
+        "masked weights once per batch (to measure what the cuts save)",
     )
     party.add_argument(
         "--output", metavar="FILE.json", help="write this party's results and byte counts"
@@ -107,13 +115,19 @@ def run_party_command(args: argparse.Namespace, console: Console) -> int:
     if args.role == "model-owner":
         if args.run_dir is None:
             raise ConfigError("--run-dir", None, "the model owner's finished run folder")
-        kwargs["model"] = load_run_model(Path(args.run_dir))
+        kwargs["model"] = model = load_run_model(Path(args.run_dir))
+        if isinstance(model, torch.nn.Sequential):  # run_party refuses other models
+            # shapes and headroom, before anything is shared
+            check_model_headroom(model, MNIST_SHAPE, MNIST_INPUT_BOUND, args.frac_bits)
         kwargs["frac_bits"] = args.frac_bits
-        kwargs["wire"] = WireFormat(False, False, False) if args.send_all_shares else WireFormat()
+        kwargs["wire"] = (
+            WireFormat(False, False, False, False) if args.send_all_shares else WireFormat()
+        )
     elif args.role == "data-owner":
         data = load_mnist(args.data_dir) if args.data_dir else load_bundled_mnist()
         count = args.limit or len(data.test_labels)
-        kwargs["images"] = images_to_float(data.test_images[:count])
+        kwargs["images"] = images = images_to_float(data.test_images[:count])
+        check_inputs(images, MNIST_INPUT_BOUND)
         kwargs["batch_size"] = args.batch_size
         labels = data.test_labels[:count]
     report = run_party(args.role, args.address, timeout_s=args.timeout, **kwargs)

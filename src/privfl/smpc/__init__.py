@@ -15,7 +15,10 @@ Modules: :mod:`.ring` (ring and fixed point, truncation), :mod:`.prg` (ChaCha20 
 :mod:`.ring_matmul` and :mod:`.ring_conv` (exact ring matmul and convolution),
 :mod:`.shared` (sharings), :mod:`.beaver` (pure gate formulas), :mod:`.dealer`,
 :mod:`.traffic` (bytes and the opening log), :mod:`.session`, :mod:`.protocols` (secure
-operations) and :mod:`.inference` (sequential models).
+operations), :mod:`.inference` (sequential models), :mod:`.shapes` and :mod:`.headroom`
+(the checks before anything is shared: input shapes, and fixed-point headroom against a
+public input bound), and :mod:`.distributed` with :mod:`.parties`, :mod:`.channel` and
+:mod:`.dealer_streams` (the three parties as processes).
 """
 
 from privfl.smpc.beaver import BilinearOp

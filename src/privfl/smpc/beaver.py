@@ -9,21 +9,32 @@ that were already opened and from the dealer's correlated randomness.
   e = x - a and f = y - b lets the parties share op(x, y) = c + op(e, b) + op(a, f)
   + op(e, f), the public term added by party 0 only (Mohassel & Zhang, SecureML 2017,
   for matrix triples; the same identity holds for convolutions).
+* Fixed operand (Mohassel & Zhang, SecureML 2017, section 4.2, where the masked data
+  matrix is reused across training iterations): when y is a weight used in every batch,
+  its mask b is drawn once and f = y - b is opened once; each batch then takes a triple
+  (a, c = op(a, b)) with a fresh a and opens only e = x - a. Then op(x, y) = c + op(a, f)
+  + op(e, y), with no public term. Sound because b masks only y, and only once: every
+  other opened value is masked by a fresh a, and c's shares are fresh.
 * AND gates on XOR-shared 64-bit words are the same identity over GF(2)^64 with a binary
   triple c = a & b: z = c ^ (d & b) ^ (e & a) ^ (d & e), with d = x ^ a, e = y ^ b opened.
 * Bit conversion (binary to arithmetic sharing, as in ABY, Demmler, Schneider & Zohner,
   NDSS 2015, with a dealer bit r shared both ways): with c = b ^ r opened,
   b = c + r - 2 c r over the integers.
-* The parallel-prefix (Kogge & Stone, IEEE Trans. Computers 1973) carry computation used to
-  add two XOR-shared words, giving the most significant bit of x_0 + x_1 mod 2^64 with
-  6 rounds of AND gates on packed words.
+* The sign of x = x_0 + x_1 mod 2^64 is bit 63 of x_0, of x_1 and of the carry into bit 63,
+  XORed. That carry is the carry out of (x_0 << 1) + (x_1 << 1), found by a binary tree
+  over the bit positions (the carry-lookahead tree of Brent & Kung, IEEE Trans. Computers
+  1982, reduced to its root): each level pairs neighbouring blocks (lo, hi) into
+  G = G_hi ^ (P_hi & G_lo), P = P_hi & P_lo, halving the bits, so 6 levels of AND gates
+  on 32, 16, ..., 1 bits open 188 bits an element where a full Kogge-Stone adder (what
+  CrypTen runs) opens 22 words. With the bits in bit-reversed positions
+  (:func:`bit_reverse_positions`) every level's bits lie in the low bits of a word, in
+  order, so a level is a shift and its bits travel packed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -73,10 +84,27 @@ def beaver_product_shares(
     return c + op(e.unsqueeze(0), b_plus, matmul) + op(a, f.unsqueeze(0), matmul)
 
 
+def fixed_operand_product_shares(
+    op: BilinearOp,
+    e: torch.Tensor,
+    f: torch.Tensor,
+    a: torch.Tensor,
+    y: torch.Tensor,
+    c: torch.Tensor,
+    matmul: RingMatmul,
+) -> torch.Tensor:
+    """Shares of op(x, y) from opened e = x - a, the once-opened f = y - b, and stacked
+    shares of a, y and c = op(a, b): c + op(a, f) + op(e, y), no public term."""
+    return c + op(a, f.unsqueeze(0), matmul) + op(e.unsqueeze(0), y, matmul)
+
+
 def beaver_and_shares(
     d: torch.Tensor, e: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
 ) -> torch.Tensor:
-    """XOR shares of x & y from opened d = x ^ a, e = y ^ b and stacked shares of a, b, c."""
+    """XOR shares of x & y from opened d = x ^ a, e = y ^ b and stacked shares of a, b, c.
+
+    x may have fewer dimensions than y (it broadcasts against y's leading dimensions)."""
+    a = a.reshape(2, *[1] * (e.dim() - d.dim()), *d.shape)
     z = c ^ (d & b) ^ (e & a)
     z[0] ^= d & e
     return z
@@ -89,31 +117,50 @@ def bit_to_arithmetic_shares(c: torch.Tensor, r_arith: torch.Tensor) -> torch.Te
     return z
 
 
-class Word(Protocol):
-    """A 64-bit word or a sharing of one: supports XOR and left shift."""
-
-    def __xor__(self, other: Any) -> Any: ...
-
-    def __lshift__(self, bits: int) -> Any: ...
-
-
-W = TypeVar("W", bound=Word)
+_INDEX_SWAPS = (  # (distance, mask) swapping index bits 0 and 5, 1 and 4, 2 and 3
+    (31, 0x00000000AAAAAAAA),
+    (14, 0x0000CCCC0000CCCC),
+    (4, 0x00F000F000F000F0),
+)
 
 
-def kogge_stone_add(p: W, g: W, and_gates: Callable[[list[tuple[W, W]]], list[W]]) -> W:
-    """The sum word u + v (mod 2^64), whose bit 63 is the sign, from p = u ^ v and g = u & v.
+def bit_reverse_positions(words: torch.Tensor) -> torch.Tensor:
+    """Each word with bit i moved to bit rev(i), where rev reverses the 6 binary digits
+    of the position (the bit-reversal permutation, three delta swaps of index digits,
+    Knuth TAOCP 7.1.3). A bit permutation, so it applies to each XOR share alike. On
+    shape-only (meta) tensors, when the dealer's work is planned, it returns ``words``:
+    the shape is all that matters there, and torch's meta kernels are slow."""
+    if words.is_meta:
+        return words
+    for distance, mask in _INDEX_SWAPS:  # masks lie below 64 - distance: no sign bits
+        t = ((words >> distance) ^ words) & mask
+        words = words ^ t ^ (t << distance)
+    return words
 
-    ``p`` and ``g`` may be plaintext words or XOR sharings; ``and_gates`` evaluates a list
-    of (left, right) pairs in one round and returns their ANDs. Six prefix levels
-    (shifts 1, 2, 4, ..., 32) turn g into the carry-generate of every bit prefix, and the
-    sum is p ^ (carries << 1). Exact for every pair of words: nothing is probabilistic.
+
+AndWith = Callable[[torch.Tensor, list[torch.Tensor], int], list[torch.Tensor]]
+
+
+def carry_out(g: torch.Tensor, p: torch.Tensor, and_with: AndWith) -> torch.Tensor:
+    """The carry out of u + v (0 or 1 in bit 0; higher bits to be ignored) from the
+    words g = u & v and p = u ^ v with their bits in bit-reversed positions
+    (:func:`bit_reverse_positions`).
+
+    ``g`` and ``p`` are plaintext words or stacked XOR shares (any leading dimensions);
+    ``and_with(left, rights, width)`` returns ``[left & right for right in rights]`` on
+    the low ``width`` bits, all in one round. Six rounds; exact for every pair of words.
+    In that order the even bit positions (the low block of each pair) are the low
+    half of the word and the odd ones the high half, in the same order, and the block
+    made of positions 2j and 2j + 1 lands where position j of the next level belongs:
+    each level is a shift, with no bit shuffling.
     """
-    prop, gen = p, g
-    for level in range(6):
-        shift = 1 << level
-        if level < 5:
-            gen_and, prop = and_gates([(prop, gen << shift), (prop, prop << shift)])
-        else:
-            (gen_and,) = and_gates([(prop, gen << shift)])
-        gen = gen ^ gen_and
-    return p ^ (gen << 1)
+    width = 64
+    while width > 1:
+        width //= 2
+        g_hi, p_hi = g >> width, p >> width
+        if width > 1:
+            hi_and_g, p = and_with(p_hi, [g, p], width)
+        else:  # the root: the block's propagate bit is not needed
+            (hi_and_g,) = and_with(p_hi, [g], width)
+        g = g_hi ^ hi_and_g
+    return g & 1

@@ -13,8 +13,9 @@ gloo's TCP transport neither encrypts nor authenticates: across hosts run it ins
 private network or a tunnel (WireGuard, SSH), see the how-to on encrypted evaluation
 across hosts.
 
-Comparison bits travel packed eight to a byte (:meth:`Channel.exchange_bits`) instead of
-one 64-bit word each.
+Comparison bits travel packed (:meth:`Channel.exchange_fields`): an opening of ``width``-bit
+fields (the low bits of each word; 1 for a bit) costs ``width / 8`` bytes an element
+instead of a whole 64-bit word.
 """
 
 from __future__ import annotations
@@ -35,16 +36,47 @@ ROLES = {"model-owner": MODEL_OWNER, "data-owner": DATA_OWNER, "dealer": DEALER}
 PHASES = ("setup", "input", "dealer", "online", "output")
 
 
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """0/1 int64 values as a uint8 tensor with eight bits a byte (numpy's packbits)."""
-    return torch.from_numpy(np.packbits(bits.reshape(-1).to(torch.uint8).numpy()))
+FIELD_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: 0/1 int64 values of the given shape."""
+def _check_width(width: int) -> None:
+    if width not in FIELD_WIDTHS:
+        raise ValueError(f"field width {width} is not one of {FIELD_WIDTHS}")
+
+
+def pack_fields(words: torch.Tensor, width: int) -> torch.Tensor:
+    """The low ``width`` bits of each int64 word, packed with no gaps into uint8 bytes
+    (little-endian: ``8 // width`` fields a byte, or ``width // 8`` bytes a field)."""
+    _check_width(width)
+    flat = np.ascontiguousarray(words.reshape(-1).numpy()).view("<u8")
+    if width >= 8:
+        return torch.from_numpy(flat.view(np.uint8).reshape(-1, 8)[:, : width // 8].copy())
+    per_byte = 8 // width
+    low = (flat & np.uint64((1 << width) - 1)).astype(np.uint8)
+    low = np.pad(low, (0, -len(low) % per_byte)).reshape(-1, per_byte)
+    shifts = np.arange(0, 8, width, dtype=np.uint8)
+    return torch.from_numpy(np.bitwise_or.reduce(low << shifts, axis=1).astype(np.uint8))
+
+
+def unpack_fields(
+    packed: torch.Tensor, shape: torch.Size | tuple[int, ...], width: int
+) -> torch.Tensor:
+    """Inverse of :func:`pack_fields`: int64 words of ``shape`` (bits above ``width`` zero)."""
+    _check_width(width)
     n = int(np.prod(shape, dtype=np.int64))
-    bits = np.unpackbits(packed.numpy())[:n].astype(np.int64)
-    return torch.from_numpy(bits).reshape(shape)
+    raw = packed.reshape(-1).numpy()
+    if width >= 8:
+        words = np.zeros((n, 8), dtype=np.uint8)
+        words[:, : width // 8] = raw.reshape(n, width // 8)
+        return torch.from_numpy(words.view("<i8").astype(np.int64)).reshape(shape)
+    shifts = np.arange(0, 8, width, dtype=np.uint8)
+    fields = (raw[:, None] >> shifts) & np.uint8((1 << width) - 1)
+    return torch.from_numpy(fields.reshape(-1)[:n].astype(np.int64)).reshape(shape)
+
+
+def packed_size(numel: int, width: int) -> int:
+    """Bytes that :func:`pack_fields` makes of ``numel`` fields of ``width`` bits."""
+    return numel * width // 8 if width >= 8 else -(-numel // (8 // width))
 
 
 def init_parties(address: str, role: str, timeout_s: float) -> int:
@@ -80,12 +112,24 @@ class Channel:
         self.phase = "setup"
         self.sent: Counter[tuple[str, int]] = Counter()
         self.received: Counter[tuple[str, int]] = Counter()
+        self._in_flight: list[tuple[Any, torch.Tensor]] = []  # (work, tensor kept alive)
 
-    def send(self, tensor: torch.Tensor, dst: int) -> None:
-        """Send a tensor to rank ``dst`` (the receiver knows its shape and dtype)."""
+    def send(self, tensor: torch.Tensor, dst: int, wait: bool = True) -> None:
+        """Send a tensor to rank ``dst`` (the receiver knows its shape and dtype); with
+        ``wait=False`` return at once and let :meth:`flush` wait for it."""
         tensor = tensor.contiguous()
-        dist.send(tensor, dst)
+        if wait:
+            dist.send(tensor, dst)
+        else:
+            self._in_flight.append((dist.isend(tensor, dst), tensor))
         self.sent[self.phase, dst] += tensor.numel() * tensor.element_size()
+
+    def flush(self) -> None:
+        """Wait until every send made with ``wait=False`` has been delivered."""
+        for work, _ in self._in_flight:
+            if work is not None:
+                work.wait()
+        self._in_flight.clear()
 
     def recv(
         self, shape: torch.Size | tuple[int, ...], src: int, dtype: Any = torch.int64
@@ -105,18 +149,20 @@ class Channel:
         self.sent[self.phase, peer] += tensor.numel() * tensor.element_size()
         return other
 
-    def exchange_bits(self, bits: torch.Tensor, peer: int) -> torch.Tensor:
-        """:meth:`exchange` for 0/1 values, sent packed eight to a byte."""
-        return unpack_bits(self.exchange(pack_bits(bits), peer), bits.shape)
+    def exchange_fields(self, words: torch.Tensor, width: int, peer: int) -> torch.Tensor:
+        """:meth:`exchange` of the low ``width`` bits of each word, sent packed."""
+        return unpack_fields(self.exchange(pack_fields(words, width), peer), words.shape, width)
 
-    def send_bits(self, bits: torch.Tensor, dst: int) -> None:
-        """Send 0/1 values packed eight to a byte."""
-        self.send(pack_bits(bits), dst)
+    def send_fields(self, words: torch.Tensor, width: int, dst: int, wait: bool = True) -> None:
+        """Send the low ``width`` bits of each word, packed (``wait`` as in :meth:`send`)."""
+        self.send(pack_fields(words, width), dst, wait)
 
-    def recv_bits(self, shape: torch.Size | tuple[int, ...], src: int) -> torch.Tensor:
-        """Receive 0/1 values sent by :meth:`send_bits`."""
-        n = int(np.prod(shape, dtype=np.int64))
-        return unpack_bits(self.recv(((n + 7) // 8,), src, torch.uint8), shape)
+    def recv_fields(
+        self, shape: torch.Size | tuple[int, ...], width: int, src: int
+    ) -> torch.Tensor:
+        """Receive words sent by :meth:`send_fields`."""
+        n = packed_size(int(np.prod(shape, dtype=np.int64)), width)
+        return unpack_fields(self.recv((n,), src, torch.uint8), shape, width)
 
     def send_json(self, value: Any, dst: int) -> None:
         """Send a JSON document (public metadata only: shapes, settings)."""

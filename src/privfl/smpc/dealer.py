@@ -2,7 +2,10 @@
 
 The dealer never sees a secret. It draws Beaver triples for bilinear maps, binary AND
 triples and random bits shared both ways from its own ChaCha20 stream, and sends each
-compute party its shares; those bytes are counted as offline traffic. Material can be
+compute party its shares; those bytes are counted as offline traffic. A *fixed mask* is
+the b of a weight's Beaver triples drawn once and kept by name for a whole evaluation
+(:func:`privfl.smpc.protocols.fix_operand`): later triples for that weight are
+(a, c = op(a, b)) with a fresh a and the kept b. Material can be
 produced ahead of time (:meth:`Dealer.precompute`, fed by a plan recorded on meta tensors)
 and is then consumed in the same order online; if nothing was precomputed, it is produced
 on demand and its time is still counted as dealer (offline) time.
@@ -30,9 +33,13 @@ Material = tuple[SharedTensor | BinarySharedTensor, ...]
 class Request:
     """One piece of correlated randomness: its kind, the shapes it is for and the map."""
 
-    kind: str  # "triple", "binary_triple" or "random_bit"
+    kind: str  # "triple", "mask", "binary_triple" or "random_bit"
     shapes: tuple[tuple[int, ...], ...]
     op: BilinearOp | None = None
+    fixed: str | None = None
+    """"mask": the name the mask is kept under; "triple": the kept mask used as b."""
+    width: int = 64
+    """"binary_triple": only the low ``width`` bits of each word are used."""
 
 
 class Dealer:
@@ -43,15 +50,27 @@ class Dealer:
         self._traffic = traffic
         self._matmul = matmul
         self._queue: deque[tuple[Request, Material]] = deque()
+        self._fixed: dict[str, torch.Tensor] = {}  # kept masks by name
         self.seconds = 0.0  # time spent generating material
 
-    def triple(self, op: BilinearOp, shape_x: torch.Size, shape_y: torch.Size) -> Material:
-        """Shared (a, b, c) with a, b uniform of the given shapes and c = op(a, b)."""
-        return self._serve(Request("triple", (tuple(shape_x), tuple(shape_y)), op))
+    def triple(
+        self, op: BilinearOp, shape_x: torch.Size, shape_y: torch.Size, fixed: str | None = None
+    ) -> Material:
+        """Shared (a, b, c) with a, b uniform of the given shapes and c = op(a, b); with
+        ``fixed``, shared (a, c) where b is the mask kept under that name."""
+        return self._serve(Request("triple", (tuple(shape_x), tuple(shape_y)), op, fixed))
 
-    def binary_triple(self, shape: torch.Size) -> Material:
-        """XOR-shared words (a, b, c) with a, b uniform and c = a & b."""
-        return self._serve(Request("binary_triple", (tuple(shape),)))
+    def fixed_mask(self, name: str, shape: torch.Size) -> Material:
+        """A uniform shared b, kept under ``name`` for later ``triple(..., fixed=name)``."""
+        return self._serve(Request("mask", (tuple(shape),), fixed=name))
+
+    def binary_triple(
+        self, shape_x: torch.Size, shape_y: torch.Size | None = None, width: int = 64
+    ) -> Material:
+        """XOR-shared words (a, b, c) with a, b uniform and c = a & b (a broadcast against
+        b of ``shape_y``, default ``shape_x``); only the low ``width`` bits are used."""
+        shapes = (tuple(shape_x), tuple(shape_x if shape_y is None else shape_y))
+        return self._serve(Request("binary_triple", shapes, width=width))
 
     def random_bit(self, shape: torch.Size) -> Material:
         """A uniform bit r, XOR-shared as 0/1 words and additively shared over Z_2^64."""
@@ -79,15 +98,25 @@ class Dealer:
     def _generate(self, request: Request) -> Material:
         start = time.perf_counter()
         prg = self._prg
-        if request.kind == "triple":
+        if request.kind == "triple" and request.fixed is not None:
+            assert request.op is not None
+            a = prg.ring(request.shapes[0])
+            c = request.op(a, self._fixed[request.fixed], self._matmul)
+            material: Material = (share(a, prg), share(c, prg))
+        elif request.kind == "triple":
             assert request.op is not None
             a = prg.ring(request.shapes[0])
             b = prg.ring(request.shapes[1])
             c = request.op(a, b, self._matmul)
-            material: Material = (share(a, prg), share(b, prg), share(c, prg))
+            material = (share(a, prg), share(b, prg), share(c, prg))
+        elif request.kind == "mask":
+            assert request.fixed is not None
+            b = prg.ring(request.shapes[0])
+            self._fixed[request.fixed] = b
+            material = (share(b, prg),)
         elif request.kind == "binary_triple":
             a = prg.ring(request.shapes[0])
-            b = prg.ring(request.shapes[0])
+            b = prg.ring(request.shapes[1])
             material = (share_binary(a, prg), share_binary(b, prg), share_binary(a & b, prg))
         else:
             r = prg.bits(request.shapes[0])
@@ -110,8 +139,14 @@ class RecordingDealer(Dealer):
         meta = [torch.empty(2, *s, dtype=torch.int64, device="meta") for s in request.shapes]
         if request.kind == "triple":
             assert request.op is not None
-            c = request.op(meta[0], meta[1])
-            return (SharedTensor(meta[0]), SharedTensor(meta[1]), SharedTensor(c))
+            c = SharedTensor(request.op(meta[0], meta[1]))
+            if request.fixed is not None:
+                return (SharedTensor(meta[0]), c)
+            return (SharedTensor(meta[0]), SharedTensor(meta[1]), c)
+        if request.kind == "mask":
+            return (SharedTensor(meta[0]),)
         if request.kind == "binary_triple":
-            return tuple(BinarySharedTensor(meta[0]) for _ in range(3))
+            shape = torch.broadcast_shapes(*request.shapes)
+            c = torch.empty(2, *shape, dtype=torch.int64, device="meta")
+            return (BinarySharedTensor(meta[0]), BinarySharedTensor(meta[1]), BinarySharedTensor(c))
         return (BinarySharedTensor(meta[0]), SharedTensor(meta[0]))

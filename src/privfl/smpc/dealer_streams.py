@@ -10,6 +10,12 @@ bit r) from its stream, and only party 1's share of each dependent component is 
 
     c_1 = op(a_0 + a_1, b_0 + b_1) - c_0
 
+A fixed mask (a request of kind "mask") has no dependent component: both shares are
+drawn and nothing travels; the dealer keeps the mask for the triples that name it,
+which then have two components, (a, c = op(a, b)). Bit fields (comparison bits and the
+AND triples of the comparison circuit) use only the low ``width`` bits of each word,
+and only those travel, packed.
+
 CrypTen's trusted third party splits its material the same way (Knott et al.,
 "CrypTen: Secure Multi-Party Computation Meets Machine Learning", NeurIPS 2021). Each
 party's shares are still uniform given its own view, so nothing changes for security;
@@ -32,12 +38,14 @@ from privfl.smpc.ring_matmul import RingMatmul
 
 @dataclass(frozen=True)
 class Component:
-    """One shared value of a piece of material: ring words or 0/1 bits, and whether it
-    depends on the others (then party 1's share is a correction the dealer sends)."""
+    """One shared value of a piece of material: ring words or 0/1 bits, whether it
+    depends on the others (then party 1's share is a correction the dealer sends), and
+    how many low bits of each word are used (what travels when it is sent packed)."""
 
     kind: str  # "ring" or "bits"
     shape: tuple[int, ...]
     dependent: bool = False
+    width: int = 64
 
 
 Draw = Callable[[Component], torch.Tensor]
@@ -45,34 +53,51 @@ Draw = Callable[[Component], torch.Tensor]
 
 def components(request: Request) -> list[Component]:
     """The components of ``request`` in the order both sides draw them."""
+    meta = [torch.empty(s, dtype=torch.int64, device="meta") for s in request.shapes]
     if request.kind == "triple":
         assert request.op is not None
-        meta = [torch.empty(s, dtype=torch.int64, device="meta") for s in request.shapes]
-        c_shape = tuple(request.op(meta[0], meta[1]).shape)
+        c = Component("ring", tuple(request.op(meta[0], meta[1]).shape), dependent=True)
+        if request.fixed is not None:
+            return [Component("ring", request.shapes[0]), c]
+        return [Component("ring", request.shapes[0]), Component("ring", request.shapes[1]), c]
+    if request.kind == "mask":
+        return [Component("ring", request.shapes[0])]
+    if request.kind == "binary_triple":
+        c_shape = tuple(torch.broadcast_shapes(meta[0].shape, meta[1].shape))
         return [
-            Component("ring", request.shapes[0]),
-            Component("ring", request.shapes[1]),
-            Component("ring", c_shape, dependent=True),
+            Component("ring", request.shapes[0], width=request.width),
+            Component("ring", request.shapes[1], width=request.width),
+            Component("ring", c_shape, dependent=True, width=request.width),
         ]
     (shape,) = request.shapes
-    if request.kind == "binary_triple":
-        return [Component("ring", shape), Component("ring", shape), Component("ring", shape, True)]
-    return [Component("bits", shape), Component("ring", shape, dependent=True)]
+    return [Component("bits", shape, width=1), Component("ring", shape, dependent=True)]
 
 
 def deal(
-    request: Request, draw0: Draw, draw1: Draw, matmul: RingMatmul
+    request: Request,
+    draw0: Draw,
+    draw1: Draw,
+    matmul: RingMatmul,
+    fixed: dict[str, torch.Tensor],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Both parties' shares of ``request``'s components, dealt from two streams.
 
     ``draw0`` and ``draw1`` draw from the streams of party 0 and party 1. Party 0's shares
     are all drawn; party 1's free shares are drawn and its dependent share (the last
-    component) is computed from the secrets. Returns (party 0's shares, party 1's shares).
+    component) is computed from the secrets. ``fixed`` holds the masks kept by name (a
+    "mask" request adds one). Returns (party 0's shares, party 1's shares).
     """
     parts = components(request)
     shares0 = [draw0(part) for part in parts]
-    shares1 = [draw1(part) for part in parts[:-1]]
-    if request.kind == "triple":
+    shares1 = [draw1(part) for part in parts if not part.dependent]
+    if request.kind == "mask":
+        assert request.fixed is not None
+        fixed[request.fixed] = shares0[0] + shares1[0]
+    elif request.kind == "triple" and request.fixed is not None:
+        assert request.op is not None
+        a = shares0[0] + shares1[0]
+        shares1.append(request.op(a, fixed[request.fixed], matmul) - shares0[1])
+    elif request.kind == "triple":
         assert request.op is not None
         a, b = shares0[0] + shares1[0], shares0[1] + shares1[1]
         shares1.append(request.op(a, b, matmul) - shares0[2])

@@ -11,14 +11,17 @@ the dealer (rank 2) only its random streams. What each sends, in order:
    with :attr:`WireFormat.seeded_inputs` each owner sends the other compute party one.
 2. input: each owner splits its secrets x into (x - r, r) and the other compute party
    gets r, or draws r from the key it was sent (weights once, images per batch).
-3. dealer, per batch: all three plan the batch's correlated randomness on meta tensors
+3. weights, once: with :attr:`WireFormat.fixed_masks` the dealer fixes a Beaver mask b
+   for each weight and the compute parties open f = W - b (:func:`fix_weight_masks`);
+   every batch then opens only its own masked activations.
+4. dealer, per batch: all three plan the batch's correlated randomness on meta tensors
    (:meth:`~privfl.smpc.session.Session.plan`); the dealer deals it
    (:mod:`privfl.smpc.dealer_streams`): with seeds only party 1's share of each
    dependent value travels, without them every share does.
-4. online, per batch: both compute parties run :func:`shared_predictions` (the same
+5. online, per batch: both compute parties run :func:`shared_predictions` (the same
    protocol code as the one-process session) and open only masked values, exchanging
    shares; masked comparison bits travel packed with :attr:`WireFormat.packed_bits`.
-5. output, per batch: party 0 sends its share of the predicted labels to the data owner,
+6. output, per batch: party 0 sends its share of the predicted labels to the data owner,
    who alone learns them. Nothing else is opened to anyone.
 
 Threat model as in :mod:`privfl.smpc`: semi-honest parties, no collusion, and a channel
@@ -29,7 +32,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.distributed as dist
@@ -40,9 +44,17 @@ from privfl.smpc import protocols
 from privfl.smpc.channel import DATA_OWNER, DEALER, MODEL_OWNER, Channel, init_parties
 from privfl.smpc.dealer import Request
 from privfl.smpc.dealer_streams import Component, Draw, components, deal, party_shares
-from privfl.smpc.inference import SharedModel, secure_forward, share_model
+from privfl.smpc.inference import (
+    SharedConv2d,
+    SharedLayer,
+    SharedLinear,
+    SharedModel,
+    secure_forward,
+    share_model,
+)
 from privfl.smpc.parties import PartySession, as_material, describe, map_tensors, skeleton, slot
 from privfl.smpc.prg import ChaChaPRG
+from privfl.smpc.protocols import FixedOperand
 from privfl.smpc.ring_matmul import get_ring_matmul
 from privfl.smpc.session import Session
 from privfl.smpc.shared import SharedTensor, reconstruct
@@ -63,7 +75,10 @@ class WireFormat:
     seeded_inputs: bool = True
     """Each owner sends a key instead of the other compute party's input shares."""
     packed_bits: bool = True
-    """Masked comparison bits travel eight to a byte instead of one 64-bit word each."""
+    """Masked comparison bits and bit fields travel packed instead of one 64-bit word each."""
+    fixed_masks: bool = True
+    """Each weight's Beaver mask is fixed for the evaluation: its masked value is opened
+    once, not once per batch."""
 
 
 @dataclass
@@ -85,6 +100,27 @@ def shared_predictions(session: Session, model: SharedModel, images: SharedTenso
     one_hot = protocols.argmax_one_hot(session, secure_forward(session, model, images))
     classes = torch.arange(one_hot.shape[1], device=one_hot.shares.device)
     return one_hot.mul_public(classes).sum(dim=1)
+
+
+def fix_weight_masks(session: Session, model: SharedModel) -> SharedModel:
+    """``model`` with every weight's Beaver mask fixed for the rest of the session
+    (:func:`privfl.smpc.protocols.fix_operand`, one opening of all weights' masked values);
+    the weights are named by layer index, which the dealer keeps their masks under."""
+    return _map_weights(model, lambda weight, name: protocols.fix_operand(session, weight, name))
+
+
+def _map_weights(
+    model: SharedModel, fn: Callable[[SharedTensor, str], SharedTensor]
+) -> SharedModel:
+    """``model`` with ``fn(weight, name)`` in place of each weight, named by layer index."""
+    layers: list[SharedLayer] = []
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, SharedLinear):
+            layer = replace(layer, weight_t=fn(layer.weight_t, f"layer{i}"))
+        elif isinstance(layer, SharedConv2d):
+            layer = replace(layer, weight=fn(layer.weight, f"layer{i}"))
+        layers.append(layer)
+    return SharedModel(tuple(layers))
 
 
 def share_as_owner(
@@ -123,7 +159,10 @@ def run_party(
 
     The model owner passes ``model`` (a ``torch.nn.Sequential``), ``frac_bits`` and
     ``wire`` (it decides them for all); the data owner passes ``images`` (float, batch
-    first) and ``batch_size``; the dealer passes nothing.
+    first) and ``batch_size``; the dealer passes nothing. Check the fixed-point headroom
+    first (:func:`privfl.smpc.headroom.check_model_headroom` for the model owner,
+    :func:`~privfl.smpc.headroom.check_inputs` for the data owner, against a public
+    input bound), as ``privfl evaluate-party`` does: an overflow here is not detected.
     """
     if role == "model-owner" and not isinstance(model, nn.Sequential):
         raise ConfigError("model", type(model).__name__, "a torch.nn.Sequential")
@@ -216,7 +255,23 @@ def _compute(
     receive = _receiver(channel, wire.packed_bits)
     dealer_stream = streams.get("dealer")
     draw = receive if dealer_stream is None else _drawer(dealer_stream)
+
+    def take_material(requests: list[Request]) -> None:
+        for request in requests:
+            shares = party_shares(request, party, draw, receive)
+            session.dealer.put(request, as_material(request, party, shares))
+
     plans = _Plans(session)
+    plans.warm_up(model, batches)
+    if wire.fixed_masks:
+        channel.phase = "dealer"
+        start = time.perf_counter()
+        take_material(session.plan(fix_weight_masks, model))
+        offline_s += time.perf_counter() - start
+        channel.phase = "online"
+        start = time.perf_counter()
+        model = fix_weight_masks(session, model)
+        online_s += time.perf_counter() - start
     for shape in batches:
         channel.phase = "input"
         if party == DATA_OWNER:
@@ -228,10 +283,7 @@ def _compute(
         start_row += shape[0]
         channel.phase = "dealer"
         start = time.perf_counter()
-        for request in plans.get(tuple(shape), model, images):
-            session.dealer.put(
-                request, as_material(request, party, party_shares(request, party, draw, receive))
-            )
+        take_material(plans.get(tuple(shape), model, images))
         offline_s += time.perf_counter() - start
         channel.phase = "online"
         start = time.perf_counter()
@@ -270,20 +322,35 @@ def _dealer(channel: Channel) -> PartyReport:
     planner = Session(frac_bits=settings["frac_bits"])
     matmul = get_ring_matmul(planner.matmul_method)
     plans = _Plans(planner)
+    plans.warm_up(model, batches)
     channel.phase = "dealer"
     start = time.perf_counter()
+    fixed: dict[str, torch.Tensor] = {}  # the weights' masks, kept for the whole run
 
-    for shape in batches:
-        meta_images = SharedTensor(torch.empty(2, *shape, dtype=torch.int64, device="meta"))
-        for request in plans.get(tuple(shape), model, meta_images):
-            shares0, shares1 = deal(request, _drawer(streams[0]), _drawer(streams[1]), matmul)
+    def deal_and_send(requests: list[Request]) -> None:
+        for request in requests:
+            shares0, shares1 = deal(
+                request, _drawer(streams[0]), _drawer(streams[1]), matmul, fixed
+            )
             parts = components(request)
             if wire.seeded_dealer:
-                _send(channel, shares1[-1], parts[-1], DATA_OWNER, wire.packed_bits)
+                if parts[-1].dependent:
+                    _send(channel, shares1[-1], parts[-1], DATA_OWNER, wire.packed_bits)
                 continue
             for party, shares in ((MODEL_OWNER, shares0), (DATA_OWNER, shares1)):
                 for share, part in zip(shares, parts, strict=True):
                     _send(channel, share, part, party, wire.packed_bits)
+
+    if wire.fixed_masks:
+        deal_and_send(planner.plan(fix_weight_masks, model))
+        model = _map_weights(model, lambda w, name: FixedOperand(w.shares, w.shares[0], name))
+    for shape in batches:
+        # once the previous batch's material is delivered (the compute parties start its
+        # online phase), deal this batch's: dealing overlaps with their online work
+        channel.flush()
+        meta_images = SharedTensor(torch.empty(2, *shape, dtype=torch.int64, device="meta"))
+        deal_and_send(plans.get(tuple(shape), model, meta_images))
+    channel.flush()
     return PartyReport(
         role="dealer",
         images=sum(shape[0] for shape in batches),
@@ -308,6 +375,13 @@ class _Plans:
             self._by_shape[shape] = self._session.plan(shared_predictions, model, images)
         return self._by_shape[shape]
 
+    def warm_up(self, model: SharedModel, batches: list[list[int]]) -> None:
+        """Plan one image, untimed: the first use of torch's meta kernels imports modules
+        (seconds on a busy machine), a start-up cost that is not the evaluation's."""
+        if batches:
+            meta = torch.empty(2, 1, *batches[0][1:], dtype=torch.int64, device="meta")
+            self._session.plan(shared_predictions, model, SharedTensor(meta))
+
 
 def _drawer(stream: ChaChaPRG) -> Draw:
     """Draw components from a stream agreed with the dealer (or the dealer's own)."""
@@ -315,11 +389,11 @@ def _drawer(stream: ChaChaPRG) -> Draw:
 
 
 def _receiver(channel: Channel, packed_bits: bool) -> Draw:
-    """Receive components from the dealer, bits packed if ``packed_bits``."""
+    """Receive components from the dealer, bit fields packed if ``packed_bits``."""
 
     def receive(part: Component) -> torch.Tensor:
-        if part.kind == "bits" and packed_bits:
-            return channel.recv_bits(part.shape, DEALER)
+        if part.width < 64 and packed_bits:
+            return channel.recv_fields(part.shape, part.width, DEALER)
         return channel.recv(part.shape, DEALER)
 
     return receive
@@ -328,8 +402,9 @@ def _receiver(channel: Channel, packed_bits: bool) -> Draw:
 def _send(
     channel: Channel, share: torch.Tensor, part: Component, party: int, packed_bits: bool
 ) -> None:
-    """The dealer sends one share of one component to ``party``."""
-    if part.kind == "bits" and packed_bits:
-        channel.send_bits(share, party)
+    """The dealer sends one share of one component to ``party``, without waiting for
+    it to be delivered (the dealer deals the next batch meanwhile)."""
+    if part.width < 64 and packed_bits:
+        channel.send_fields(share, part.width, party, wait=False)
     else:
-        channel.send(share, party)
+        channel.send(share, party, wait=False)

@@ -27,6 +27,7 @@ from torch import nn
 from privfl.errors import ConfigError
 from privfl.smpc import protocols
 from privfl.smpc.session import Session
+from privfl.smpc.shapes import check_input_shape
 from privfl.smpc.shared import SharedTensor
 from privfl.smpc.traffic import OpeningKind
 
@@ -134,8 +135,13 @@ def share_model(session: Session, model: Iterable[nn.Module]) -> SharedModel:
 
 
 def secure_forward(session: Session, model: SharedModel, x: SharedTensor) -> SharedTensor:
-    """Shared logits of ``model`` on shared inputs ``x``; opens only Beaver-masked values."""
+    """Shared logits of ``model`` on shared inputs ``x``; opens only Beaver-masked values.
+
+    Inputs whose shape does not fit the model are refused with a ``ConfigError`` that
+    names the layer and the shape the model takes (before any dealer work is planned).
+    """
     layers = list(model.layers)
+    check_input_shape(layers, x.shape[1:])
     i = 0
     while i < len(layers):
         layer = layers[i]

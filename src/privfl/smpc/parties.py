@@ -53,7 +53,7 @@ def slot(share: torch.Tensor, party: int) -> torch.Tensor:
 def as_material(request: Request, party: int, shares: list[torch.Tensor]) -> Material:
     """A party's shares of one piece of dealer material, in the form the protocols take."""
     slots = [slot(share, party) for share in shares]
-    if request.kind == "triple":
+    if request.kind in ("triple", "mask"):
         return tuple(SharedTensor(s) for s in slots)
     if request.kind == "binary_triple":
         return tuple(BinarySharedTensor(s) for s in slots)
@@ -111,18 +111,25 @@ class PartySession(Session):
             "privfl.smpc.distributed.share_as_owner and the peer receive_share"
         )
 
-    def open(self, x: SharedTensor | BinarySharedTensor, kind: OpeningKind) -> torch.Tensor:
-        """Open a masked value: exchange this party's share with the peer's (one round)."""
+    def open(
+        self, x: SharedTensor | BinarySharedTensor, kind: OpeningKind, width: int = 64
+    ) -> torch.Tensor:
+        """Open a masked value: exchange this party's share with the peer's (one round);
+        with ``width`` below 64 only the low bits of each word, packed if ``pack_bits``."""
         if kind is OpeningKind.OUTPUT:
             raise ValueError("outputs go to the data owner only: use send/receive_output")
         mine = x.shares[self.party]
-        if kind is OpeningKind.BIT_MASKED and self.pack_bits:
-            theirs = self.channel.exchange_bits(mine, self.peer)
+        if width < 64:
+            mine = mine & ((1 << width) - 1)
+        if width < 64 and self.pack_bits:
+            theirs = self.channel.exchange_fields(mine, width, self.peer)
         else:
             theirs = self.channel.exchange(mine, self.peer)
         values = mine ^ theirs if isinstance(x, BinarySharedTensor) else mine + theirs
+        if width < 64:
+            values = values & ((1 << width) - 1)
         self.traffic.rounds += 1
-        self.log.record(kind, values)
+        self.log.record(kind, values, width)
         return values
 
     def send_output_share(self, x: SharedTensor) -> None:

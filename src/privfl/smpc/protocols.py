@@ -9,9 +9,14 @@ Fixed-point error: one product followed by truncation is off by at most 1 ulp (2
 the rounded product of the encodings, each encoding being within 2^-(f+1) of its real
 value, except with the truncation failure probability stated in :mod:`privfl.smpc.ring`.
 Comparisons (:func:`msb`, :func:`relu`, :func:`maximum`, :func:`argmax_one_hot`) are
-exact on the ring elements: sign extraction adds x_0 and x_1 with a Kogge-Stone adder
-over XOR sharings (the binary-circuit route of ABY, Demmler et al., NDSS 2015, and of
-CrypTen, Knott et al., NeurIPS 2021), so msb(x) is the true sign bit for all of Z_2^64.
+exact on the ring elements: sign extraction computes the carry of x_0 + x_1 with a
+binary circuit over XOR sharings (the binary-circuit route of ABY, Demmler et al., NDSS
+2015, and of CrypTen, Knott et al., NeurIPS 2021; the carry tree of
+:func:`~privfl.smpc.beaver.carry_out`), so msb(x) is the true sign bit for all of
+Z_2^64. The tree's openings are bit fields that travel packed (``width`` below 64).
+
+Weights used in every batch can have their Beaver mask fixed for a whole evaluation
+(:func:`fix_operand`): their masked value is opened once instead of once per batch.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from privfl.smpc.beaver import (
     BilinearOp,
     beaver_and_shares,
     beaver_product_shares,
+    bit_reverse_positions,
     bit_to_arithmetic_shares,
-    kogge_stone_add,
+    carry_out,
+    fixed_operand_product_shares,
 )
 from privfl.smpc.ring import truncate_shares
 from privfl.smpc.session import Session
@@ -36,12 +43,36 @@ _ELEMENTWISE = BilinearOp("mul")
 _MATMUL = BilinearOp("matmul")
 
 
+class FixedOperand(SharedTensor):
+    """A sharing of a weight y whose Beaver mask b is fixed for a whole evaluation:
+    ``opened`` is f = y - b (public), ``name`` the name the dealer keeps b under.
+
+    Its views (reshape, indexing) are plain sharings: only the whole weight has a mask.
+    """
+
+    def __init__(self, shares: torch.Tensor, opened: torch.Tensor, name: str) -> None:
+        super().__init__(shares)
+        self.opened = opened
+        self.name = name
+
+    def _new(self, shares: torch.Tensor) -> SharedTensor:  # type: ignore[override]
+        return SharedTensor(shares)
+
+    def to_meta(self) -> FixedOperand:  # type: ignore[override]
+        """Shape-only copy (same name), for planning the dealer's work."""
+        meta = torch.empty_like(self.shares, device="meta")
+        return FixedOperand(meta, torch.empty_like(self.opened, device="meta"), self.name)
+
+
 def _open_together(
-    session: Session, parts: Sequence[SharedTensor | BinarySharedTensor], kind: OpeningKind
+    session: Session,
+    parts: Sequence[SharedTensor | BinarySharedTensor],
+    kind: OpeningKind,
+    width: int = 64,
 ) -> list[torch.Tensor]:
     """Open several sharings of one type in a single round; return them in their shapes."""
     flat = type(parts[0]).cat([p.reshape(-1) for p in parts], dim=0)
-    opened = session.open(flat, kind)
+    opened = session.open(flat, kind, width)
     sizes = [p.numel() for p in parts]
     return [o.reshape(p.shape) for o, p in zip(opened.split(sizes), parts, strict=True)]
 
@@ -49,12 +80,31 @@ def _open_together(
 def beaver_apply(
     session: Session, op: BilinearOp, x: SharedTensor, y: SharedTensor
 ) -> SharedTensor:
-    """Shares of op(x, y) for a bilinear ``op``, with no fixed-point rescaling."""
+    """Shares of op(x, y) for a bilinear ``op``, with no fixed-point rescaling.
+
+    If y is a :class:`FixedOperand`, only x's masked value is opened."""
+    if isinstance(y, FixedOperand):
+        a, c = session.dealer.triple(op, x.shape, y.shape, fixed=y.name)
+        (e,) = _open_together(session, [x - a], OpeningKind.BEAVER_MASKED)
+        return SharedTensor(
+            fixed_operand_product_shares(
+                op, e, y.opened, a.shares, y.shares, c.shares, session.matmul
+            )
+        )
     a, b, c = session.dealer.triple(op, x.shape, y.shape)
     e, f = _open_together(session, [x - a, y - b], OpeningKind.BEAVER_MASKED)
     return SharedTensor(
         beaver_product_shares(op, e, f, a.shares, b.shares, c.shares, session.matmul)
     )
+
+
+def fix_operand(session: Session, y: SharedTensor, name: str) -> FixedOperand:
+    """Fix the Beaver mask of a weight ``y`` for the rest of the session: the dealer draws
+    b and keeps it as ``name``, and f = y - b is opened, once (SecureML's reuse of a
+    masked matrix; see :mod:`privfl.smpc.beaver` for why it is sound)."""
+    (b,) = session.dealer.fixed_mask(name, y.shape)
+    (f,) = _open_together(session, [y - b], OpeningKind.BEAVER_MASKED)
+    return FixedOperand(y.shares, f, name)
 
 
 def truncate(session: Session, x: SharedTensor) -> SharedTensor:
@@ -98,37 +148,42 @@ def mul_public(session: Session, x: SharedTensor, value: torch.Tensor | float) -
     return truncate(session, x.mul_public(session.encoder.encode(value)))
 
 
-def and_gates(
-    session: Session, pairs: list[tuple[BinarySharedTensor, BinarySharedTensor]]
-) -> list[BinarySharedTensor]:
-    """Bitwise AND of each XOR-shared pair, all evaluated in one round."""
-    left = BinarySharedTensor.cat([x.reshape(-1) for x, _ in pairs])
-    right = BinarySharedTensor.cat([y.reshape(-1) for _, y in pairs])
-    a, b, c = session.dealer.binary_triple(left.shape)
-    d, e = _open_together(session, [left ^ a, right ^ b], OpeningKind.AND_MASKED)
-    z = BinarySharedTensor(beaver_and_shares(d, e, a.shares, b.shares, c.shares))
-    sizes = [x.numel() for x, _ in pairs]
-    return [
-        BinarySharedTensor(part).reshape(*x.shape)
-        for part, (x, _) in zip(z.shares.split(sizes, dim=1), pairs, strict=True)
-    ]
+def and_fields(
+    session: Session, x: BinarySharedTensor, y: BinarySharedTensor, width: int = 64
+) -> BinarySharedTensor:
+    """x & y on the low ``width`` bits of each word (higher bits of the result are
+    meaningless below 64), in one round; x broadcasts against y's leading dimensions.
+
+    Whole words open as AND-masked values; narrower fields are uniform dealer bits XORed
+    on and open as bit-masked values, packed."""
+    a, b, c = session.dealer.binary_triple(x.shape, y.shape, width)
+    kind = OpeningKind.AND_MASKED if width == 64 else OpeningKind.BIT_MASKED
+    d, e = _open_together(session, [x ^ a, y ^ b], kind, width)
+    return BinarySharedTensor(beaver_and_shares(d, e, a.shares, b.shares, c.shares))
 
 
 def bit_to_arithmetic(session: Session, bit: BinarySharedTensor) -> SharedTensor:
     """Convert a XOR sharing of 0/1 words into an additive sharing of the same bits."""
     r_bin, r_arith = session.dealer.random_bit(bit.shape)
-    (c,) = _open_together(session, [bit ^ r_bin], OpeningKind.BIT_MASKED)
+    (c,) = _open_together(session, [bit ^ r_bin], OpeningKind.BIT_MASKED, width=1)
     return SharedTensor(bit_to_arithmetic_shares(c, r_arith.shares))
 
 
 def msb(session: Session, x: SharedTensor) -> SharedTensor:
-    """Additive sharing of the sign bit of x (1 where x < 0 as a signed int64), exact."""
-    zeros = torch.zeros_like(x.shares[0])
-    u = BinarySharedTensor(torch.stack([x.shares[0], zeros]))  # party 0's share as a word
-    v = BinarySharedTensor(torch.stack([zeros, x.shares[1]]))  # party 1's share as a word
-    (g,) = and_gates(session, [(u, v)])
-    total = kogge_stone_add(u ^ v, g, lambda pairs: and_gates(session, pairs))
-    return bit_to_arithmetic(session, total.bit(63))
+    """Additive sharing of the sign bit of x (1 where x < 0 as a signed int64), exact:
+    bit 63 of x_0, of x_1 and of the carry of x_0 + x_1 into bit 63, XORed."""
+    words = bit_reverse_positions(x.shares << 1)  # each party's own share
+    zeros = torch.zeros_like(words[0])
+    u = BinarySharedTensor(torch.stack([words[0], zeros]))  # party 0's share
+    v = BinarySharedTensor(torch.stack([zeros, words[1]]))  # party 1's share
+
+    def and_with(left: torch.Tensor, rights: list[torch.Tensor], width: int) -> list[torch.Tensor]:
+        both = BinarySharedTensor(torch.stack(rights, dim=1))
+        return list(and_fields(session, BinarySharedTensor(left), both, width).shares.unbind(1))
+
+    g = and_fields(session, u, v)
+    carry = carry_out(g.shares, (u ^ v).shares, and_with)
+    return bit_to_arithmetic(session, BinarySharedTensor(carry ^ ((x.shares >> 63) & 1)))
 
 
 def relu(session: Session, x: SharedTensor) -> SharedTensor:

@@ -84,15 +84,20 @@ class Session:
         self.traffic.input_bytes += 8 * shared.shares.numel()
         return shared
 
-    def open(self, x: SharedTensor | BinarySharedTensor, kind: OpeningKind) -> torch.Tensor:
+    def open(
+        self, x: SharedTensor | BinarySharedTensor, kind: OpeningKind, width: int = 64
+    ) -> torch.Tensor:
         """Reconstruct ``x``: the only place any secret-shared value becomes public.
 
         Each party sends its share to the other (counted in ``traffic``), and the
-        opened values are recorded in ``log`` under ``kind``.
+        opened values are recorded in ``log`` under ``kind``. With ``width`` below 64
+        only the low ``width`` bits of each word are opened (the others read as zero).
         """
         values = reconstruct(x)
-        self.traffic.count_opening(x.numel())
-        self.log.record(kind, values)
+        if width < 64:
+            values = values & ((1 << width) - 1)
+        self.traffic.count_opening(x.numel(), width)
+        self.log.record(kind, values, width)
         return values
 
     def plan(self, fn: Callable[..., Any], *args: Any) -> list[Request]:

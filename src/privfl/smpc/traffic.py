@@ -1,10 +1,12 @@
 """Bytes that would travel between the parties, and the opening log.
 
 Every opening sends each compute party's share to the other: 2 * 8 bytes per element
-(online bytes, one communication round per call). The dealer sends each party its shares
-of the correlated randomness (offline bytes). The model owner and the data owner send one
-share of each input to each compute party (input bytes). Bits are counted as whole int64
-words, as they are sent by this implementation; packing would shrink the bit openings.
+(online bytes, one communication round per call), or 2 * width / 8 bytes when only the
+low ``width`` bits of each word are opened (masked bits and bit fields of the comparison
+circuit travel packed). The dealer sends each party its shares of the correlated
+randomness (offline bytes, counted as whole words: the three-process run cuts them,
+:mod:`privfl.smpc.dealer_streams`). The model owner and the data owner send one share of
+each input to each compute party (input bytes).
 
 :class:`OpeningLog` records every value the protocol reconstructs, with a label saying
 why it was safe to open, so tests can check that nothing else is ever revealed.
@@ -17,23 +19,28 @@ from dataclasses import dataclass, field
 
 import torch
 
+from privfl.smpc.channel import packed_size
+
 
 class OpeningKind(str, enum.Enum):
     """Why an opened value reveals nothing beyond the agreed outputs."""
 
     BEAVER_MASKED = "beaver-masked"  # e = x - a, f = y - b, a and b uniform dealer values
     AND_MASKED = "and-masked"  # d = x ^ a, e = y ^ b for an AND gate, a and b uniform
-    BIT_MASKED = "bit-masked"  # c = bit ^ r for a uniform dealer bit r
+    BIT_MASKED = "bit-masked"  # c = bits ^ r for uniform dealer bits r (a bit or a field)
     OUTPUT = "output"  # an agreed result: predictions or the count of correct predictions
 
 
 @dataclass
 class Opening:
-    """One reconstruction: its label, the shape and (if kept) the opened values."""
+    """One reconstruction: its label, the shape of the opened words, their width in bits
+    and (if kept) the opened values: the words, or for a width below 64 their low bits
+    as 0/1 values with one more dimension of size ``width``."""
 
     kind: OpeningKind
     shape: tuple[int, ...]
     values: torch.Tensor | None
+    width: int = 64
 
 
 @dataclass
@@ -43,10 +50,15 @@ class OpeningLog:
     keep_values: bool = True
     entries: list[Opening] = field(default_factory=list)
 
-    def record(self, kind: OpeningKind, values: torch.Tensor) -> None:
-        """Append one opening (values are kept only if ``keep_values``)."""
-        kept = values.detach().clone() if self.keep_values else None
-        self.entries.append(Opening(kind, tuple(values.shape), kept))
+    def record(self, kind: OpeningKind, values: torch.Tensor, width: int = 64) -> None:
+        """Append one opening of ``width``-bit fields (values kept only if ``keep_values``)."""
+        kept = None
+        if self.keep_values:
+            kept = values.detach().clone()
+            if width < 64:
+                positions = torch.arange(width, device=values.device)
+                kept = (kept.unsqueeze(-1) >> positions) & 1
+        self.entries.append(Opening(kind, tuple(values.shape), kept, width))
 
     def kinds(self) -> set[OpeningKind]:
         """The distinct labels seen so far."""
@@ -62,7 +74,8 @@ class Traffic:
     input_bytes: int = 0
     rounds: int = 0
 
-    def count_opening(self, numel: int) -> None:
-        """One opening of ``numel`` int64 elements: each party sends its share."""
-        self.online_bytes += 2 * 8 * numel
+    def count_opening(self, numel: int, width: int = 64) -> None:
+        """One opening of ``numel`` fields of ``width`` bits: each party sends its share,
+        packed (:func:`privfl.smpc.channel.packed_size`)."""
+        self.online_bytes += 2 * packed_size(numel, width)
         self.rounds += 1
