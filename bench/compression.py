@@ -9,8 +9,9 @@ boundary, headers included), the ratio of float32's ``4 * dim`` bytes to them, t
 final test accuracy and its gap to the uncompressed run (percentage points), the
 median seconds per round, and the shares of a round spent encoding (the clients' half,
 which must stay under 10%) and decoding (the server's half), over the rounds without
-evaluation. The load average is printed with the table, since the machine may be
-shared.
+evaluation, and the milliseconds of encoding per client (comparable across runs whose
+rounds take different times). The load average is printed with the table, since the
+machine may be shared.
 
 Usage: ``python bench/compression.py --data-dir ../shared/data/mnist``
 """
@@ -87,6 +88,9 @@ def run(model_name: str, data: tuple, rounds: int, name: str | None, options: di
         "seconds": statistics.median(r.seconds for r in timed),
         "encode_share": sum(r.values.get("encode_seconds", 0) for r in timed) / total,
         "decode_share": sum(r.values.get("decode_seconds", 0) for r in timed) / total,
+        "encode_ms": 1000
+        * sum(r.values.get("encode_seconds", 0) for r in timed)
+        / sum(len(r.clients) for r in timed),
     }
 
 
@@ -109,7 +113,7 @@ def main() -> None:
         print(f"\n{model_name}: 100 IID clients, 10 per round, {rounds} rounds, seed 0", flush=True)
         print(
             f"{'compressor':<38}{'bytes/client':>14}{'ratio':>9}{'accuracy':>10}"
-            f"{'gap pts':>9}{'s/round':>9}{'encode':>8}{'decode':>8}",
+            f"{'gap pts':>9}{'s/round':>9}{'encode':>8}{'decode':>8}{'enc ms/client':>14}",
             flush=True,
         )
         baseline = None
@@ -120,7 +124,8 @@ def main() -> None:
             print(
                 f"{label(name, options):<38}{result['uplink']:>14,.0f}{result['ratio']:>8.1f}x"
                 f"{result['accuracy']:>10.4f}{gap:>9.2f}{result['seconds']:>9.2f}"
-                f"{result['encode_share']:>8.1%}{result['decode_share']:>8.1%}",
+                f"{result['encode_share']:>8.1%}{result['decode_share']:>8.1%}"
+                f"{result['encode_ms']:>14.2f}",
                 flush=True,
             )
     print(f"\nload average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -14,7 +14,7 @@ def test_compression_tutorial_trades_bytes_for_little_accuracy(run_tutorial):
     assert rows["none"][0] == 1.0
     assert rows["qsgd"][0] == 16.0
     assert rows["random-mask"][0] == 4.0
-    assert rows["topk"][0] > 40  # measured 46.5
+    assert rows["topk"][0] > 40  # measured 45.8 (Rice-coded index gaps)
     baseline = rows["none"][1]
     assert baseline > 0.85
     for name in ("qsgd", "random-mask", "topk"):

@@ -17,19 +17,15 @@
   residual, so ``sent + new residual = update + old residual``.
 - **Random-mask subsampling** (Konečný, McMahan, Yu, Richtárik, Suresh, Bacon 2016,
   "Federated Learning: Strategies for Improving Communication Efficiency"): a client
-  sends the values of a seeded random subset of coordinates; scaled by ``dim / k`` the
+  sends the values at a seeded Bernoulli mask of rate ``p``; scaled by ``1 / p`` the
   server's estimate is unbiased.
-- **Bit packing** of ``b``-bit integers into bytes (vector shifts), so a
-  ``b``-bit code costs ``b`` bits on the wire, not a float; sets of coordinates as
-  packed indices or a bz2-compressed bitmap, whichever is shorter.
-
+Their byte formats (bit packing, index sets) are in :mod:`privfl.algorithms.bit_coding`.
 Nothing here keeps state or knows about rounds; :mod:`privfl.builtin.compressors`
 adapts these functions to the client and server halves.
 """
 
 from __future__ import annotations
 
-import bz2
 import math
 from collections.abc import Sequence
 
@@ -39,133 +35,6 @@ import torch
 MIN_BLOCK = 64
 """The smallest Hadamard block: vectors are padded to a multiple of it (see
 :func:`hadamard_blocks`)."""
-
-# --- Bit packing ------------------------------------------------------------------------
-
-
-def pack_bits(values: torch.Tensor, bits: int) -> bytes:
-    """Pack non-negative integers below ``2**bits`` into ``ceil(count * bits / 8)`` bytes,
-    least significant bit first: code ``i`` holds bits ``i * bits`` to ``(i + 1) * bits - 1``.
-
-    Codes of 1, 2, 4 or 8 bits are shifted into place, ``8 / bits`` to a byte. Eight
-    codes of 3, 5, 6 or 7 bits fill exactly ``bits`` bytes: each group of eight is
-    shifted into one little-endian uint64 and its ``bits`` low bytes kept. Either way it
-    is a few vector operations, whatever the count. Wider codes are split into bits
-    (numpy ``unpackbits``), their ``bits`` low bits kept, and all of them packed again.
-    """
-    if 8 % bits == 0:
-        per_byte = 8 // bits
-        flat = values.reshape(-1).to(torch.uint8)
-        grouped = torch.nn.functional.pad(flat, (0, -len(flat) % per_byte)).view(-1, per_byte)
-        packed = grouped[:, 0].clone()
-        for position in range(1, per_byte):
-            packed |= grouped[:, position] << position * bits
-        return packed.numpy().tobytes()
-    codes = values.reshape(-1).numpy()
-    if bits < 8:
-        _code_width(bits)
-        groups = np.zeros((-(-len(codes) // 8), 8), dtype=np.uint64)
-        groups.reshape(-1)[: len(codes)] = codes
-        words = groups[:, 0].copy()
-        for position in range(1, 8):
-            words |= groups[:, position] << np.uint64(position * bits)
-        packed = words.view(np.uint8).reshape(-1, 8)[:, :bits]
-        return packed.tobytes()[: packed_size(len(codes), bits)]
-    width = _code_width(bits)
-    planes = np.unpackbits(
-        codes.astype(f"<u{width}").view(np.uint8).reshape(-1, width), axis=1, bitorder="little"
-    )
-    return np.packbits(planes[:, :bits], bitorder="little").tobytes()
-
-
-def unpack_bits(data: bytes, bits: int, count: int) -> torch.Tensor:
-    """Return the ``count`` integers of ``bits`` bits each that :func:`pack_bits` packed."""
-    expected = packed_size(count, bits)
-    if len(data) != expected:
-        raise ValueError(f"{len(data)} bytes hold no {count} codes of {bits} bits ({expected})")
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if 8 % bits == 0:
-        shifts = np.arange(0, 8, bits, dtype=np.uint8)
-        codes = ((raw[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
-        return torch.from_numpy(codes.astype(np.int64))
-    if bits < 8:  # the inverse of pack_bits' uint64 groups
-        _code_width(bits)
-        groups = -(-count // 8)
-        words = np.zeros((groups, 8), dtype=np.uint8)
-        words[:, :bits] = np.pad(raw, (0, groups * bits - len(raw))).reshape(groups, bits)
-        word = words.view("<u8").reshape(-1)
-        shifts = np.arange(0, 8 * bits, bits, dtype=np.uint64)
-        codes = (word[:, None] >> shifts) & np.uint64((1 << bits) - 1)
-        return torch.from_numpy(codes.reshape(-1)[:count].astype(np.int64))
-    width = _code_width(bits)
-    planes = np.zeros((count, 8 * width), dtype=np.uint8)
-    planes[:, :bits] = np.unpackbits(raw, count=count * bits, bitorder="little").reshape(
-        count, bits
-    )
-    codes = np.packbits(planes, axis=1, bitorder="little").view(f"<u{width}").reshape(count)
-    return torch.from_numpy(codes.astype(np.int64))
-
-
-def _code_width(bits: int) -> int:
-    """Bytes of the smallest unsigned integer type that holds ``bits`` bits."""
-    if not 1 <= bits <= 32:
-        raise ValueError(f"codes of {bits} bits: 1 to 32 are supported")
-    return 1 if bits <= 8 else 2 if bits <= 16 else 4
-
-
-def packed_size(count: int, bits: int) -> int:
-    """Bytes that :func:`pack_bits` writes for ``count`` codes of ``bits`` bits."""
-    return (count * bits + 7) // 8
-
-
-def index_bits(dim: int) -> int:
-    """Bits of one coordinate index below ``dim``."""
-    return max(1, (dim - 1).bit_length())
-
-
-def pack_index_set(indices: torch.Tensor, dim: int) -> bytes:
-    """Sorted distinct coordinates below ``dim`` in few bytes: a tag byte, then either
-    each index in ``ceil(log2 dim)`` bits (tag 0), or the set as a bitmap of ``dim`` bits
-    compressed with bz2 (tag 1), whichever is shorter.
-
-    A sparse bitmap's long runs of zeros compress to about 8-10 bits per index at a
-    few percent density, where absolute indices cost 18-21 bits; bz2 (standard library)
-    does it in about a millisecond for the 2NN.
-    """
-    mask = np.zeros(dim, dtype=np.uint8)
-    mask[indices.numpy()] = 1
-    bitmap = bz2.compress(np.packbits(mask).tobytes(), 9)
-    if len(bitmap) < packed_size(len(indices), index_bits(dim)):
-        return b"\x01" + bitmap
-    return b"\x00" + pack_bits(indices, index_bits(dim))
-
-
-def unpack_index_set(data: bytes, dim: int, count: int) -> torch.Tensor:
-    """The ``count`` sorted coordinates that :func:`pack_index_set` wrote.
-
-    :raises ValueError: for bytes that do not hold ``count`` distinct coordinates
-        below ``dim``, in increasing order.
-    """
-    if data[:1] == b"\x00":
-        indices = unpack_bits(data[1:], index_bits(dim), count)
-        if count and (int(indices[-1]) >= dim or bool((indices[1:] <= indices[:-1]).any())):
-            raise ValueError("indices are not increasing coordinates below the dimension")
-        return indices
-    if data[:1] != b"\x01":
-        raise ValueError(f"unknown index coding {data[:1]!r}")
-    size = (dim + 7) // 8
-    try:  # bounded, so a small message cannot inflate into a large buffer
-        raw = bz2.BZ2Decompressor().decompress(data[1:], max_length=size + 1)
-    except (OSError, EOFError) as error:
-        raise ValueError(f"the index bitmap does not decompress: {error}") from None
-    if len(raw) != size:
-        raise ValueError(f"the index bitmap has {len(raw)} bytes, not {size}")
-    mask = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=dim)
-    found = np.flatnonzero(mask)
-    if len(found) != count:
-        raise ValueError(f"the index bitmap holds {len(found)} coordinates, not {count}")
-    return torch.from_numpy(found.astype(np.int64))
-
 
 # --- QSGD -------------------------------------------------------------------------------
 
@@ -352,10 +221,14 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     NaN), ``torch.topk`` chooses among the tied coordinates.
     """
     magnitudes = x.abs()
-    dim, array = x.shape[1], magnitudes.numpy()
+    (n, dim), array = x.shape, magnitudes.numpy()
     chosen = array >= np.partition(array, dim - k, axis=1)[:, dim - k, None]
-    if bool((np.count_nonzero(chosen, axis=1) == k).all()):
-        indices = torch.from_numpy(np.nonzero(chosen)[1].reshape(-1, k))
+    # Flat positions, each row's k of them in [row * dim, (row + 1) * dim) when no row
+    # is tied: half the time of np.nonzero's row and column pairs.
+    flat, starts = np.flatnonzero(chosen), np.arange(0, n * dim, dim)
+    rows = flat.reshape(n, k) if len(flat) == n * k else None
+    if rows is not None and bool(((rows[:, 0] >= starts) & (rows[:, -1] < starts + dim)).all()):
+        indices = torch.from_numpy(rows - starts[:, None])
     else:
         indices = magnitudes.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
     return indices, x.gather(1, indices)
@@ -377,8 +250,30 @@ def error_feedback(corrected: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
     return corrected - sent
 
 
-def random_subset(dim: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """A seeded, sorted subset of ``k`` of ``dim`` coordinates (Konečný et al. 2016's mask)."""
-    chosen = torch.zeros(dim, dtype=torch.bool)
-    chosen[torch.randperm(dim, generator=generator)[:k]] = True
-    return chosen.nonzero().view(-1)  # increasing, as a sort would give, in one pass
+MASK_RESOLUTION = 2**16
+"""A random mask's rate is a multiple of ``1 / MASK_RESOLUTION`` (see :func:`mask_rate`)."""
+
+
+def mask_rate(fraction: float) -> float:
+    """The rate of :func:`random_mask`: ``fraction`` rounded to a multiple of ``2**-16``,
+    at least ``2**-16`` (so within ``2**-17`` of it above that)."""
+    return min(MASK_RESOLUTION, max(1, round(fraction * MASK_RESOLUTION))) / MASK_RESOLUTION
+
+
+def random_mask(dim: int, fraction: float, seed: int) -> torch.Tensor:
+    """The sorted coordinates of a seeded Bernoulli mask (Konečný et al. 2016's random
+    mask): each of the ``dim`` coordinates is in it independently with probability
+    :func:`mask_rate` of ``fraction``, so a value scaled by ``1 / rate`` is an unbiased
+    estimate and the mask holds ``rate * dim`` coordinates on average.
+
+    Each coordinate draws 16 random bits from numpy's PCG64 seeded with ``seed`` (four
+    to a 64-bit word) and is kept when they fall below ``rate * 2**16``: far cheaper
+    than a random permutation, and PCG64's raw stream is the same on every platform
+    and numpy version, so the server regenerates the mask from the seed alone.
+    """
+    threshold = round(mask_rate(fraction) * MASK_RESOLUTION)
+    if threshold == MASK_RESOLUTION:
+        return torch.arange(dim)
+    words = np.random.PCG64(seed).random_raw(-(-dim // 4))
+    draws = np.ascontiguousarray(words, dtype="<u8").view("<u2")[:dim]
+    return torch.from_numpy(np.flatnonzero(draws < threshold))

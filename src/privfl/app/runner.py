@@ -264,11 +264,7 @@ def evaluate_run(
     :param on_progress: Passed to evaluators that report progress (``on_progress``).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).exists() or not (run_dir / MODEL).exists():
-        raise ConfigError(
-            "run_dir", str(run_dir), f"a finished run folder holding {CONFIG} and {MODEL}"
-        )
-    config = make_config(load_toml(run_dir / CONFIG))
+    config = finished_run_config(run_dir)
     registry = (plugins if plugins is not None else get_plugin_manager()).components
     options = config.table(backend)
     if limit:
@@ -276,15 +272,32 @@ def evaluate_run(
     evaluator = registry.create("evaluator", backend, options)
     if on_progress is not None and hasattr(evaluator, "on_progress"):
         evaluator.on_progress = on_progress
-    data = _create(registry, config, "dataset", config.dataset).load()
-    model = _model(registry, config, data)
-    _load_model(model, run_dir / MODEL)
+    data, model = final_model(run_dir, config, registry)
     task = infer_task(data.test.targets, config.task)
     scores = evaluator.evaluate(
         model=model, test=data.test, loss=task_loss(task), metrics=task_metrics(task)
     )
     write_evaluation(run_dir, backend, scores)
     return scores
+
+
+def finished_run_config(run_dir: Path, key: str = "run_dir") -> RunConfig:
+    """The configuration of the finished run in ``run_dir``; a folder without its config
+    or final model is a ConfigError on ``key`` (the caller's name for the folder)."""
+    if not (run_dir / CONFIG).exists() or not (run_dir / MODEL).exists():
+        raise ConfigError(key, str(run_dir), f"a finished run folder holding {CONFIG} and {MODEL}")
+    return make_config(load_toml(run_dir / CONFIG))
+
+
+def final_model(
+    run_dir: Path, config: RunConfig, registry: ComponentRegistry
+) -> tuple[Datasets, torch.nn.Module]:
+    """The run's data and its final model, built with the run's tables and loaded from
+    ``run_dir`` (what ``privfl evaluate`` and ``privfl evaluate-party`` score)."""
+    data = _create(registry, config, "dataset", config.dataset).load()
+    model = _model(registry, config, data)
+    _load_model(model, run_dir / MODEL)
+    return data, model
 
 
 def _load_model(model: torch.nn.Module, path: Path) -> None:

@@ -11,12 +11,14 @@ Thin adapters over :mod:`privfl.algorithms.compression`, each with its byte form
     as in Suresh et al. 2017).
 ``topk``
     uint32 ``k``, uint32 length of the index set, the index set (a tag byte, then
-    ``k`` sorted indices of ``ceil(log2 dim)`` bits each, packed, or a bz2-compressed
-    bitmap, whichever is shorter), then ``k`` values: float32, float16, or with
+    ``k`` sorted indices of ``ceil(log2 dim)`` bits each, packed, or the gaps between
+    them in a Rice code, whichever is shorter), then ``k`` values: float32, float16, or with
     ``value_bits = 8`` a float32 scale and ``k`` signed bytes.
 ``random-mask``
-    uint64 seed of the mask (the server draws the same coordinates from it), then the
-    ``k`` values (float32 or float16).
+    uint64 seed of the mask (the server draws the same coordinates from it: a
+    Bernoulli mask of rate ``fraction``, see
+    :func:`~privfl.algorithms.compression.random_mask`), then the values at the mask's
+    coordinates (float32 or float16).
 
 The bytes per client per round are in every round's record as ``uplink_bytes``.
 """
@@ -31,24 +33,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from privfl.algorithms.bit_coding import (
+    pack_bits,
+    pack_index_set,
+    packed_size,
+    unpack_bits,
+    unpack_index_set,
+)
 from privfl.algorithms.compression import (
     densify,
     dequantize,
     error_feedback,
+    mask_rate,
     max_quantize,
     nearest_quantize,
-    pack_bits,
-    pack_index_set,
-    packed_size,
     qsgd_levels,
     qsgd_quantize,
+    random_mask,
     random_signs,
-    random_subset,
     rotate,
     row_uniforms,
     top_k,
-    unpack_bits,
-    unpack_index_set,
     unrotate,
 )
 from privfl.builtin.secure_quantizer import SharedGrid
@@ -245,10 +250,12 @@ class TopK(StackedCompressor):
 
 class RandomMask(StackedCompressor):
     """Konečný et al. 2016's random-mask subsampling: each client sends its update's
-    values at a seeded random subset of coordinates, and the seed.
+    values at a seeded random mask of coordinates, and the seed.
 
-    :param fraction: Share of the coordinates sent, in (0, 1].
-    :param unbiased: Scale the values by ``1 / fraction``, which makes the server's
+    :param fraction: The mask's rate, in (0, 1]: each coordinate is sent independently
+        with this probability (rounded to a multiple of ``2**-16``), so a client sends
+        ``fraction * dim`` values on average.
+    :param unbiased: Scale the values by one over the rate, which makes the server's
         estimate unbiased (Konečný et al.) but can raise its norm; false sends them as
         they are (the update restricted to the mask).
     :param value_bits: 32 sends the values as float32, 16 as float16.
@@ -277,25 +284,27 @@ class RandomMask(StackedCompressor):
         states: Sequence[dict[str, torch.Tensor]],
     ) -> list[bytes]:
         dim = updates.shape[1]
-        k = _count(self.fraction, dim)
         seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generators]
-        masks = [random_subset(dim, k, torch.Generator().manual_seed(seed)) for seed in seeds]
-        values = updates.gather(1, torch.stack(masks))
-        if self.unbiased:
-            values = values * (dim / k)
-        rows = values.to(self.value_dtype)
-        return [
-            struct.pack("<Q", seed) + row.numpy().tobytes()
-            for seed, row in zip(seeds, rows, strict=True)
-        ]
+        scale = 1 / mask_rate(self.fraction) if self.unbiased else 1.0
+        encoded = []
+        for seed, row in zip(seeds, updates, strict=True):
+            values = row[random_mask(dim, self.fraction, seed)]
+            if self.unbiased:
+                values = values * scale
+            encoded.append(struct.pack("<Q", seed) + values.to(self.value_dtype).numpy().tobytes())
+        return encoded
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
-        dim, k = self.dimension, _count(self.fraction, self.dimension)
-        width = torch.finfo(self.value_dtype).bits // 8
-        if len(data) != 8 + k * width:
-            raise ValueError(f"{len(data)} bytes, not the {8 + k * width} of random-mask")
+        dim, width = self.dimension, torch.finfo(self.value_dtype).bits // 8
+        if len(data) < 8:
+            raise ValueError(f"{len(data)} bytes, too short for random-mask's seed")
         (seed,) = struct.unpack_from("<Q", data)
-        indices = random_subset(dim, k, torch.Generator().manual_seed(seed))
+        indices = random_mask(dim, self.fraction, seed)
+        if len(data) != 8 + len(indices) * width:
+            raise ValueError(
+                f"{len(data)} bytes, not the {8 + len(indices) * width} of random-mask's seed"
+                f" and {len(indices)} values"
+            )
         return densify(
             indices.reshape(1, -1), _values(data[8:], self.value_dtype).reshape(1, -1), dim
         )[0]

@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from privfl.algorithms.compression import (
+from privfl.algorithms.bit_coding import (
     pack_bits,
     packed_size,
+    unpack_bits,
+)
+from privfl.algorithms.compression import (
     random_signs,
     rotate,
-    unpack_bits,
     unrotate,
 )
 from privfl.compressors import Compressor

@@ -18,11 +18,8 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.markup import escape
-from safetensors.torch import load_file
 
-from privfl.app.config import load_toml, make_config
-from privfl.app.runner import CONFIG, _model
-from privfl.builtin.rundir import MODEL
+from privfl.app.runner import final_model, finished_run_config
 from privfl.cli.arguments import add_verbosity_flags
 from privfl.data.mnist import MNIST_MEAN, MNIST_STD, images_to_float, load_bundled_mnist, load_mnist
 from privfl.errors import ConfigError
@@ -141,14 +138,8 @@ def run_party_command(args: argparse.Namespace, console: Console) -> int:
 
 def load_run_model(run_dir: Path) -> torch.nn.Module:
     """The final model of the finished run in ``run_dir`` (as ``privfl evaluate`` loads it)."""
-    if not (run_dir / CONFIG).exists() or not (run_dir / MODEL).exists():
-        raise ConfigError("--run-dir", str(run_dir), f"a finished run holding {CONFIG} and {MODEL}")
-    config = make_config(load_toml(run_dir / CONFIG))
-    registry = get_plugin_manager().components
-    data = registry.create("dataset", config.dataset, config.table(config.dataset)).load()
-    model = _model(registry, config, data)
-    model.load_state_dict(load_file(run_dir / MODEL))
-    return model
+    config = finished_run_config(run_dir, "--run-dir")
+    return final_model(run_dir, config, get_plugin_manager().components)[1]
 
 
 def _summary(report: PartyReport, labels: torch.Tensor | None) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def pack_ring(vector: np.ndarray, ring_bits: int) -> memoryview:
     first (numpy's ``bitorder="little"``): eight values fill exactly ``ring_bits`` bytes,
     so each group of eight is shifted into ``ceil(ring_bits / 8)`` little-endian uint64
     lanes, a few vector operations whatever the size. Written here rather than with
-    :func:`privfl.algorithms.compression.pack_bits` because ring vectors are numpy words
+    :func:`privfl.algorithms.bit_coding.pack_bits` because ring vectors are numpy words
     of up to 64 bits, where that one takes torch codes of at most 32.
     """
     words = np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<"))

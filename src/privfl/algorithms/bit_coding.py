@@ -1,0 +1,198 @@
+"""Compact byte formats for compressed updates, as pure functions.
+
+- **Bit packing** of ``b``-bit integers into bytes with vector shifts, so that a
+  ``b``-bit code costs ``b`` bits on the wire, not a float.
+- **Index sets** (the coordinates a sparse update sends) as packed absolute indices or
+  as their gaps in a Rice code (Golomb 1966; Rice 1979), whichever is shorter.
+
+:mod:`privfl.algorithms.compression` holds the compressors' math;
+:mod:`privfl.builtin.compressors` lays out their messages with these functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> bytes:
+    """Pack non-negative integers below ``2**bits`` into ``ceil(count * bits / 8)`` bytes,
+    least significant bit first: code ``i`` holds bits ``i * bits`` to ``(i + 1) * bits - 1``.
+
+    Codes of 1, 2, 4 or 8 bits fill a byte ``8 / bits`` at a time: the bytes of that
+    many codes, read as one little-endian word, are folded onto its low byte by
+    ``log2(8 / bits)`` shift-ors over contiguous words (strided access, one code
+    position at a time, took several times as long). Eight codes of 3, 5, 6 or 7 bits
+    fill exactly ``bits`` bytes: each group of eight is shifted into one little-endian
+    uint64 and its ``bits`` low bytes kept. Either way it is a few vector operations,
+    whatever the count. Wider codes are split into bits (numpy ``unpackbits``), their
+    ``bits`` low bits kept, and all of them packed again.
+    """
+    codes = values.reshape(-1).numpy()
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        words = np.pad(codes.astype(np.uint8), (0, -len(codes) % per_byte)).view(f"<u{per_byte}")
+        for fold in range(per_byte.bit_length() - 1):  # after fold i, 2**(i+1) codes abut
+            words = words | words >> (8 - bits << fold)
+        return words.astype(np.uint8).tobytes()
+    if bits < 8:
+        _code_width(bits)
+        groups = np.zeros((-(-len(codes) // 8), 8), dtype=np.uint64)
+        groups.reshape(-1)[: len(codes)] = codes
+        words = groups[:, 0].copy()
+        for position in range(1, 8):
+            words |= groups[:, position] << np.uint64(position * bits)
+        packed = words.view(np.uint8).reshape(-1, 8)[:, :bits]
+        return packed.tobytes()[: packed_size(len(codes), bits)]
+    width = _code_width(bits)
+    planes = np.unpackbits(
+        codes.astype(f"<u{width}").view(np.uint8).reshape(-1, width), axis=1, bitorder="little"
+    )
+    return np.packbits(planes[:, :bits], bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> torch.Tensor:
+    """Return the ``count`` integers of ``bits`` bits each that :func:`pack_bits` packed."""
+    expected = packed_size(count, bits)
+    if len(data) != expected:
+        raise ValueError(f"{len(data)} bytes hold no {count} codes of {bits} bits ({expected})")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if 8 % bits == 0:
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        codes = ((raw[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
+        return torch.from_numpy(codes.astype(np.int64))
+    if bits < 8:  # the inverse of pack_bits' uint64 groups
+        _code_width(bits)
+        groups = -(-count // 8)
+        words = np.zeros((groups, 8), dtype=np.uint8)
+        words[:, :bits] = np.pad(raw, (0, groups * bits - len(raw))).reshape(groups, bits)
+        word = words.view("<u8").reshape(-1)
+        shifts = np.arange(0, 8 * bits, bits, dtype=np.uint64)
+        codes = (word[:, None] >> shifts) & np.uint64((1 << bits) - 1)
+        return torch.from_numpy(codes.reshape(-1)[:count].astype(np.int64))
+    width = _code_width(bits)
+    planes = np.zeros((count, 8 * width), dtype=np.uint8)
+    planes[:, :bits] = np.unpackbits(raw, count=count * bits, bitorder="little").reshape(
+        count, bits
+    )
+    codes = np.packbits(planes, axis=1, bitorder="little").view(f"<u{width}").reshape(count)
+    return torch.from_numpy(codes.astype(np.int64))
+
+
+def _code_width(bits: int) -> int:
+    """Bytes of the smallest unsigned integer type that holds ``bits`` bits."""
+    if not 1 <= bits <= 32:
+        raise ValueError(f"codes of {bits} bits: 1 to 32 are supported")
+    return 1 if bits <= 8 else 2 if bits <= 16 else 4
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes that :func:`pack_bits` writes for ``count`` codes of ``bits`` bits."""
+    return (count * bits + 7) // 8
+
+
+def index_bits(dim: int) -> int:
+    """Bits of one coordinate index below ``dim``."""
+    return max(1, (dim - 1).bit_length())
+
+
+def pack_index_set(indices: torch.Tensor, dim: int) -> bytes:
+    """Sorted distinct coordinates below ``dim`` in few bytes: a tag byte, then either
+    each index in ``ceil(log2 dim)`` bits (tag 0), or the gaps between them in a Rice
+    code (tag 1, see :func:`rice_encode`), whichever is shorter.
+
+    The gaps of a random set of 3-5% of the coordinates cost 5.8-6.6 bits per index,
+    within 2% of the entropy bound ``log2(C(dim, k)) / k``, where absolute indices cost
+    18 bits on the 2NN (on its top 5% in training: 6.0, where a bz2-compressed bitmap
+    took 5.8 bits and several times as long).
+    """
+    gaps = np.diff(indices.numpy(), prepend=-1) - 1
+    if len(gaps) and (gaps.min() < 0 or int(indices[-1]) >= dim):
+        raise ValueError("indices are not increasing coordinates below the dimension")
+    rice = rice_encode(gaps)
+    if len(rice) < packed_size(len(indices), index_bits(dim)):
+        return b"\x01" + rice
+    return b"\x00" + pack_bits(indices, index_bits(dim))
+
+
+def unpack_index_set(data: bytes, dim: int, count: int) -> torch.Tensor:
+    """The ``count`` sorted coordinates that :func:`pack_index_set` wrote.
+
+    :raises ValueError: for bytes that do not hold ``count`` distinct coordinates
+        below ``dim``, in increasing order.
+    """
+    if data[:1] == b"\x00":
+        indices = unpack_bits(data[1:], index_bits(dim), count)
+        if count and (int(indices[-1]) >= dim or bool((indices[1:] <= indices[:-1]).any())):
+            raise ValueError("indices are not increasing coordinates below the dimension")
+        return indices
+    if data[:1] != b"\x01":
+        raise ValueError(f"unknown index coding {data[:1]!r}")
+    gaps = rice_decode(data[1:], count)
+    if count and int(gaps.max()) >= dim:  # also bounds the running sum below 2**63
+        raise ValueError(f"a gap of {int(gaps.max())} leaves the {dim} coordinates")
+    found = np.cumsum(gaps + 1) - 1
+    if count and int(found[-1]) >= dim:
+        raise ValueError(f"index {int(found[-1])} is not a coordinate below {dim}")
+    return torch.from_numpy(found)
+
+
+RICE_MAX_PARAMETER = 32
+"""The largest Rice parameter: gaps of up to 32 low bits, whose quotients (at most eight
+per byte of a message) cannot overflow int64 in :func:`rice_decode`."""
+
+
+def rice_parameter(gaps: np.ndarray) -> int:
+    """The Rice parameter ``r`` that codes ``gaps`` in the fewest bits: of the three
+    around ``log2`` of their mean (Rice's rule for geometric gaps, where a set of ``k``
+    of ``dim`` coordinates has a mean gap of about ``dim / k``), the one whose exact
+    cost ``k (r + 1) + sum(gap >> r)`` is smallest."""
+    if len(gaps) == 0:
+        return 0
+    guess = min(RICE_MAX_PARAMETER, int(math.log2(float(gaps.mean()) + 1)))
+    candidates = range(max(0, guess - 1), min(RICE_MAX_PARAMETER, guess + 1) + 1)
+    return min(candidates, key=lambda r: len(gaps) * r + int((gaps >> r).sum()))
+
+
+def rice_encode(gaps: np.ndarray) -> bytes:
+    """Non-negative integers in a Rice code (Golomb 1966, "Run-length encodings", IEEE
+    Trans. Inf. Theory 12(3); Rice 1979, "Some practical universal noiseless coding
+    techniques", JPL 79-22): the Golomb code with a power-of-two divisor ``2**r``,
+    which for geometrically distributed gaps (those of a random sparse set) is within a
+    few percent of the entropy.
+
+    Layout: one byte ``r`` (:func:`rice_parameter`), the ``r`` low bits of every value
+    packed (:func:`pack_bits`), then every quotient ``value >> r`` in unary, as that
+    many 0 bits and a 1, least significant bit first, padded with 0 bits to a byte.
+    Keeping the two parts apart costs at most one byte over interleaving them and
+    makes both a few vector operations: the unary part is a bitmap whose ones sit at
+    the running sums of ``quotient + 1``. No library we depend on has a Rice coder.
+    """
+    r = rice_parameter(gaps)
+    low = pack_bits(torch.from_numpy(gaps & ((1 << r) - 1)), r) if r and len(gaps) else b""
+    ends = np.cumsum((gaps >> r) + 1) - 1
+    unary = np.zeros(int(ends[-1]) + 1 if len(ends) else 0, dtype=np.uint8)
+    unary[ends] = 1
+    return bytes([r]) + low + np.packbits(unary, bitorder="little").tobytes()
+
+
+def rice_decode(data: bytes, count: int) -> np.ndarray:
+    """The ``count`` integers (int64) that :func:`rice_encode` wrote.
+
+    :raises ValueError: for bytes that are not exactly such a code.
+    """
+    if not data or data[0] > RICE_MAX_PARAMETER:
+        raise ValueError(f"a Rice code needs a parameter byte up to {RICE_MAX_PARAMETER}")
+    r = data[0]
+    size = packed_size(count, r) if r else 0
+    if len(data) < 1 + size:
+        raise ValueError(f"{len(data)} bytes hold no {count} Rice-coded values")
+    unary = np.unpackbits(np.frombuffer(data[1 + size :], dtype=np.uint8), bitorder="little")
+    ends = np.flatnonzero(unary)
+    if len(ends) != count or len(unary) - (int(ends[-1]) + 1 if count else 0) >= 8:
+        raise ValueError(f"the Rice code holds {len(ends)} values, not {count}")
+    quotients = np.diff(ends, prepend=-1) - 1
+    low = unpack_bits(data[1 : 1 + size], r, count).numpy() if r and count else 0
+    return (quotients << r) | low
