@@ -61,28 +61,12 @@ from torch import nn
 from privfl.data.mnist import images_to_float, load_mnist
 from privfl.smpc.distributed import run_party
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_smpc import cnn, mlp  # the models of the single-process bench
+
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("model-owner", "data-owner", "dealer")
 TIMEOUT_S = 1800
-
-
-def mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10))
-
-
-def cnn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(256, 100),
-        nn.ReLU(),
-        nn.Linear(100, 10),
-    )
 
 
 MODELS = {"MLP": mlp, "CNN": cnn}
