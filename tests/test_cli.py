@@ -346,6 +346,16 @@ def test_help_texts_from_docstrings_print_as_plain_words():
     assert text % {} == "see privfl.builtin.accountants, --dp-clip; 8% to 87%"  # as argparse
 
 
+def test_a_flag_that_components_read_differently_gives_each_meaning(capsys):
+    """--compress-bits is QSGD's signed bits and shared-grid's unsigned ones."""
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    bits = text[text.index("--compress-bits BITS qsgd.bits:") :]
+    assert "sign included (2 to 16)" in bits[: bits.index("shared-grid.bits:")]
+    assert "(1 to 16)" in bits[bits.index("shared-grid.bits:") : bits.index("--compress-fraction")]
+
+
 def test_quiet_evaluate_prints_its_scores_as_one_line(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     assert main(["run", *FAST, "--rounds", "1", "--quiet", "--run-dir", run_dir]) == 0

@@ -175,7 +175,11 @@ def _add_component_flag(
     specs = [spec for _, _, spec in owners]
     names = ", ".join(f"{name}.{spec.name}" for _, name, spec in owners)
     defaults = {repr(spec.default) for spec in specs}
-    help_text = plain_help(next((spec.help for spec in specs if spec.help), ""))
+    helps = {f"{name}.{spec.name}": plain_help(spec.help) for _, name, spec in owners if spec.help}
+    if len(set(helps.values())) > 1:  # the owners mean different things by it: say each
+        help_text = " ".join(f"{owner}: {text}" for owner, text in helps.items())
+    else:
+        help_text = next(iter(helps.values()), "")
     if len(defaults) == 1 and not specs[0].required:
         help_text += f" (default: {specs[0].default})"
     common: dict[str, Any] = {
