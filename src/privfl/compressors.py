@@ -158,8 +158,9 @@ def encode_stack(
     the client would send alone, see :meth:`~privfl.Compressor.encode_all`), and the
     wall-clock seconds that encoding them all took.
 
-    The stack is cut into consecutive parts of at most :data:`ENCODE_PART` coordinates
-    (at least one client each), encoded by ``pool``'s threads where there is one.
+    The stack is cut into consecutive parts of at most
+    :data:`privfl.compressors.ENCODE_PART` coordinates (at least one client each),
+    encoded by ``pool``'s threads where there is one.
     Encoding makes several temporaries the size of its input, and a part runs fastest
     while they fit in a core's cache: on the 2NN (199,210 coordinates, 2 MiB of cache
     per core), encoding five clients one at a time took 0.7x the time of encoding them

@@ -19,6 +19,7 @@
   "Federated Learning: Strategies for Improving Communication Efficiency"): a client
   sends the values at a seeded Bernoulli mask of rate ``p``; scaled by ``1 / p`` the
   server's estimate is unbiased.
+
 Their byte formats (bit packing, index sets) are in :mod:`privfl.algorithms.bit_coding`.
 Nothing here keeps state or knows about rounds; :mod:`privfl.builtin.compressors`
 adapts these functions to the client and server halves.

@@ -2,7 +2,7 @@
 the protocol's messages, and the checks a client makes on the server's round settings.
 
 :class:`SecAggProtocolClient` holds one client's encoded contribution (fixed-point
-values, or a shared grid's integer codes) and its :class:`~privfl.secagg.SecAggClient`
+values, or a shared grid's integer codes) and its :class:`~privfl.secagg.client.SecAggClient`
 state; the mechanism (:mod:`privfl.builtin.secure_aggregation`) builds one per client
 and round from the task's config.
 """

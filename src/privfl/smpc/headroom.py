@@ -4,22 +4,22 @@ Why
     Secrets live in Z_2^64 with ``f`` fractional bits (:mod:`privfl.smpc.ring`). A linear
     layer multiplies two encodings, so its products x·W are held as z = x·W · 2^(2f)
     before the local SecureML truncation divides them by 2^f. Nothing in the ring notices
-    a value that grows too large: if |z| reaches 2^63 the accumulator wraps and the layer
-    computes garbage; well before that, truncation fails with probability |z| / 2^64 per
+    a value that grows too large: if ``|z|`` reaches 2^63 the accumulator wraps and the layer
+    computes garbage; well before that, truncation fails with probability ``|z| / 2^64`` per
     value (the rate ``ring.py`` documents and ``tests/smpc`` measures), and a failed value
     is off by about 2^(64 - f). Both are silent: weights scaled by 1e5 turn an accuracy of
     0.92 into 0.06. This module bounds every such value from public information and the
     checking party's own secret, and refuses with the layer, the value and the fix.
 
 The bound: interval bound propagation
-    For inputs in a box (every |x_j| <= R, R the public ``input_bound``), propagate an
+    For inputs in a box (every ``|x_j| <= R``, R the public ``input_bound``), propagate an
     interval [l, u] per value through the layers (interval arithmetic, Moore 1966; as
     used for neural networks by Gowal et al., "On the Effectiveness of Interval Bound
     Propagation for Training Verifiably Robust Models", arXiv:1810.12715, 2018):
 
     - Linear and Conv2d (both linear maps x -> x·W): with W+ = max(W, 0) and
       W- = min(W, 0), x·W lies in [l·W+ + u·W-, u·W+ + l·W-]. This is never looser than
-      the L1 bound sum_j |W_ij| · max|x_j| and is tighter after a ReLU (l = 0). For a
+      the L1 bound ``sum_j |W_ij| · max|x_j|`` and is tighter after a ReLU (l = 0). For a
       convolution the same formula holds with ``conv2d(., W+)``, zero padding included
       (padded values are exactly 0). The bias is added after truncation.
     - ReLU and 2x2 max pooling are monotone: they map the ends of the interval.
@@ -40,7 +40,7 @@ The limits
     sit below their bounds: for the 2NN trained 20 rounds on MNIST and R = 4, the bounds
     of its three layers are 78, 302 and 1,962 and the largest products on 2,000 test
     images 10.0, 5.8 and 14.3 (failure probabilities near 2^-28 per value). For f = 16
-    the limit is |x·W| <= 65,536, 33 times that 2NN's largest bound. Every value after
+    the limit is ``|x·W| <= 65,536``, 33 times that 2NN's largest bound. Every value after
     truncation and bias must stay below 2^62 in the ring, where sums and differences of
     two encodings cannot wrap (max pooling and argmax compare through differences). One
     fractional bit fewer lets P grow fourfold.
@@ -87,8 +87,8 @@ class LayerBound:
 
     :param index: Position of the layer in the ``torch.nn.Sequential``.
     :param kind: ``"Linear"`` or ``"Conv2d"``.
-    :param product: Bound on |x·W|, the value truncated (held as product · 2^(2f)).
-    :param output: Bound on |x·W + b| after truncation (held as output · 2^f).
+    :param product: Bound on ``|x·W|``, the value truncated (held as product · 2^(2f)).
+    :param output: Bound on ``|x·W + b|`` after truncation (held as output · 2^f).
     """
 
     index: int
