@@ -116,6 +116,38 @@ def test_under_secagg_the_server_process_receives_no_plaintext_update(settings, 
     assert torch.equal(reference.params, fed.params)
 
 
+@pytest.mark.parametrize("vectorize", [False, True], ids=["one-at-a-time", "stacked"])
+def test_under_secagg_with_shared_grid_codes_the_server_sees_only_masked_codes(vectorize):
+    """8 clients' 8-bit codes are summed in an 11-bit ring: a plain code stays below 2^8,
+    so its top three bits would be 0; masked values fill the whole ring."""
+    RecordingProcessExecutor.received.clear()
+    settings = {
+        "num_clients": 8,
+        "mechanisms": ["secagg+"],
+        "compressor": "shared-grid",
+        "options": {"shared-grid": {"bits": 8, "max_weight": 64}},
+    }
+    fed = tiny_federation(executor=RecordingProcessExecutor(vectorize=vectorize), **settings)
+    with fed:
+        (record,) = fed.run(1)
+    received = RecordingProcessExecutor.received
+    assert record.values["secagg_ring_bits"] == 11
+    assert {m.kind for _, m in received} == {"secure-reply"}
+    assert all(set(m.tensors) == {"data"} for _, m in received)
+    masked = [
+        MaskedInput.from_bytes(m.tensors["data"].numpy().tobytes())
+        for _, m in received
+        if m.values["phase"] == "masked_input"
+    ]
+    assert [m.ring_bits for m in masked] == [11] * 8
+    words = np.concatenate([m.vector for m in masked]).astype(np.int64)
+    assert int(words.max()) < 2**11
+    assert set((words >> 8).tolist()) == set(range(8))  # every value of the top 3 bits
+    reference = tiny_federation(executor="vectorized" if vectorize else "serial", **settings)
+    reference.run(1)
+    assert torch.equal(reference.params, fed.params)
+
+
 def test_owners_reading_their_own_folders_equal_the_simulation(tmp_path):
     simulated = tiny_federation(num_clients=4, executor="serial")
     train = simulated.client_data.train
