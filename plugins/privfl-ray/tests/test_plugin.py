@@ -20,12 +20,12 @@ def test_the_entry_point_registers_the_ray_executor(capsys):
     assert main(["plugins"]) == 0
     listing = capsys.readouterr().out
     assert "ray (privfl-ray " in listing
-    assert "executor ray: address=None, actors=0, threads=1 (--threads), timeout=600.0" in listing
+    assert "executor ray: address=None, actors=0, threads=1 (--threads), vectorize=False (--vectorize), timeout=600.0" in listing
 
 
 def test_options_are_declared_with_help_and_checked():
     specs = {spec.name: spec for spec in declared_options(RayExecutor)}
-    assert list(specs) == ["address", "actors", "threads", "timeout"]
+    assert list(specs) == ["address", "actors", "threads", "vectorize", "timeout"]
     assert all(spec.help for spec in specs.values())
     assert specs["address"].type == "str | None"
     check_options(RayExecutor, "ray", {"address": "auto", "actors": 4})
@@ -39,6 +39,7 @@ def test_options_are_declared_with_help_and_checked():
         ({"address": ""}, "address"),
         ({"actors": -1}, "actors"),
         ({"threads": 0}, "threads"),
+        ({"vectorize": "yes"}, "vectorize"),
         ({"timeout": 0}, "timeout"),
         ({"timeout": True}, "timeout"),
     ],

@@ -71,6 +71,51 @@ class TestBitwiseEquality:
         assert progress.seen == [(1, done, 5) for done in range(1, 6)]
 
 
+class TestStacked:
+    """With ``vectorize``, each actor trains its clients of a round as one stack."""
+
+    @pytest.mark.parametrize(
+        "settings",
+        [{}, {"mechanisms": ["secagg+"], "num_clients": 6}],
+        ids=["fedavg", "secagg+"],
+    )
+    def test_stacked_actors_give_the_bytes_of_the_vectorized_executor(self, settings):
+        executor = RayExecutor(actors=2, vectorize=True)
+        try:
+            on_ray = _run(executor, **settings)
+        finally:
+            executor.close()
+        vectorized = _run("vectorized", **settings)
+        assert torch.equal(vectorized.params, on_ray.params)
+        assert _history(vectorized) == _history(on_ray)
+        serial = _run("serial", **settings)  # stacking changes only float round-off
+        assert torch.allclose(serial.params, on_ray.params, rtol=0, atol=1e-5)
+
+    def test_an_actor_answers_its_clients_in_one_call_and_each_is_reported(self):
+        executor = CountingRayExecutor(actors=2, vectorize=True)
+        progress = Progress()
+        try:
+            _run(executor, rounds=1, num_clients=5, plugins=[progress])
+        finally:
+            executor.close()
+        assert executor.calls == [2]  # one train exchange: one call per actor
+        assert sorted(progress.seen) == [(1, done, 5) for done in range(1, 6)]
+
+
+class CountingRayExecutor(RayExecutor):
+    """The ray executor, counting the actor calls of each exchange."""
+
+    name = "counting-ray"
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.calls: list[int] = []
+
+    def _collect(self, pending):
+        self.calls.append(len(pending))
+        return super()._collect(pending)
+
+
 class Progress:
     """A plugin that keeps the round progress the protocol reports."""
 

@@ -16,10 +16,13 @@ secure-aggregation state lives there. An actor that dies turns its clients' repl
 into ``dropped`` failures for the rest of the round, and a new actor takes its place
 the next time it is needed; one that does not answer within ``timeout`` seconds is
 killed and its clients are ``timed out``. Each actor trains with ``threads`` torch
-threads; actors reserve none of Ray's CPUs, so that several federations in one
-process never wait for each other's actors. An executor that serves another
-federation (another app) keeps its actors: each swaps its host for one built from
-the new app, which saves starting a process and importing torch again.
+threads; with ``vectorize`` an actor gets all of its clients' messages of an exchange
+in one call and trains its clients of a round stacked (:mod:`privfl.vectorized`), as
+the built-in ``process`` executor's workers do with ``--vectorize``. Actors reserve
+none of Ray's CPUs, so that several federations in one process never wait for each
+other's actors. An executor that serves another federation (another app) keeps its
+actors: each swaps its host for one built from the new app, which saves starting a
+process and importing torch again.
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ from privfl.messages import Failure, Message, decode, encode
 class ClientActor:
     """What one Ray actor holds: a :class:`ClientHost` for the clients sent to it."""
 
-    def __init__(self, app: ClientApp, threads: int) -> None:
+    def __init__(self, app: ClientApp, threads: int, stack: bool = False) -> None:
         torch.set_num_threads(threads)
-        self.host = ClientHost(app)
+        self.stack = stack
+        self.host = ClientHost(app, stack=stack)
 
     def load(self, app: ClientApp) -> None:
         """Serve the clients of another app from now on (a new federation, a warm actor)."""
-        self.host = ClientHost(app)
+        self.host = ClientHost(app, stack=self.stack)
 
     def handle(self, client: int, data: bytes) -> bytes:
         """Return client ``client``'s encoded reply to the encoded message ``data``."""
@@ -57,6 +61,18 @@ class ClientActor:
         except Exception as error:  # Ray re-raises it in the server as a ClientError
             raise ClientError(f"client {client} failed in its Ray actor: {error}") from error
         return encode(reply)
+
+    def handle_all(self, batch: dict[int, bytes]) -> dict[int, bytes]:
+        """Each client's encoded reply to its encoded message, answered together (so that
+        a stacking host trains the round's clients as one computation)."""
+        try:
+            messages = {c: decode(data, sender="the server") for c, data in batch.items()}
+            replies = self.host.handle_all(messages)
+        except Exception as error:  # Ray re-raises it in the server as a ClientError
+            raise ClientError(
+                f"clients {sorted(batch)} failed in their Ray actor: {error}"
+            ) from error
+        return {client: encode(reply) for client, reply in replies.items()}
 
 
 _REMOTE_ACTOR = ray.remote(ClientActor)
@@ -73,18 +89,23 @@ class RayExecutor(Executor):
     :param actors: Ray actors that host the clients; 0 uses one per ``threads`` CPUs
         that Ray reports.
     :param threads: torch threads for local training in each actor.
+    :param vectorize: Send each actor its clients' messages of an exchange in one call
+        and train its clients of a round stacked (:mod:`privfl.vectorized`): faster
+        for small models, equal to one-at-a-time training to float round-off rather
+        than bit for bit.
     :param timeout: Seconds to wait for an actor's replies before its clients count
         as timed out.
     """
 
     name = "ray"
-    flags = MappingProxyType({"threads": "--threads"})
+    flags = MappingProxyType({"threads": "--threads", "vectorize": "--vectorize"})
 
     def __init__(
         self,
         address: str | None = None,
         actors: int = 0,
         threads: int = 1,
+        vectorize: bool = False,
         timeout: float = 600.0,
     ) -> None:
         if not (address is None or (isinstance(address, str) and address.strip())):
@@ -95,6 +116,8 @@ class RayExecutor(Executor):
             )
         if not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
             raise ConfigError("threads", threads, "an integer >= 1")
+        if not isinstance(vectorize, bool):
+            raise ConfigError("vectorize", vectorize, "true or false")
         if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)) or not (
             timeout > 0
         ):
@@ -102,6 +125,7 @@ class RayExecutor(Executor):
         self.address = address
         self.actors = actors
         self.threads = threads
+        self.vectorize = vectorize
         self.timeout = float(timeout)
         self._owns_ray = False  # whether close() undoes a ray.init() of ours
         self._app: ClientApp | None = None
@@ -163,7 +187,7 @@ class RayExecutor(Executor):
             # federation's actors would only time out; "SPREAD" still places actors on
             # the cluster's nodes in turn.
             actor = _REMOTE_ACTOR.options(num_cpus=0, scheduling_strategy="SPREAD").remote(
-                self._app_ref, self.threads
+                self._app_ref, self.threads, self.vectorize
             )
             self._pool[index] = actor
         return actor
@@ -179,8 +203,8 @@ class RayExecutor(Executor):
         if self._app_ref is None:
             raise RuntimeError("RayExecutor.start() was not called")
         count = len(self._pool)
-        pending: dict[Any, tuple[int, int]] = {}  # reply reference -> (actor index, client)
         replies: dict[int, Message | Failure] = {}
+        batches: dict[int, dict[int, bytes]] = {}  # actor index -> its clients' messages
         for position, client in enumerate(sorted(messages)):
             if messages[client].kind == "train":  # a new round: spread clients evenly
                 self._assigned[client] = position % count
@@ -189,14 +213,21 @@ class RayExecutor(Executor):
                 replies[client] = Failure("dropped")
                 continue
             index = self._assigned.get(client, client % count)
-            # One call per client (an actor runs its calls in order), so that each
-            # reply is taken as soon as it is ready.
-            reply = self._actor(index).handle.remote(client, encode(messages[client]))
-            pending[reply] = (index, client)
+            batches.setdefault(index, {})[client] = encode(messages[client])
+        # reply reference -> (actor index, its clients)
+        pending: dict[Any, tuple[int, tuple[int, ...]]] = {}
+        for index, batch in batches.items():
+            if self.vectorize:  # one call per actor: its clients train stacked
+                pending[self._actor(index).handle_all.remote(batch)] = (index, tuple(batch))
+            else:  # one call per client, so that each reply is taken as soon as it is ready
+                for client, data in batch.items():
+                    pending[self._actor(index).handle.remote(client, data)] = (index, (client,))
         replies.update(self._collect(pending))
         return {client: replies[client] for client in messages}
 
-    def _collect(self, pending: dict[Any, tuple[int, int]]) -> dict[int, Message | Failure]:
+    def _collect(
+        self, pending: dict[Any, tuple[int, tuple[int, ...]]]
+    ) -> dict[int, Message | Failure]:
         """Take the replies as they come, until ``timeout`` seconds have passed."""
         replies: dict[int, Message | Failure] = {}
         deadline = time.monotonic() + self.timeout
@@ -205,12 +236,12 @@ class RayExecutor(Executor):
                 list(pending), num_returns=1, timeout=max(deadline - time.monotonic(), 0)
             )
             if not ready:  # the rest timed out: stop their actors
-                for index, client in pending.values():
+                for index, clients in pending.values():
                     self._stop(index)
-                    replies[client] = Failure("timed out")
+                    replies.update((client, Failure("timed out")) for client in clients)
                 break
             for reference in ready:
-                index, client = pending.pop(reference)
+                index, clients = pending.pop(reference)
                 try:
                     body = ray.get(reference)
                 except RayActorError as error:
@@ -220,11 +251,13 @@ class RayExecutor(Executor):
                             f"privfl-ray and the run's plugins installed on every node?): {error}"
                         ) from error
                     self._stop(index)
-                    replies[client] = Failure("dropped")
+                    replies.update((client, Failure("dropped")) for client in clients)
                     continue
-                replies[client] = decode(body, sender=f"client {client}")
-                if self.on_reply is not None:
-                    self.on_reply(client)
+                bodies = body if isinstance(body, dict) else {clients[0]: body}
+                for client in clients:
+                    replies[client] = decode(bodies[client], sender=f"client {client}")
+                    if self.on_reply is not None:
+                        self.on_reply(client)
         return replies
 
     def _release(self) -> None:
