@@ -59,7 +59,7 @@ def test_encrypted_accuracy_matches_plaintext(output):
 def test_costs_are_reported(output):
     assert _number(r"^offline ([\d.]+) ms/image", output) > 0
     assert _number(r"online ([\d.]+) ms/image", output) > 0
-    assert _number(r"^online ([\d.]+) kB/image in 58 rounds", output) > 0
+    assert _number(r"^online ([\d.]+) kB/image in 52 rounds", output) > 0
     assert _number(r"^offline ([\d.]+) kB/image from the dealer", output) > 0
     assert _number(r"^input ([\d.]+) kB/image", output) == 12.5  # 784 pixels x 2 x 8 bytes
 

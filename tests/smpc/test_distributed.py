@@ -246,14 +246,14 @@ def test_dealt_shares_add_up_and_parties_draw_the_same_ones():
         Request("triple", ((3, 4), (4, 2)), BilinearOp("matmul"), fixed="w"),
         Request("binary_triple", ((5,), (2, 5)), width=4),
         Request("random_bit", ((7,),)),
+        Request("held_and", ((6,),)),
+        Request("bit_product", ((2, 1), (2, 3))),
     ]
     dealer0, dealer1 = ChaChaPRG.from_key(bytes(32)), ChaChaPRG.from_key(bytes([1] * 32))
     party0, party1 = ChaChaPRG.from_key(bytes(32)), ChaChaPRG.from_key(bytes([1] * 32))
 
     def draw(stream):
-        return lambda part: (
-            stream.bits(part.shape) if part.kind == "bits" else stream.ring(part.shape)
-        )
+        return lambda part: stream.fields(part.shape, 1 if part.kind == "bits" else part.width)
 
     fixed: dict[str, torch.Tensor] = {}
     masks = {}
@@ -261,8 +261,9 @@ def test_dealt_shares_add_up_and_parties_draw_the_same_ones():
         shares0, shares1 = deal(request, draw(dealer0), draw(dealer1), int64_matmul, fixed)
         drawn0 = party_shares(request, 0, draw(party0), draw(party0))
         assert all(torch.equal(x, y) for x, y in zip(drawn0, shares0, strict=True))
-        correction = shares1[-1]
-        drawn1 = party_shares(request, 1, draw(party1), lambda part, c=correction: c)
+        parts = components(request)
+        sent = iter([s for s, part in zip(shares1, parts, strict=True) if part.dependent])
+        drawn1 = party_shares(request, 1, draw(party1), lambda part, sent=sent: next(sent))
         assert all(torch.equal(x, y) for x, y in zip(drawn1, shares1, strict=True))
         if request.kind == "mask":  # both shares drawn, nothing sent; the dealer keeps it
             assert not any(part.dependent for part in components(request))
@@ -278,6 +279,19 @@ def test_dealt_shares_add_up_and_parties_draw_the_same_ones():
             a, b, c = (s0 ^ s1 for s0, s1 in zip(shares0, shares1, strict=True))
             assert torch.equal(c, a & b)  # a broadcasts against b
             assert components(request)[-1].width == 4
+            assert int(a.max()) < 16  # only the 4 low bits are drawn
+        elif request.kind == "held_and":  # a is party 0's alone, b party 1's: not dealt
+            assert not shares1[0].any()
+            assert not shares0[1].any()
+            assert [part.holder for part in parts] == [0, 1, None]
+            a, b, c = (s0 ^ s1 for s0, s1 in zip(shares0, shares1, strict=True))
+            assert torch.equal(c, a & b)
+        elif request.kind == "bit_product":  # r both ways, a, and a * r: two corrections
+            assert [part.dependent for part in parts] == [False, True, False, True]
+            bit = shares0[0] ^ shares1[0]
+            r, a, ar = (s0 + s1 for s0, s1 in zip(shares0[1:], shares1[1:], strict=True))
+            assert torch.equal(r, bit)
+            assert torch.equal(ar, a * bit)
         else:
             bit = shares0[0] ^ shares1[0]
             assert set(bit.tolist()) <= {0, 1}

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from privfl.smpc import (
+    BinarySharedTensor,
+    ChaChaPRG,
     OpeningKind,
     Session,
     SharedTensor,
@@ -24,8 +26,13 @@ from privfl.smpc import (
     mul_public,
     reconstruct,
     relu,
+    share,
+    truncate,
 )
 from privfl.smpc.beaver import bit_reverse_positions, carry_out
+from privfl.smpc.channel import packed_size
+from privfl.smpc.protocols import and_held, select
+from privfl.smpc.shared import share_binary
 
 ULP = 2.0**-16
 
@@ -125,9 +132,13 @@ def test_relu_opens_only_masked_values():
         OpeningKind.BIT_MASKED,
         OpeningKind.BEAVER_MASKED,
     }
-    # 7 AND rounds (1 + 6 Kogge-Stone levels), 1 bit conversion, 1 Beaver product.
-    assert len(kinds) == 9
-    assert s.traffic.rounds == 9
+    # 7 AND rounds (the first on words each party holds alone: each opens its own, two
+    # openings; then 6 carry-tree levels), then the masked sign bit and the masked value
+    # open together in one round (select): 10 openings in 8 rounds.
+    assert len(kinds) == 10
+    assert kinds[:2] == [OpeningKind.AND_MASKED, OpeningKind.AND_MASKED]
+    assert kinds[-2:] == [OpeningKind.BIT_MASKED, OpeningKind.BEAVER_MASKED]
+    assert s.traffic.rounds == 8
     masks = torch.cat([e.values for e in s.log.entries if e.kind is not OpeningKind.BIT_MASKED])
     assert (masks.abs() < 2**40).double().mean() < 1e-3
 
@@ -160,3 +171,55 @@ def test_bit_reversed_positions_move_bit_i_to_its_reversed_index():
     moved = (bit_reverse_positions(words).unsqueeze(1) >> torch.arange(64)) & 1
     reversed_index = [int(f"{i:06b}"[::-1], 2) for i in range(64)]
     assert torch.equal(moved[:, reversed_index], bits)
+
+
+def test_select_multiplies_by_a_shared_bit_in_one_round():
+    s = Session(seed=11)
+    prg = ChaChaPRG(seed=12)
+    x = prg.ring((4, 3, 5))
+    bits = prg.bits((4, 3, 1))
+    shared_bits = share_binary(bits, prg)
+    for flip, expected in ((False, x * bits), (True, x * (1 - bits))):
+        rounds, online = s.traffic.rounds, s.traffic.online_bytes
+        out = select(s, shared_bits, share(x, prg), flip=flip)
+        assert torch.equal(reconstruct(out), expected)
+        assert s.traffic.rounds == rounds + 1  # the masked bit and value travel together
+        assert s.traffic.online_bytes - online == 2 * (packed_size(12, 1) + 8 * x.numel())
+    kinds = [entry.kind for entry in s.log.entries]
+    assert kinds == [OpeningKind.BIT_MASKED, OpeningKind.BEAVER_MASKED] * 2
+
+
+def test_and_of_words_each_party_holds_alone_sends_one_word_each_way():
+    s = Session(seed=13)
+    prg = ChaChaPRG(seed=14)
+    u, v = prg.ring((50,)), prg.ring((50,))
+    zeros = torch.zeros_like(u)
+    held_u = BinarySharedTensor(torch.stack([u, zeros]))  # party 0's alone
+    held_v = BinarySharedTensor(torch.stack([zeros, v]))  # party 1's alone
+    out = and_held(s, held_u, held_v)
+    assert torch.equal(reconstruct(out), u & v)
+    assert (s.traffic.rounds, s.traffic.online_bytes) == (1, 2 * 8 * 50)
+    # dealt: a to party 0 only, b to party 1 only, c = a & b to both
+    assert s.traffic.offline_bytes == 4 * 8 * 50
+    assert [entry.kind for entry in s.log.entries] == [OpeningKind.AND_MASKED] * 2
+
+
+def test_one_party_layouts_evolve_as_the_stacked_shares_do():
+    """A party process holds only its own share (parties (0,) or (1,)); local steps on it
+    (public terms for party 0 only, each party's own truncation) must give that party's
+    row of the one-process result."""
+    s = Session(seed=15)
+    x = s.share_float(torch.randn(20, dtype=torch.float64))
+    steps = [
+        lambda y: add_public(s, y, 2.5),
+        lambda y: mul_public(s, y, -1.25),
+        lambda y: truncate(s, y),
+    ]
+    for step in steps:
+        both = step(x)
+        for party in (0, 1):
+            alone = step(SharedTensor(x.shares[party : party + 1], (party,)))
+            assert alone.parties == (party,)
+            assert torch.equal(alone.shares[0], both.shares[party])
+    with pytest.raises(ValueError, match="parties"):
+        SharedTensor(x.shares, (1,))

@@ -17,9 +17,20 @@ that were already opened and from the dealer's correlated randomness.
   other opened value is masked by a fresh a, and c's shares are fresh.
 * AND gates on XOR-shared 64-bit words are the same identity over GF(2)^64 with a binary
   triple c = a & b: z = c ^ (d & b) ^ (e & a) ^ (d & e), with d = x ^ a, e = y ^ b opened.
+  Where party 0 alone holds x and party 1 alone holds y (the carry's first level, on
+  each party's own share), the dealer gives a to party 0 only and b to party 1 only
+  (c shared): party 0 knows d and sends it, party 1 sends e, one word each way instead
+  of two; the same formula gives the shares, the absent shares of a and b being 0.
 * Bit conversion (binary to arithmetic sharing, as in ABY, Demmler, Schneider & Zohner,
   NDSS 2015, with a dealer bit r shared both ways): with c = b ^ r opened,
   b = c + r - 2 c r over the integers.
+* Bit times value in one round (ABY's bit-to-arithmetic conversion and a Beaver product
+  fused, as the "bit injection" of ABY2.0, Patra et al., USENIX Security 2021, computes
+  b·x for a XOR-shared bit b from preprocessed correlations): with the
+  dealer's bit r (XOR- and additively shared), a uniform a and a·r shared, opening
+  c = b ^ r and e = x - a together gives x·b = c·x + (1 - 2c)(e·r + a·r), linear in
+  the shares. ReLU and the argmax's selections take one round and 65 bits an element
+  instead of two rounds and 129 bits.
 * The sign of x = x_0 + x_1 mod 2^64 is bit 63 of x_0, of x_1 and of the carry into bit 63,
   XORed. That carry is the carry out of (x_0 << 1) + (x_1 << 1), found by a binary tree
   over the bit positions (the carry-lookahead tree of Brent & Kung, IEEE Trans. Computers
@@ -73,14 +84,18 @@ def beaver_product_shares(
     b: torch.Tensor,
     c: torch.Tensor,
     matmul: RingMatmul,
+    first: int | None = 0,
 ) -> torch.Tensor:
     """Shares of op(x, y) from opened e = x - a, f = y - b and stacked shares of a, b, c.
 
     Party 0's public term op(e, f) is folded into op(e, b_0 + f) by bilinearity, so the
-    two parties need two applications of ``op`` each instead of three.
+    two parties need two applications of ``op`` each instead of three. ``first`` is the
+    slot of party 0's share on dimension 0 (None where only party 1's share is held).
     """
-    b_plus = b.clone()
-    b_plus[0] += f
+    b_plus = b
+    if first is not None:
+        b_plus = b.clone()
+        b_plus[first] += f
     return c + op(e.unsqueeze(0), b_plus, matmul) + op(a, f.unsqueeze(0), matmul)
 
 
@@ -99,22 +114,42 @@ def fixed_operand_product_shares(
 
 
 def beaver_and_shares(
-    d: torch.Tensor, e: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+    d: torch.Tensor,
+    e: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    first: int | None = 0,
 ) -> torch.Tensor:
-    """XOR shares of x & y from opened d = x ^ a, e = y ^ b and stacked shares of a, b, c.
+    """XOR shares of x & y from opened d = x ^ a, e = y ^ b and stacked shares of a, b, c
+    (``first`` as in :func:`beaver_product_shares`).
 
     x may have fewer dimensions than y (it broadcasts against y's leading dimensions)."""
-    a = a.reshape(2, *[1] * (e.dim() - d.dim()), *d.shape)
+    a = a.reshape(a.shape[0], *[1] * (e.dim() - d.dim()), *d.shape)
     z = c ^ (d & b) ^ (e & a)
-    z[0] ^= d & e
+    if first is not None:
+        z[first] ^= d & e
     return z
 
 
-def bit_to_arithmetic_shares(c: torch.Tensor, r_arith: torch.Tensor) -> torch.Tensor:
-    """Arithmetic shares of b = c ^ r from the opened bit c and arithmetic shares of r."""
+def bit_to_arithmetic_shares(
+    c: torch.Tensor, r_arith: torch.Tensor, first: int | None = 0
+) -> torch.Tensor:
+    """Arithmetic shares of b = c ^ r from the opened bit c and arithmetic shares of r
+    (``first`` as in :func:`beaver_product_shares`)."""
     z = r_arith - 2 * c * r_arith
-    z[0] += c
+    if first is not None:
+        z[first] += c
     return z
+
+
+def bit_product_shares(
+    c: torch.Tensor, e: torch.Tensor, x: torch.Tensor, r_arith: torch.Tensor, ar: torch.Tensor
+) -> torch.Tensor:
+    """Shares of x·b for a bit b = c ^ r from the opened c (0/1, broadcasting against x),
+    the opened e = x - a, and stacked shares of x, of r (arithmetic, c's shape) and of
+    a·r: c·x + (1 - 2c)(e·r + a·r). Linear in the shares: no public term."""
+    return c * x + (1 - 2 * c) * (e * r_arith + ar)
 
 
 _INDEX_SWAPS = (  # (distance, mask) swapping index bits 0 and 5, 1 and 4, 2 and 3

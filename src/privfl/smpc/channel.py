@@ -13,7 +13,7 @@ gloo's TCP transport neither encrypts nor authenticates: across hosts run it ins
 private network or a tunnel (WireGuard, SSH), see the how-to on encrypted evaluation
 across hosts.
 
-Comparison bits travel packed (:meth:`Channel.exchange_fields`): an opening of ``width``-bit
+Comparison bits travel packed (:meth:`Channel.exchange_many`): an opening of ``width``-bit
 fields (the low bits of each word; 1 for a bit) costs ``width / 8`` bytes an element
 instead of a whole 64-bit word.
 """
@@ -44,18 +44,28 @@ def _check_width(width: int) -> None:
         raise ValueError(f"field width {width} is not one of {FIELD_WIDTHS}")
 
 
+_LITTLE_ENDIAN = {8: "u1", 16: "<u2", 32: "<u4", 64: "<u8"}
+_REVERSED_BYTE = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
+
+
 def pack_fields(words: torch.Tensor, width: int) -> torch.Tensor:
     """The low ``width`` bits of each int64 word, packed with no gaps into uint8 bytes
     (little-endian: ``8 // width`` fields a byte, or ``width // 8`` bytes a field)."""
     _check_width(width)
     flat = np.ascontiguousarray(words.reshape(-1).numpy()).view("<u8")
-    if width >= 8:
-        return torch.from_numpy(flat.view(np.uint8).reshape(-1, 8)[:, : width // 8].copy())
+    if width >= 8:  # a cast to a narrower unsigned type keeps the low bits
+        return torch.from_numpy(flat.astype(_LITTLE_ENDIAN[width]).view(np.uint8))
+    low = flat.astype(np.uint8) & np.uint8((1 << width) - 1)
+    if width == 1:
+        return torch.from_numpy(np.packbits(low, bitorder="little"))
+    # the fields of one byte, read as one little-endian word of 8 // width bytes: field
+    # j sits at bit 8j and moves to bit j * width (fields below shift out of the byte)
     per_byte = 8 // width
-    low = (flat & np.uint64((1 << width) - 1)).astype(np.uint8)
-    low = np.pad(low, (0, -len(low) % per_byte)).reshape(-1, per_byte)
-    shifts = np.arange(0, 8, width, dtype=np.uint8)
-    return torch.from_numpy(np.bitwise_or.reduce(low << shifts, axis=1).astype(np.uint8))
+    group = np.pad(low, (0, -len(low) % per_byte)).view(_LITTLE_ENDIAN[8 * per_byte])
+    out = group.copy()
+    for j in range(1, per_byte):
+        out |= group >> group.dtype.type(j * (8 - width))
+    return torch.from_numpy(out.astype(np.uint8))
 
 
 def unpack_fields(
@@ -66,11 +76,15 @@ def unpack_fields(
     n = int(np.prod(shape, dtype=np.int64))
     raw = packed.reshape(-1).numpy()
     if width >= 8:
-        words = np.zeros((n, 8), dtype=np.uint8)
-        words[:, : width // 8] = raw.reshape(n, width // 8)
-        return torch.from_numpy(words.view("<i8").astype(np.int64)).reshape(shape)
-    shifts = np.arange(0, 8, width, dtype=np.uint8)
-    fields = (raw[:, None] >> shifts) & np.uint8((1 << width) - 1)
+        words = raw.view(_LITTLE_ENDIAN[width]).astype(np.int64)
+        return torch.from_numpy(words).reshape(shape)
+    if width == 1:  # numpy's big-endian bit order on reversed bytes: the fastest path
+        bits = np.unpackbits(_REVERSED_BYTE[raw], count=n)
+        return torch.from_numpy(bits.astype(np.int64)).reshape(shape)
+    per_byte = 8 // width
+    fields = np.empty((len(raw), per_byte), dtype=np.uint8)
+    for j in range(per_byte):
+        fields[:, j] = (raw >> np.uint8(j * width)) & np.uint8((1 << width) - 1)
     return torch.from_numpy(fields.reshape(-1)[:n].astype(np.int64)).reshape(shape)
 
 
@@ -149,9 +163,23 @@ class Channel:
         self.sent[self.phase, peer] += tensor.numel() * tensor.element_size()
         return other
 
-    def exchange_fields(self, words: torch.Tensor, width: int, peer: int) -> torch.Tensor:
-        """:meth:`exchange` of the low ``width`` bits of each word, sent packed."""
-        return unpack_fields(self.exchange(pack_fields(words, width), peer), words.shape, width)
+    def exchange_many(
+        self, parts: list[torch.Tensor], widths: list[int], peer: int
+    ) -> list[torch.Tensor]:
+        """:meth:`exchange` of several int64 tensors in one message, each as the low
+        ``width`` bits of its words, packed (64: whole words); returns the peer's parts."""
+        if all(width == 64 for width in widths):
+            flat = torch.cat([part.reshape(-1) for part in parts])
+            sizes = [part.numel() for part in parts]
+            other = self.exchange(flat, peer).split(sizes)
+            return [o.reshape(p.shape) for o, p in zip(other, parts, strict=True)]
+        packed = [pack_fields(part, width) for part, width in zip(parts, widths, strict=True)]
+        other = self.exchange(torch.cat([p.reshape(-1) for p in packed]), peer)
+        pieces = other.split([p.numel() for p in packed])
+        return [
+            unpack_fields(piece, part.shape, width)
+            for piece, part, width in zip(pieces, parts, widths, strict=True)
+        ]
 
     def send_fields(self, words: torch.Tensor, width: int, dst: int, wait: bool = True) -> None:
         """Send the low ``width`` bits of each word, packed (``wait`` as in :meth:`send`)."""

@@ -23,7 +23,14 @@ import torch
 from privfl.smpc.beaver import BilinearOp
 from privfl.smpc.prg import ChaChaPRG
 from privfl.smpc.ring_matmul import RingMatmul
-from privfl.smpc.shared import BinarySharedTensor, SharedTensor, share, share_binary
+from privfl.smpc.shared import (
+    BOTH,
+    BinarySharedTensor,
+    Parties,
+    SharedTensor,
+    share,
+    share_binary,
+)
 from privfl.smpc.traffic import Traffic
 
 Material = tuple[SharedTensor | BinarySharedTensor, ...]
@@ -33,7 +40,7 @@ Material = tuple[SharedTensor | BinarySharedTensor, ...]
 class Request:
     """One piece of correlated randomness: its kind, the shapes it is for and the map."""
 
-    kind: str  # "triple", "mask", "binary_triple" or "random_bit"
+    kind: str  # "triple", "mask", "binary_triple", "held_and", "random_bit" or "bit_product"
     shapes: tuple[tuple[int, ...], ...]
     op: BilinearOp | None = None
     fixed: str | None = None
@@ -72,9 +79,21 @@ class Dealer:
         shapes = (tuple(shape_x), tuple(shape_x if shape_y is None else shape_y))
         return self._serve(Request("binary_triple", shapes, width=width))
 
+    def held_and(self, shape: torch.Size) -> Material:
+        """An AND triple for words that each party holds alone: a uniform a that only
+        party 0 holds (party 1's share is 0), a uniform b that only party 1 holds, and
+        c = a & b XOR-shared."""
+        return self._serve(Request("held_and", (tuple(shape),)))
+
     def random_bit(self, shape: torch.Size) -> Material:
         """A uniform bit r, XOR-shared as 0/1 words and additively shared over Z_2^64."""
         return self._serve(Request("random_bit", (tuple(shape),)))
+
+    def bit_product(self, shape_bit: torch.Size, shape_x: torch.Size) -> Material:
+        """A uniform bit r of ``shape_bit`` shared both ways (as :meth:`random_bit`), a
+        uniform a of ``shape_x`` and a·r (r broadcast), shared: one bit-times-value
+        product (:func:`privfl.smpc.beaver.bit_product_shares`)."""
+        return self._serve(Request("bit_product", (tuple(shape_bit), tuple(shape_x))))
 
     def precompute(self, requests: Iterable[Request]) -> None:
         """Offline phase: generate material for ``requests`` now, to be served in order."""
@@ -118,10 +137,20 @@ class Dealer:
             a = prg.ring(request.shapes[0])
             b = prg.ring(request.shapes[1])
             material = (share_binary(a, prg), share_binary(b, prg), share_binary(a & b, prg))
+        elif request.kind == "held_and":
+            a, b = prg.ring(request.shapes[0]), prg.ring(request.shapes[0])
+            zeros = torch.zeros_like(a)
+            held = (torch.stack([a, zeros]), torch.stack([zeros, b]))
+            material = (*(BinarySharedTensor(h) for h in held), share_binary(a & b, prg))
+            # each holder's word travels to it alone: the zero shares are not sent
+            self._traffic.offline_bytes -= 2 * 8 * a.numel()
         else:
             r = prg.bits(request.shapes[0])
             r0 = prg.bits(request.shapes[0])
             material = (BinarySharedTensor(torch.stack([r0, r ^ r0])), share(r, prg))
+            if request.kind == "bit_product":
+                a = prg.ring(request.shapes[1])
+                material = (*material, share(a, prg), share(a * r, prg))
         self._traffic.offline_bytes += sum(8 * m.shares.numel() for m in material)
         self.seconds += time.perf_counter() - start
         return material
@@ -130,23 +159,31 @@ class Dealer:
 class RecordingDealer(Dealer):
     """Planning stand-in: records each request and returns shape-only (meta) material."""
 
-    def __init__(self) -> None:
+    def __init__(self, parties: Parties = BOTH) -> None:
         self.requests: list[Request] = []
         self.seconds = 0.0
+        self._parties = parties  # the layout of the material, as the planning session's
 
     def _serve(self, request: Request) -> Material:
         self.requests.append(request)
-        meta = [torch.empty(2, *s, dtype=torch.int64, device="meta") for s in request.shapes]
+        n, parties = len(self._parties), self._parties
+        meta = [torch.empty(n, *s, dtype=torch.int64, device="meta") for s in request.shapes]
         if request.kind == "triple":
             assert request.op is not None
-            c = SharedTensor(request.op(meta[0], meta[1]))
+            c = SharedTensor(request.op(meta[0], meta[1]), parties)
             if request.fixed is not None:
-                return (SharedTensor(meta[0]), c)
-            return (SharedTensor(meta[0]), SharedTensor(meta[1]), c)
+                return (SharedTensor(meta[0], parties), c)
+            return (SharedTensor(meta[0], parties), SharedTensor(meta[1], parties), c)
         if request.kind == "mask":
-            return (SharedTensor(meta[0]),)
+            return (SharedTensor(meta[0], parties),)
+        if request.kind == "held_and":
+            return tuple(BinarySharedTensor(meta[0], parties) for _ in range(3))
         if request.kind == "binary_triple":
             shape = torch.broadcast_shapes(*request.shapes)
-            c = torch.empty(2, *shape, dtype=torch.int64, device="meta")
-            return (BinarySharedTensor(meta[0]), BinarySharedTensor(meta[1]), BinarySharedTensor(c))
-        return (BinarySharedTensor(meta[0]), SharedTensor(meta[0]))
+            c = torch.empty(n, *shape, dtype=torch.int64, device="meta")
+            a, b = (BinarySharedTensor(m, parties) for m in meta)
+            return (a, b, BinarySharedTensor(c, parties))
+        bit = (BinarySharedTensor(meta[0], parties), SharedTensor(meta[0], parties))
+        if request.kind == "bit_product":
+            return (*bit, SharedTensor(meta[1], parties), SharedTensor(meta[1], parties))
+        return bit

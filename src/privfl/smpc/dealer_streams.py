@@ -12,7 +12,10 @@ bit r) from its stream, and only party 1's share of each dependent component is 
 
 A fixed mask (a request of kind "mask") has no dependent component: both shares are
 drawn and nothing travels; the dealer keeps the mask for the triples that name it,
-which then have two components, (a, c = op(a, b)). Bit fields (comparison bits and the
+which then have two components, (a, c = op(a, b)). The AND triple of two words that
+each party holds alone (a request of kind "held_and") has a component that party 0 alone
+holds and one that party 1 alone holds: only its holder draws it, the other's share is
+zero and nothing of it travels. Bit fields (comparison bits and the
 AND triples of the comparison circuit) use only the low ``width`` bits of each word,
 and only those travel, packed.
 
@@ -27,6 +30,7 @@ Pure functions only; :mod:`privfl.smpc.distributed` moves the tensors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,13 +50,22 @@ class Component:
     shape: tuple[int, ...]
     dependent: bool = False
     width: int = 64
+    holder: int | None = None
+    """The one party that holds this value (the other's share is 0, neither drawn nor
+    sent), or None where both hold shares."""
 
 
 Draw = Callable[[Component], torch.Tensor]
 
 
-def components(request: Request) -> list[Component]:
-    """The components of ``request`` in the order both sides draw them."""
+@functools.cache
+def components(request: Request) -> tuple[Component, ...]:
+    """The components of ``request`` in the order both sides draw them (cached: every
+    batch of a shape makes the same requests, and the shapes come from meta kernels)."""
+    return tuple(_components(request))
+
+
+def _components(request: Request) -> list[Component]:
     meta = [torch.empty(s, dtype=torch.int64, device="meta") for s in request.shapes]
     if request.kind == "triple":
         assert request.op is not None
@@ -62,6 +75,13 @@ def components(request: Request) -> list[Component]:
         return [Component("ring", request.shapes[0]), Component("ring", request.shapes[1]), c]
     if request.kind == "mask":
         return [Component("ring", request.shapes[0])]
+    if request.kind == "held_and":
+        shape = request.shapes[0]
+        return [
+            Component("ring", shape, holder=0),
+            Component("ring", shape, holder=1),
+            Component("ring", shape, dependent=True),
+        ]
     if request.kind == "binary_triple":
         c_shape = tuple(torch.broadcast_shapes(meta[0].shape, meta[1].shape))
         return [
@@ -69,8 +89,12 @@ def components(request: Request) -> list[Component]:
             Component("ring", request.shapes[1], width=request.width),
             Component("ring", c_shape, dependent=True, width=request.width),
         ]
-    (shape,) = request.shapes
-    return [Component("bits", shape, width=1), Component("ring", shape, dependent=True)]
+    shape = request.shapes[0]
+    bit = [Component("bits", shape, width=1), Component("ring", shape, dependent=True)]
+    if request.kind == "bit_product":
+        x_shape = request.shapes[1]
+        return [*bit, Component("ring", x_shape), Component("ring", x_shape, dependent=True)]
+    return bit
 
 
 def deal(
@@ -83,13 +107,15 @@ def deal(
     """Both parties' shares of ``request``'s components, dealt from two streams.
 
     ``draw0`` and ``draw1`` draw from the streams of party 0 and party 1. Party 0's shares
-    are all drawn; party 1's free shares are drawn and its dependent share (the last
-    component) is computed from the secrets. ``fixed`` holds the masks kept by name (a
+    are all drawn; party 1's free shares are drawn and its dependent shares are computed
+    from the secrets. ``fixed`` holds the masks kept by name (a
     "mask" request adds one). Returns (party 0's shares, party 1's shares).
     """
     parts = components(request)
-    shares0 = [draw0(part) for part in parts]
-    shares1 = [draw1(part) for part in parts if not part.dependent]
+    shares0 = [_zeros(part) if part.holder == 1 else draw0(part) for part in parts]
+    shares1 = [
+        _zeros(part) if part.holder == 0 else draw1(part) for part in parts if not part.dependent
+    ]
     if request.kind == "mask":
         assert request.fixed is not None
         fixed[request.fixed] = shares0[0] + shares1[0]
@@ -101,9 +127,12 @@ def deal(
         assert request.op is not None
         a, b = shares0[0] + shares1[0], shares0[1] + shares1[1]
         shares1.append(request.op(a, b, matmul) - shares0[2])
-    elif request.kind == "binary_triple":
+    elif request.kind in ("binary_triple", "held_and"):
         a, b = shares0[0] ^ shares1[0], shares0[1] ^ shares1[1]
         shares1.append((a & b) ^ shares0[2])
+    elif request.kind == "bit_product":
+        bit, a = shares0[0] ^ shares1[0], shares0[2] + shares1[1]
+        shares1 = [shares1[0], bit - shares0[1], shares1[1], a * bit - shares0[3]]
     else:
         bit = shares0[0] ^ shares1[0]
         shares1.append(bit - shares0[1])
@@ -114,6 +143,15 @@ def party_shares(request: Request, party: int, draw: Draw, receive: Draw) -> lis
     """One party's shares of ``request``: drawn from its stream, dependent ones (party 1)
     received. :func:`deal` draws the same stream in the same order."""
     return [
-        receive(part) if party == 1 and part.dependent else draw(part)
+        _zeros(part)
+        if part.holder not in (None, party)
+        else receive(part)
+        if party == 1 and part.dependent
+        else draw(part)
         for part in components(request)
     ]
+
+
+def _zeros(part: Component) -> torch.Tensor:
+    """The share of a party that does not hold ``part`` (see :attr:`Component.holder`)."""
+    return torch.zeros(part.shape, dtype=torch.int64)

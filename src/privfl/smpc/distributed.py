@@ -52,7 +52,14 @@ from privfl.smpc.inference import (
     secure_forward,
     share_model,
 )
-from privfl.smpc.parties import PartySession, as_material, describe, map_tensors, skeleton, slot
+from privfl.smpc.parties import (
+    PartySession,
+    as_material,
+    describe,
+    map_tensors,
+    own_share,
+    skeleton,
+)
 from privfl.smpc.prg import ChaChaPRG
 from privfl.smpc.protocols import FixedOperand
 from privfl.smpc.ring_matmul import get_ring_matmul
@@ -131,7 +138,7 @@ def share_as_owner(
     theirs = stream.ring(secret.shape)
     if send:
         channel.send(theirs, 1 - owner)
-    return SharedTensor(slot(secret - theirs, owner))
+    return own_share(secret - theirs, owner)
 
 
 def receive_share(
@@ -140,7 +147,7 @@ def receive_share(
     """The other compute party's share of an owner's input: received, or drawn from the
     owner's key when ``stream`` is given."""
     mine = channel.recv(shape, owner) if stream is None else stream.ring(shape)
-    return SharedTensor(slot(mine, 1 - owner))
+    return own_share(mine, 1 - owner)
 
 
 def run_party(
@@ -334,12 +341,14 @@ def _dealer(channel: Channel) -> PartyReport:
             )
             parts = components(request)
             if wire.seeded_dealer:
-                if parts[-1].dependent:
-                    _send(channel, shares1[-1], parts[-1], DATA_OWNER, wire.packed_bits)
+                for share, part in zip(shares1, parts, strict=True):
+                    if part.dependent:
+                        _send(channel, share, part, DATA_OWNER, wire.packed_bits)
                 continue
             for party, shares in ((MODEL_OWNER, shares0), (DATA_OWNER, shares1)):
                 for share, part in zip(shares, parts, strict=True):
-                    _send(channel, share, part, party, wire.packed_bits)
+                    if part.holder in (None, party):
+                        _send(channel, share, part, party, wire.packed_bits)
 
     if wire.fixed_masks:
         deal_and_send(planner.plan(fix_weight_masks, model))
@@ -379,13 +388,15 @@ class _Plans:
         """Plan one image, untimed: the first use of torch's meta kernels imports modules
         (seconds on a busy machine), a start-up cost that is not the evaluation's."""
         if batches:
-            meta = torch.empty(2, 1, *batches[0][1:], dtype=torch.int64, device="meta")
-            self._session.plan(shared_predictions, model, SharedTensor(meta))
+            parties = self._session.parties
+            shape = (len(parties), 1, *batches[0][1:])
+            meta = torch.empty(shape, dtype=torch.int64, device="meta")
+            self._session.plan(shared_predictions, model, SharedTensor(meta, parties))
 
 
 def _drawer(stream: ChaChaPRG) -> Draw:
     """Draw components from a stream agreed with the dealer (or the dealer's own)."""
-    return lambda part: stream.bits(part.shape) if part.kind == "bits" else stream.ring(part.shape)
+    return lambda part: stream.fields(part.shape, 1 if part.kind == "bits" else part.width)
 
 
 def _receiver(channel: Channel, packed_bits: bool) -> Draw:

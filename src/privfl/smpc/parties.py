@@ -1,14 +1,14 @@
 """One compute party's view of an SMPC evaluation: its own shares, openings over the wire.
 
 The protocols of :mod:`privfl.smpc.protocols` and :mod:`privfl.smpc.inference` work on
-sharings that stack both parties' shares on dimension 0. A party process runs them
-unchanged on a *slot layout*: its own share in its slot (0 or 1) and zeros in the other.
-Every local step of those protocols acts on each slot separately (party 0's public terms
-go to slot 0 only), so slot ``p`` evolves exactly as party ``p``'s share does in the
-one-process :class:`~privfl.smpc.session.Session`, while the other slot only ever holds
-zeros and opened (public) values. The price is local arithmetic done twice; the gain is
-one implementation of every protocol. The interactive step, :meth:`PartySession.open`,
-exchanges this party's slot with the peer through a :class:`~privfl.smpc.channel.Channel`.
+sharings that stack the shares of their ``parties`` on dimension 0: both in the
+one-process :class:`~privfl.smpc.session.Session`, only its own in a party process
+(``parties`` is ``(p,)``). Every local step acts on each share by the party it belongs to
+(party 0 alone adds public terms, each party truncates its own way), so party ``p``'s
+share evolves exactly as it does in the one-process session, with one implementation of
+every protocol and no arithmetic on the absent share. The interactive step,
+:meth:`PartySession.open_many`, exchanges this party's share with the peer through a
+:class:`~privfl.smpc.channel.Channel`.
 
 The model's structure (layer kinds and shapes, never values) travels as JSON
 (:func:`describe`, :func:`skeleton`) so that the data owner and the dealer can plan the
@@ -18,7 +18,7 @@ same computation on meta tensors.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -38,26 +38,25 @@ from privfl.smpc.inference import (
 )
 from privfl.smpc.ring import FixedPoint
 from privfl.smpc.ring_matmul import get_ring_matmul
-from privfl.smpc.session import Session
+from privfl.smpc.session import Opened, Session
 from privfl.smpc.shared import BinarySharedTensor, SharedTensor
 from privfl.smpc.traffic import OpeningKind, OpeningLog, Traffic
 
 
-def slot(share: torch.Tensor, party: int) -> torch.Tensor:
-    """``share`` in slot ``party`` of a stacked tensor, zeros in the other slot."""
-    pair = [torch.zeros_like(share), torch.zeros_like(share)]
-    pair[party] = share
-    return torch.stack(pair)
+def own_share(share: torch.Tensor, party: int) -> SharedTensor:
+    """Party ``party``'s own ``share`` of a secret, as the sharing its process holds."""
+    return SharedTensor(share.unsqueeze(0), (party,))
 
 
 def as_material(request: Request, party: int, shares: list[torch.Tensor]) -> Material:
     """A party's shares of one piece of dealer material, in the form the protocols take."""
-    slots = [slot(share, party) for share in shares]
+    own = [share.unsqueeze(0) for share in shares]
     if request.kind in ("triple", "mask"):
-        return tuple(SharedTensor(s) for s in slots)
-    if request.kind == "binary_triple":
-        return tuple(BinarySharedTensor(s) for s in slots)
-    return (BinarySharedTensor(slots[0]), SharedTensor(slots[1]))
+        return tuple(SharedTensor(s, (party,)) for s in own)
+    if request.kind in ("binary_triple", "held_and"):
+        return tuple(BinarySharedTensor(s, (party,)) for s in own)
+    bits = BinarySharedTensor(own[0], (party,))
+    return (bits, *(SharedTensor(s, (party,)) for s in own[1:]))
 
 
 class PartyMaterial(Dealer):
@@ -78,10 +77,10 @@ class PartyMaterial(Dealer):
 class PartySession(Session):
     """Compute party ``party`` (0: model owner, 1: data owner) in a three-process run.
 
-    It holds only its own shares (slot layout) and opens a value by exchanging its share
-    with the peer. Masked comparison bits travel packed when ``pack_bits``. Outputs are
-    never opened both ways: party 0 sends its share (:meth:`send_output_share`) and only
-    party 1 learns them (:meth:`receive_output`).
+    It holds only its own shares (``parties`` is ``(party,)``) and opens a value by
+    exchanging its share with the peer. Masked comparison bits travel packed when
+    ``pack_bits``. Outputs are never opened both ways: party 0 sends its share
+    (:meth:`send_output_share`) and only party 1 learns them (:meth:`receive_output`).
     """
 
     def __init__(
@@ -96,6 +95,7 @@ class PartySession(Session):
         if party not in (0, 1):
             raise ConfigError("party", party, "0 (model owner) or 1 (data owner)")
         self.party, self.peer = party, 1 - party
+        self.parties = (party,)
         self.channel = channel
         self.pack_bits = pack_bits
         self.encoder = FixedPoint(frac_bits)
@@ -111,38 +111,56 @@ class PartySession(Session):
             "privfl.smpc.distributed.share_as_owner and the peer receive_share"
         )
 
-    def open(
-        self, x: SharedTensor | BinarySharedTensor, kind: OpeningKind, width: int = 64
-    ) -> torch.Tensor:
-        """Open a masked value: exchange this party's share with the peer's (one round);
-        with ``width`` below 64 only the low bits of each word, packed if ``pack_bits``."""
-        if kind is OpeningKind.OUTPUT:
-            raise ValueError("outputs go to the data owner only: use send/receive_output")
-        mine = x.shares[self.party]
-        if width < 64:
-            mine = mine & ((1 << width) - 1)
-        if width < 64 and self.pack_bits:
-            theirs = self.channel.exchange_fields(mine, width, self.peer)
-        else:
-            theirs = self.channel.exchange(mine, self.peer)
-        values = mine ^ theirs if isinstance(x, BinarySharedTensor) else mine + theirs
-        if width < 64:
-            values = values & ((1 << width) - 1)
+    def open_many(self, parts: Sequence[Opened]) -> list[torch.Tensor]:
+        """Open masked values in one round: exchange this party's shares with the peer's,
+        in one message; with ``width`` below 64 only the low bits of each word, packed if
+        ``pack_bits``."""
+        mine = []
+        for x, kind, width in parts:
+            if kind is OpeningKind.OUTPUT:
+                raise ValueError("outputs go to the data owner only: use send/receive_output")
+            if x.parties != self.parties:
+                raise ValueError(f"party {self.party} cannot open shares of {x.parties}")
+            share = x.shares[0]
+            mine.append(share & ((1 << width) - 1) if width < 64 else share)
+        widths = [width if self.pack_bits else 64 for _, _, width in parts]
+        theirs = self.channel.exchange_many(mine, widths, self.peer)
+        out = []
+        for (x, kind, width), own, other in zip(parts, mine, theirs, strict=True):
+            values = own ^ other if isinstance(x, BinarySharedTensor) else own + other
+            if width < 64:
+                values = values & ((1 << width) - 1)
+            self.log.record(kind, values, width)
+            out.append(values)
         self.traffic.rounds += 1
-        self.log.record(kind, values, width)
+        return out
+
+    def open_held(
+        self, mine0: BinarySharedTensor, mine1: BinarySharedTensor, kind: OpeningKind
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Send the peer this party's own value (``mine0`` for party 0, ``mine1`` for
+        party 1, held alone) and receive the peer's, in one round."""
+        mine = (mine0, mine1)[self.party]
+        if mine.parties != self.parties or mine0.shape != mine1.shape:
+            raise ValueError(f"party {self.party} cannot open shares of {mine.parties}")
+        theirs = self.channel.exchange(mine.shares[0], self.peer)
+        values = (mine.shares[0], theirs) if self.party == 0 else (theirs, mine.shares[0])
+        for v in values:
+            self.log.record(kind, v)
+        self.traffic.rounds += 1
         return values
 
     def send_output_share(self, x: SharedTensor) -> None:
         """Party 0: send its share of an output to the data owner, learning nothing."""
         if self.party != 0:
             raise ValueError("only party 0 sends output shares; party 1 receives them")
-        self.channel.send(x.shares[0], 1)
+        self.channel.send(x.shares[0], 1)  # its own share, the only one it holds
 
     def receive_output(self, x: SharedTensor) -> torch.Tensor:
         """Party 1 (the data owner): the output, from its share and party 0's."""
         if self.party != 1:
             raise ValueError("only party 1, the data owner, receives outputs")
-        values = x.shares[1] + self.channel.recv(x.shape, 0)
+        values = x.shares[0] + self.channel.recv(x.shape, 0)
         self.log.record(OpeningKind.OUTPUT, values)
         return values
 

@@ -71,6 +71,23 @@ class ChaChaPRG:
         bits = np.unpackbits(packed)[:n].astype(np.int64)
         return torch.from_numpy(bits).reshape(shape)
 
+    def fields(self, shape: tuple[int, ...] | torch.Size, width: int) -> torch.Tensor:
+        """Uniform ``width``-bit fields (1, 2, 4, 8, 16, 32 or 64) in the low bits of int64
+        words, the higher bits zero: for values of which only the low bits are used, it
+        reads ``width / 8`` bytes of keystream a word (at least one) instead of eight."""
+        if width == 64:
+            return self.ring(shape)
+        if width == 1:
+            return self.bits(shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        if width >= 8:
+            fields = np.frombuffer(self.random_bytes(n * width // 8), dtype=f"<u{width // 8}")
+        elif width in (2, 4):
+            fields = np.frombuffer(self.random_bytes(n), dtype=np.uint8) & ((1 << width) - 1)
+        else:
+            raise ValueError(f"field width {width} is not one of 1, 2, 4, 8, 16, 32, 64")
+        return torch.from_numpy(fields.astype(np.int64)).reshape(shape)
+
     def child(self, label: str) -> ChaChaPRG:
         """An independent generator keyed from this stream (same security as the parent)."""
         key = hashlib.sha256(self.random_bytes(_KEY_BYTES) + label.encode()).digest()

@@ -75,14 +75,21 @@ class FixedPoint:
         return r.to(torch.float64) / self.scale
 
 
-def truncate_shares(shares: torch.Tensor, frac_bits: int) -> torch.Tensor:
+def truncate_shares(
+    shares: torch.Tensor, frac_bits: int, parties: tuple[int, ...] = (0, 1)
+) -> torch.Tensor:
     """Divide a two-party sharing by 2^frac_bits locally (SecureML truncation).
 
-    ``shares`` has the two parties' shares stacked on dimension 0. Party 0 computes
-    ``x0 >> f``; party 1 computes ``-((-x1) >> f)``. With ``|x| < 2^l_x`` the reconstruction is
-    floor-or-ceil of x / 2^f (error at most 1 ulp) except with probability about
-    2^(l_x + 1 - 64), when it is off by about 2^(64 - f); see the module docstring.
+    ``shares`` has the shares of ``parties`` stacked on dimension 0 (both, or one party's
+    own). Party 0 computes ``x0 >> f``; party 1 computes ``-((-x1) >> f)``. With
+    ``|x| < 2^l_x`` the reconstruction is floor-or-ceil of x / 2^f (error at most 1 ulp)
+    except with probability about 2^(l_x + 1 - 64), when it is off by about 2^(64 - f);
+    see the module docstring.
     """
+    if parties == (0,):
+        return shares >> frac_bits
+    if parties == (1,):
+        return -((-shares) >> frac_bits)
     out = torch.empty_like(shares)
     out[0] = shares[0] >> frac_bits
     out[1] = -((-shares[1]) >> frac_bits)

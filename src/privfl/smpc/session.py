@@ -15,7 +15,7 @@ running the protocol once on shape-only meta tensors) from the online phase.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,10 +25,12 @@ from privfl.smpc.dealer import Dealer, RecordingDealer, Request
 from privfl.smpc.prg import ChaChaPRG
 from privfl.smpc.ring import DEFAULT_FRAC_BITS, FixedPoint
 from privfl.smpc.ring_matmul import get_ring_matmul
-from privfl.smpc.shared import BinarySharedTensor, SharedTensor, reconstruct, share
+from privfl.smpc.shared import BOTH, BinarySharedTensor, Parties, SharedTensor, reconstruct, share
 from privfl.smpc.traffic import OpeningKind, OpeningLog, Traffic
 
 T = TypeVar("T")
+Opened = tuple[SharedTensor | BinarySharedTensor, OpeningKind, int]
+"""One part of :meth:`Session.open_many`: a sharing, why it may be opened, its width."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Session:
         self.encoder = FixedPoint(frac_bits)
         self.matmul = get_ring_matmul(matmul_method)
         self.matmul_method = matmul_method
+        self.parties: Parties = BOTH  # whose shares this process holds: both
         self.owner_prg = root.child("owners")
         self.traffic = Traffic()
         self.log = OpeningLog(keep_values=keep_opened_values)
@@ -93,11 +96,33 @@ class Session:
         opened values are recorded in ``log`` under ``kind``. With ``width`` below 64
         only the low ``width`` bits of each word are opened (the others read as zero).
         """
-        values = reconstruct(x)
-        if width < 64:
-            values = values & ((1 << width) - 1)
-        self.traffic.count_opening(x.numel(), width)
-        self.log.record(kind, values, width)
+        return self.open_many([(x, kind, width)])[0]
+
+    def open_many(self, parts: Sequence[Opened]) -> list[torch.Tensor]:
+        """Open several sharings in one round, each ``(sharing, kind, width)`` as
+        :meth:`open` does (a masked bit and a masked word can travel together)."""
+        out = []
+        for x, kind, width in parts:
+            values = reconstruct(x)
+            if width < 64:
+                values = values & ((1 << width) - 1)
+            self.traffic.count_opening(x.numel(), width, new_round=False)
+            self.log.record(kind, values, width)
+            out.append(values)
+        self.traffic.rounds += 1
+        return out
+
+    def open_held(
+        self, mine0: BinarySharedTensor, mine1: BinarySharedTensor, kind: OpeningKind
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Open ``mine0``, which party 0 holds alone (party 1's share is 0), and
+        ``mine1``, which party 1 holds alone, in one round: each party sends the other
+        its own, one word an element each way instead of two."""
+        values = (reconstruct(mine0), reconstruct(mine1))
+        for v in values:
+            self.traffic.online_bytes += 8 * v.numel()
+            self.log.record(kind, v)
+        self.traffic.rounds += 1
         return values
 
     def plan(self, fn: Callable[..., Any], *args: Any) -> list[Request]:
@@ -106,13 +131,14 @@ class Session:
         Arguments with a ``to_meta`` method (sharings, shared models) are replaced by meta
         copies; the run touches no real data, opens nothing real and costs little time.
         """
-        recorder = Session.__new__(Session)
+        recorder = _PlanningSession.__new__(_PlanningSession)
         recorder.encoder = self.encoder
         recorder.matmul = self.matmul
         recorder.matmul_method = self.matmul_method
         recorder.traffic = Traffic()
         recorder.log = OpeningLog(keep_values=False)
-        recording = RecordingDealer()
+        recorder.parties = self.parties
+        recording = RecordingDealer(self.parties)
         recorder.dealer = recording
         fn(recorder, *(a.to_meta() if hasattr(a, "to_meta") else a for a in args))
         return recording.requests
@@ -134,3 +160,17 @@ class Session:
         if self.dealer.pending():
             raise RuntimeError(f"{self.dealer.pending()} precomputed items were not used")
         return result, PhaseTimes(offline_s=offline, online_s=online)
+
+
+class _PlanningSession(Session):
+    """The stand-in session of :meth:`Session.plan`: its openings are shape-only, so it
+    plans for any layout of shares (a party process holds only its own)."""
+
+    def open_many(self, parts: Sequence[Opened]) -> list[torch.Tensor]:
+        return [torch.empty(x.shape, dtype=torch.int64, device="meta") for x, _, _ in parts]
+
+    def open_held(
+        self, mine0: BinarySharedTensor, mine1: BinarySharedTensor, kind: OpeningKind
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        meta = torch.empty(mine0.shape, dtype=torch.int64, device="meta")
+        return meta, meta

@@ -3,10 +3,11 @@
 Every opening sends each compute party's share to the other: 2 * 8 bytes per element
 (online bytes, one communication round per call), or 2 * width / 8 bytes when only the
 low ``width`` bits of each word are opened (masked bits and bit fields of the comparison
-circuit travel packed). The dealer sends each party its shares of the correlated
-randomness (offline bytes, counted as whole words: the three-process run cuts them,
-:mod:`privfl.smpc.dealer_streams`). The model owner and the data owner send one share of
-each input to each compute party (input bytes).
+circuit travel packed); a value that one party holds alone travels one way only, 8 bytes
+an element (:meth:`~privfl.smpc.session.Session.open_held`). The dealer sends each party
+its shares of the correlated randomness (offline bytes, counted as whole words: the
+three-process run cuts them, :mod:`privfl.smpc.dealer_streams`). The model owner and the
+data owner send one share of each input to each compute party (input bytes).
 
 :class:`OpeningLog` records every value the protocol reconstructs, with a label saying
 why it was safe to open, so tests can check that nothing else is ever revealed.
@@ -74,8 +75,9 @@ class Traffic:
     input_bytes: int = 0
     rounds: int = 0
 
-    def count_opening(self, numel: int, width: int = 64) -> None:
+    def count_opening(self, numel: int, width: int = 64, new_round: bool = True) -> None:
         """One opening of ``numel`` fields of ``width`` bits: each party sends its share,
-        packed (:func:`privfl.smpc.channel.packed_size`)."""
+        packed (:func:`privfl.smpc.channel.packed_size`); ``new_round=False`` where it
+        travels in a round already counted."""
         self.online_bytes += 2 * packed_size(numel, width)
-        self.rounds += 1
+        self.rounds += int(new_round)
