@@ -19,8 +19,9 @@ kilobytes each client sent, the values clamped over all rounds.
 summed by :func:`privfl.secagg.secure_sum` with SecAgg and SecAgg+ for the 2NN and the
 CNN at 10, 50 and 100 clients per round, against the plain round, on one torch thread
 (per-core costs, clients one after the other). ``--prg`` measures the keystream that
-masks are expanded from: ChaCha20 against AES-CTR (:mod:`privfl.secagg.primitives` uses
-AES-128-CTR).
+masks are expanded from: ChaCha20, AES-CTR and AES-128-GCM's counter mode (which
+:mod:`privfl.secagg.primitives` uses), and the tag of a masked input: Poly1305 against
+GMAC (it uses GMAC).
 
 The load average is printed with every table: the machine may be shared.
 
@@ -38,6 +39,8 @@ import warnings
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 import privfl
 from privfl.algorithms.models import CNN, TwoNN
@@ -292,10 +295,14 @@ def print_prg_table() -> None:
         "aes-256-ctr": Cipher(algorithms.AES(key), modes.CTR(bytes(16))),
         "aes-128-ctr": Cipher(algorithms.AES(key[:16]), modes.CTR(key[16:])),
     }
-    rates: dict[str, list[float]] = {name: [] for name in ciphers}
+    rates: dict[str, list[float]] = {name: [] for name in (*ciphers, "aes-128-gcm")}
+    zeros, out, gcm = bytes(size), bytearray(size + 16), AESGCM(key[:16])
     for _ in range(5):  # alternating, so that both see the same load
         for name, cipher in ciphers.items():
             rates[name].append(keystream_gbps(cipher, size, 50))
+        # the masks' PRG: GCM's counter mode (its tag, 16 bytes more, is dropped)
+        seconds = best_seconds(lambda: gcm.encrypt_into(bytes(12), zeros, None, out), 50)
+        rates["aes-128-gcm"].append(size / seconds / 1e9)
     medians = {name: statistics.median(rate) for name, rate in rates.items()}
     print(
         f"\nPRG keystream, {size / 1e6:.1f} MB per mask, GB/s (medians of best-of-50): "
@@ -305,6 +312,34 @@ def print_prg_table() -> None:
         )
         + f"; {load_average()}"
     )
+    vector = os.urandom(size)
+    tags = {"poly1305": [], "gmac": []}
+    for _ in range(5):  # alternating, as above
+        tags["poly1305"].append(best_seconds(lambda: poly1305(key, vector), 50))
+        tags["gmac"].append(best_seconds(lambda: gmac(key, vector), 50))
+    poly, fast = (statistics.median(tags[name]) * 1e3 for name in ("poly1305", "gmac"))
+    print(
+        f"Tag of a masked input of {size / 1e6:.1f} MB, ms (medians of best-of-50): "
+        f"Poly1305 {poly:.3f}, GMAC (AES-256-GCM) {fast:.3f} ({poly / fast:.1f}x faster); "
+        f"{load_average()}"
+    )
+
+
+def best_seconds(work, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def poly1305(key: bytes, data: bytes) -> bytes:
+    return Poly1305.generate_tag(key, data)
+
+
+def gmac(key: bytes, data: bytes) -> bytes:
+    return AESGCM(key).encrypt(bytes(12), b"", data)
 
 
 def main() -> None:

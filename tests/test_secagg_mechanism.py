@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import privfl
 import privfl.builtin.executors
 from privfl.builtin.secure_aggregation import SecAgg
+from privfl.client_runtime import _all_finite
 from privfl.messages import bytes_tensor, tensor_bytes
 from privfl.secagg import KeyDirectory
 from privfl.secagg.messages import AdvertiseKeys, UnmaskResponse
@@ -411,3 +412,15 @@ def test_a_client_refusing_a_request_mid_protocol_aborts_only_that_round(monkeyp
         "client 4 refused the 'unmasking' phase: that request would unmask client 2: refusing"
     )
     assert after.values["secagg_contributors"] == 6
+
+
+def test_the_finiteness_check_before_encoding_survives_a_sum_that_overflows():
+    """A sum that overflows float32 sends the check value by value: finite values pass,
+    a NaN or an infinity anywhere does not."""
+    big = torch.full((4,), 3e38)
+    assert float(big.sum()) == float("inf")
+    assert _all_finite(big)
+    assert _all_finite(torch.randn(1000))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not _all_finite(torch.tensor([1.0, bad, 2.0]))
+        assert not _all_finite(torch.cat([big, torch.tensor([bad])]))

@@ -164,3 +164,22 @@ def test_encode_writes_into_out():
         encode(np.zeros(3), frac_bits=4, bound=2.0, dtype=np.uint32, out=out)
     with pytest.raises(DataError, match="NaN"):
         encode(np.array([np.inf, 0.0]), frac_bits=4, bound=2.0, dtype=np.uint32)
+
+
+@pytest.mark.parametrize("bound", [0.3, 2.0**20, 1.0 + 2.0**-20, 5.0])
+@pytest.mark.parametrize("frac_bits", [0, 18, 29])
+def test_float32_values_encode_as_their_float64_copies_do(bound, frac_bits):
+    """Float32 values are encoded in float32 (scaling by a power of two and rounding to
+    an integer are exact), clamped ones to exactly +-bound: the same integers and count
+    as the float64 encoding, also for ties, and for bounds no float32 holds."""
+    rng = np.random.default_rng(frac_bits)
+    values = (rng.standard_normal(4000) * rng.choice([1e-3, 1, 1e7], size=4000)).astype(np.float32)
+    values[:50] = (rng.integers(-1000, 1000, 50) + 0.5) / 2.0**frac_bits  # exact ties
+    values[50:54] = [bound, -bound, np.nextafter(np.float32(bound), np.float32(9)), -(2.0**100)]
+    dtype = np.uint64
+    single, single_clamped = encode(values, frac_bits=frac_bits, bound=bound, dtype=dtype)
+    double, double_clamped = encode(
+        values.astype(np.float64), frac_bits=frac_bits, bound=bound, dtype=dtype
+    )
+    np.testing.assert_array_equal(single, double)
+    assert single_clamped == double_clamped > 0

@@ -24,7 +24,7 @@ from privfl.secagg.messages import MaskedInput, ProtocolError
 from privfl.secagg.quantization import code_ring_bits, grid_step, quantize_to_grid
 from privfl.testing import ClearSum, tiny_federation
 
-HEADER = 2 + 4 + 16 + 32 + 1 + 4  # version, kind, sender, tag, commitment, bits, count
+HEADER = 2 + 4 + 16 + 32 + 1 + 4 + 5  # version, kind, sender, tag, commitment, bits, count, 0s
 DIM = 50
 
 

@@ -86,6 +86,7 @@ from privfl.secagg import (
     ring_bits_for,
     secagg_config,
 )
+from privfl.secagg.arena import MessageArena
 from privfl.secagg.encoding import FLOAT32_SLACK
 from privfl.secagg.signing import provisioned_key
 from privfl.seeding import derive_seed
@@ -169,6 +170,7 @@ class SecAgg(PrivacyMechanism):
         self._registered = KeyDirectory(first_use=True)  # server half: clients' keys
         self._signing_keys: dict[int, Ed25519PrivateKey] = {}  # client half: derived
         self._pinned = KeyDirectory(first_use=True)  # client half: keys this host trusts
+        self._arena = MessageArena()  # client half: where this host's clients mask inputs
 
     def __getstate__(self) -> dict[str, Any]:
         """The mechanism without the kept protocol settings and keys: a copy sent to
@@ -179,6 +181,7 @@ class SecAgg(PrivacyMechanism):
             "_registered": None,
             "_signing_keys": None,
             "_pinned": None,
+            "_arena": None,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -293,6 +296,7 @@ class SecAgg(PrivacyMechanism):
             signing_key=self._signing_keys[client_id],
             directory=self._pinned,
             coding=grid_coding(config, client_id),
+            arena=self._arena,
         )
 
     def _protocol(self, config: Mapping[str, Any]) -> SecAggConfig:

@@ -30,6 +30,8 @@ from privfl.secagg import (
     secagg_plus_parameters,
     secagg_threshold,
 )
+from privfl.secagg.arena import MessageArena
+from privfl.secagg.messages import MaskedInput
 from privfl.seeding import torch_generator
 
 PHASE_STEPS = {
@@ -56,13 +58,16 @@ class SecAggProtocolClient(SecureSumClient):
         signing_key: Ed25519PrivateKey,
         directory: KeyDirectory,
         coding: tuple[GridCoding, torch.Generator] | None = None,
+        arena: MessageArena | None = None,
     ) -> None:
         self._client = SecAggClient(client_id, config, signing_key=signing_key, directory=directory)
         self._config = config
         self._frac_bits = frac_bits
         self._bound = bound
         self._coding = coding
+        self._arena = arena
         self._input: np.ndarray | None = None
+        self._message: bytearray | memoryview | None = None  # the message _input is in
         self._finished = False
 
     def start(self, contribution: torch.Tensor) -> bytes:
@@ -74,7 +79,13 @@ class SecAggProtocolClient(SecureSumClient):
                 raise DataError(f"client {self._client.client_id}: {error}") from error
             self._input = codes.astype(dtype)
             return self._client.advertise_keys()
-        self._input = np.empty(contribution.numel() + 1, dtype=dtype)
+        # Encoded into the message that will carry it, where it is masked in place: the
+        # vector is written once and never copied on this side.
+        buffer = MaskedInput.buffer(contribution.numel() + 1, dtype, self._arena)
+        if buffer is None:
+            self._input = np.empty(contribution.numel() + 1, dtype=dtype)
+        else:
+            self._message, self._input = buffer
         try:
             _, clamped = encode(
                 contribution,
@@ -89,12 +100,13 @@ class SecAggProtocolClient(SecureSumClient):
         self._input[-1] = min(clamped, encoded_bound(self._bound, self._frac_bits))
         return self._client.advertise_keys()
 
-    def step(self, phase: str, data: bytes) -> bytes:
+    def step(self, phase: str, data: bytes) -> bytes | bytearray | memoryview:
         if phase not in PHASE_STEPS:
             raise ProtocolError(f"client {self._client.client_id}: no secure phase {phase!r}")
         method = getattr(self._client, PHASE_STEPS[phase])
         if phase == "masked_input":  # the input is needed no more: mask it in place
-            return method(data, self._input, overwrite=True)
+            message, self._message = self._message, None
+            return method(data, self._input, overwrite=True, message=message)
         reply = method(data)
         self._finished = phase == "unmasking"
         return reply

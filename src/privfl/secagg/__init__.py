@@ -19,7 +19,7 @@ remains (a malicious server can still drop honest clients down to the quorum).
 Modules: :mod:`.encoding` (fixed point in Z_2^32 / Z_2^64, and narrower rings Z_2^k
 for integer codes, packed at k bits), :mod:`.quantization` (stochastic rounding onto a
 grid shared by a round's clients, whose codes add up), :mod:`.shamir` (secret
-sharing), :mod:`.primitives` (X25519, HKDF, ChaCha20-Poly1305, AES-CTR PRG from
+sharing), :mod:`.primitives` (X25519, HKDF, ChaCha20-Poly1305, GMAC, AES-CTR PRG from
 ``cryptography``), :mod:`.signing` (Ed25519 statements, the key directory),
 :mod:`.graph` and :mod:`.parameters` (neighbours, k and t), :mod:`.config`,
 :mod:`.messages` (byte format), :mod:`.client`, :mod:`.server` and :mod:`.simulation`

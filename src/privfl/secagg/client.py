@@ -15,7 +15,7 @@ secure protocol; Bell et al. 2020, CCS, for the sparse graph):
    of the round) over the neighbours ``v`` that
    shared with it, where ``s_uv`` is agreed from the s-keys and ``sign(u, v)`` is +1
    when ``u < v`` and -1 otherwise, so that the pairwise masks cancel in the sum, with
-   a commitment to ``b_u``, both under a Poly1305 tag keyed by the agreement of its
+   a commitment to ``b_u``, both under a GMAC tag keyed by the agreement of its
    c-key and the server's key of the round, for this session and round;
 4. :meth:`SecAggClient.consistency_check` signs the survivor set U3 the server sends
    (the clients whose masked input it holds); it signs one set per round;
@@ -68,10 +68,10 @@ def keys_statement(config: SecAggConfig, client: int, c_public: bytes, s_public:
     return statement("keys", config.session, config.round, client, c_public, s_public)
 
 
-def input_parts(vector: np.ndarray, commitment: bytes) -> tuple[bytes, memoryview]:
-    """What the tag of a :class:`MaskedInput` covers: the seed commitment, then the
+def input_bytes(vector: np.ndarray) -> memoryview:
+    """What the tag of a :class:`MaskedInput` covers with its seed commitment: the
     vector as the little-endian words it travels as (read in place, not copied)."""
-    return commitment, MaskedInput.words(vector).data.cast("B")
+    return MaskedInput.words(vector).data.cast("B")
 
 
 def seed_commitment(config: SecAggConfig, client: int, seed: bytes) -> bytes:
@@ -89,6 +89,14 @@ def seed_commitment(config: SecAggConfig, client: int, seed: bytes) -> bytes:
 def survivors_statement(config: SecAggConfig, client: int, survivors: tuple[int, ...]) -> bytes:
     """What ``client`` signs in the consistency check: the survivor set U3."""
     return statement("survivors", config.session, config.round, client, ids_bytes(survivors))
+
+
+def _vector_of(message: bytearray | memoryview, values: np.ndarray) -> bool:
+    """Whether ``values`` is the whole vector of ``message``, a
+    :meth:`~privfl.secagg.messages.MaskedInput.buffer`."""
+    start = np.frombuffer(message, np.uint8).ctypes.data + MaskedInput.HEADER_BYTES
+    size = len(message) - MaskedInput.HEADER_BYTES
+    return bool(values.ctypes.data == start and values.nbytes == size and values.flags.c_contiguous)
 
 
 def share_point(client: int) -> int:
@@ -197,7 +205,14 @@ class SecAggClient:
         )
         return ShareKeys(self.client_id, ciphertexts).to_bytes()
 
-    def masked_input(self, relay: bytes, values: np.ndarray, *, overwrite: bool = False) -> bytes:
+    def masked_input(
+        self,
+        relay: bytes,
+        values: np.ndarray,
+        *,
+        overwrite: bool = False,
+        message: bytearray | memoryview | None = None,
+    ) -> bytes | bytearray | memoryview:
         """Round 2: keep the shares in ``relay``; send ``values`` under the masks.
 
         :param relay: The server's :class:`ShareRelay` for this client.
@@ -205,6 +220,9 @@ class SecAggClient:
             values below ``2^ring_bits``.
         :param overwrite: Mask ``values`` in place rather than a copy (for a caller that
             needs them no more: it saves a copy of the vector).
+        :param message: The :meth:`~privfl.secagg.messages.MaskedInput.buffer` whose
+            vector ``values`` is, in a 32- or 64-bit ring: ``values`` are masked in place
+            and the message is returned, sealed, without a copy of the vector.
         """
         self._step("masked_input")
         values = np.asarray(values)
@@ -212,6 +230,13 @@ class SecAggClient:
             raise ProtocolError(
                 f"client {self.client_id}'s input must be a 1-D {self.config.dtype} vector, "
                 f"not {values.ndim}-D {values.dtype}"
+            )
+        if message is not None and (
+            self.config.ring_bits != 8 * values.dtype.itemsize or not _vector_of(message, values)
+        ):
+            raise ProtocolError(
+                f"client {self.client_id}'s input is not the vector of a message buffer "
+                f"of its {self.config.ring_bits}-bit ring"
             )
         bits = self.config.ring_bits
         if bits < values.dtype.itemsize * 8 and values.size and int(values.max()) >> bits:
@@ -251,17 +276,20 @@ class SecAggClient:
             )
             for u in senders
         ]
-        masked = values if overwrite else values.copy()
+        masked = values if overwrite or message is not None else values.copy()
         primitives.add_masks(masked, masks)
         reduce_ring(masked, self.config.ring_bits)  # masks, like inputs, live in Z_2^k
         commitment = seed_commitment(self.config, self.client_id, self._seed)
         tag = primitives.input_tag(
             primitives.agree(self._c_key, self._server_public),
             self.client_id,
-            input_parts(masked, commitment),
+            commitment,
+            input_bytes(masked),
             session=self.config.session,
             round=self.config.round,
         )
+        if message is not None:
+            return MaskedInput.seal(message, self.client_id, tag, commitment, self.config.ring_bits)
         return MaskedInput(
             self.client_id, masked, tag, commitment, self.config.ring_bits
         ).to_bytes()
@@ -349,10 +377,17 @@ class SecAggClient:
                 f"client {me}: the server's unmask request carries {len(signers)} signatures "
                 f"on the survivor set, fewer than the quorum {quorum}: refusing"
             )
-        for u, key, signature in message.signatures:
+        for u, key, _ in message.signatures:
             self._directory.key_of(u, key)
-            signed = survivors_statement(self.config, u, self._survivors)
-            self._directory.verify(u, signature, signed, "the survivor set")
+        survivors = ids_bytes(self._survivors)  # what every signer signed, written once
+        session, round = self.config.session, self.config.round
+        self._directory.verify_all(
+            [
+                (u, signature, statement("survivors", session, round, u, survivors))
+                for u, _, signature in message.signatures
+            ],
+            "the survivor set",
+        )
 
     def _require_threshold(self, count: int, what: str) -> None:
         if count < self.config.threshold:

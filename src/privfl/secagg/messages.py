@@ -5,12 +5,15 @@ object cannot reach a client's secrets and the bytes can travel over any transpo
 format is explicit and versioned (no pickle): one version byte, one kind byte, then
 fixed-width big-endian fields, with a ``u32`` count before every list and a ``u32``
 length before every ciphertext. Vectors travel as little-endian ring words, or packed
-at k bits a value in a ring ``Z_2^k`` narrower than 32 bits (version 3). Decoding
-checks every length and rejects trailing bytes.
+at k bits a value in a ring ``Z_2^k`` narrower than 32 bits (version 3), after a
+header padded to 64 bytes (version 4), so that a message that starts on a word
+boundary holds its words aligned: clients mask their input where it travels, and the
+server reads it in place (:meth:`MaskedInput.buffer`). Decoding checks every length
+and rejects trailing bytes.
 
 The rounds of the actively secure protocol of Bonawitz et al. 2017 (CCS), with its
 consistency check; signatures are Ed25519 over the statements of :mod:`.signing`,
-the masked input's tag Poly1305 (:func:`~privfl.secagg.primitives.input_tag`):
+the masked input's tag GMAC (:func:`~privfl.secagg.primitives.input_tag`):
 
 ============================= ==== =============================================
 message                       way  content
@@ -30,6 +33,7 @@ message                       way  content
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,12 +41,13 @@ import numpy as np
 
 from privfl.errors import PrivflError
 from privfl.secagg import shamir
+from privfl.secagg.arena import MessageArena
 from privfl.secagg.encoding import pack_ring, packed_ring_size, unpack_ring
 
-VERSION = 3
+VERSION = 4
 _KEY = 32  # raw X25519 or Ed25519 public key bytes
 _SIGNATURE = 64  # Ed25519
-_TAG = 16  # Poly1305
+_TAG = 16  # GMAC
 _RING_DTYPES: dict[int, np.dtype] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 
 
@@ -219,7 +224,7 @@ class ShareRelay:
 class MaskedInput:
     """Round 2, client to server: the masked ring vector of ``sender``, a commitment
     to its self-mask seed (so that the seed rebuilt from shares can be checked), and
-    the Poly1305 tag that authenticates both for this session and round.
+    the GMAC tag that authenticates both for this session and round.
 
     ``ring_bits`` is k of the ring ``Z_2^k`` (1 to 64; None: the width of the
     vector's words, 32 or 64). The vector travels as little-endian words in a 32- or
@@ -228,6 +233,9 @@ class MaskedInput:
     """
 
     KIND: ClassVar[int] = 5
+    HEADER_BYTES: ClassVar[int] = 64
+    """Bytes before the vector: version, kind, sender, tag, commitment, ring bits,
+    length, then zeros up to a multiple of the widest word."""
     sender: int
     vector: np.ndarray
     tag: bytes
@@ -239,10 +247,50 @@ class MaskedInput:
         """The vector as the little-endian words it travels (and is signed) as."""
         return np.ascontiguousarray(vector, dtype=_RING_DTYPES[vector.dtype.itemsize * 8])
 
+    @classmethod
+    def buffer(
+        cls, size: int, dtype: np.dtype | type, arena: MessageArena | None = None
+    ) -> tuple[bytearray | memoryview, np.ndarray] | None:
+        """A message of ``size`` words of ``dtype`` (32- or 64-bit), and its vector: a
+        client that encodes and masks its input in that vector, then fills in the header
+        with :meth:`seal`, sends its input without copying it.
+
+        :param arena: Where to cut the message from
+            (:class:`~privfl.secagg.arena.MessageArena`; a new ``bytearray`` if None).
+        :returns: None on a big-endian host, whose words are not those the message holds.
+        """
+        dtype = np.dtype(dtype)
+        if dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder != "little"):
+            return None
+        nbytes = cls.HEADER_BYTES + size * dtype.itemsize
+        message = bytearray(nbytes) if arena is None else arena.take(nbytes)
+        return message, np.frombuffer(message, dtype, size, cls.HEADER_BYTES)
+
+    @classmethod
+    def seal(
+        cls,
+        message: bytearray | memoryview,
+        sender: int,
+        tag: bytes,
+        commitment: bytes,
+        ring_bits: int,
+    ) -> bytearray | memoryview:
+        """Write the header into a :meth:`buffer` whose vector holds the masked input;
+        return the message, now equal to ``to_bytes()`` of the same fields."""
+        if ring_bits not in _RING_DTYPES or len(message) < cls.HEADER_BYTES:
+            raise ProtocolError(f"a message buffer holds 32- or 64-bit words, not {ring_bits}")
+        size = (len(message) - cls.HEADER_BYTES) // (ring_bits // 8)
+        message[: cls.HEADER_BYTES] = cls._head(sender, tag, commitment, ring_bits, size)
+        return message
+
+    @classmethod
+    def _head(cls, sender: int, tag: bytes, commitment: bytes, bits: int, size: int) -> bytes:
+        header = _header(cls.KIND) + _u32(sender) + tag + commitment + bytes((bits,)) + _u32(size)
+        return header.ljust(cls.HEADER_BYTES, b"\x00")
+
     def to_bytes(self) -> bytes:
         bits = self.ring_bits or self.vector.dtype.itemsize * 8
-        header = _header(self.KIND) + _u32(self.sender) + self.tag + self.commitment
-        header += bytes((bits,)) + _u32(self.vector.size)
+        header = self._head(self.sender, self.tag, self.commitment, bits, self.vector.size)
         return b"".join((header, pack_ring(self.vector, bits)))  # one copy of the vector
 
     @classmethod
@@ -254,17 +302,20 @@ class MaskedInput:
         if not 1 <= bits <= 64:
             raise ProtocolError(f"MaskedInput ring of {bits} bits: 1 to 64 exist")
         length = reader.u32()
+        if any(reader.view(cls.HEADER_BYTES - 2 - 4 - _TAG - _KEY - 1 - 4)):
+            raise ProtocolError("MaskedInput header padding is not zero")
         payload = reader.view(packed_ring_size(length, bits))
         reader.finish()  # a 32- or 64-bit vector is a read-only view of ``data``, not a copy
         return cls(sender, unpack_ring(payload, bits, length), tag, commitment, bits)
 
 
 def _write_ids(ids: tuple[int, ...]) -> bytes:
-    return _u32(len(ids)) + b"".join(_u32(u) for u in ids)
+    return struct.pack(f">I{len(ids)}I", len(ids), *ids)
 
 
 def _read_ids(reader: _Reader) -> tuple[int, ...]:
-    return tuple(reader.u32() for _ in range(reader.u32()))
+    count = reader.u32()
+    return struct.unpack(f">{count}I", reader.view(4 * count))
 
 
 @dataclass(frozen=True)
@@ -340,8 +391,16 @@ class UnmaskRequest:
     def from_bytes(cls, data: bytes) -> UnmaskRequest:
         reader = _open(data, cls)
         ids = _read_ids(reader), _read_ids(reader), _read_ids(reader)
+        count = reader.u32()
+        size = 4 + _KEY + _SIGNATURE  # fixed-width records, cut out of one copy
+        records = reader.take(size * count)
         signatures = tuple(
-            (reader.u32(), reader.take(_KEY), reader.take(_SIGNATURE)) for _ in range(reader.u32())
+            (
+                int.from_bytes(records[at : at + 4], "big"),
+                records[at + 4 : at + 4 + _KEY],
+                records[at + 4 + _KEY : at + size],
+            )
+            for at in range(0, len(records), size)
         )
         reader.finish()
         return cls(*ids, signatures)

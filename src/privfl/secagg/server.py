@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from privfl.errors import RoundAborted
 from privfl.secagg import primitives, shamir
 from privfl.secagg.client import (
-    input_parts,
+    input_bytes,
     keys_statement,
     seed_commitment,
     share_point,
@@ -232,7 +232,8 @@ class SecAggServer:
             primitives.check_input_tag(
                 primitives.agree(self._round_key, self._keys[sender][0]),
                 sender,
-                input_parts(message.vector, message.commitment),
+                message.commitment,
+                input_bytes(message.vector),
                 message.tag,
                 session=self.config.session,
                 round=self.config.round,

@@ -117,9 +117,34 @@ def off_polynomial(shares: Mapping[int, int], *, threshold: int) -> list[int]:
 
 
 def _agree(shares: Mapping[int, int], points: Sequence[int], threshold: int) -> bool:
-    base = points[:threshold]
-    values = [shares[x] for x in base]
-    return all(combine(values, lagrange_at(base, x)) == shares[x] for x in points[threshold:])
+    """Whether the shares at ``points`` lie on one polynomial of degree < ``threshold``.
+
+    They do exactly when ``sum_i x_i^k f(x_i) / prod_{j != i} (x_i - x_j) = 0`` for
+    every ``k < m - threshold`` (``m`` points): each sum is the leading divided
+    difference of ``x^k f``, zero for every degree below ``m - 1``, and the
+    ``m - threshold`` sums are independent checks (the dual of a Reed-Solomon code is
+    one; MacWilliams and Sloane 1977, ch. 10 section 8), so they vanish exactly on the
+    ``threshold``-dimensional code. Scaled by a common multiple of the denominators
+    (``_dual_weights``), the sums need no modular inverse, and multiplying by the
+    small points costs less than interpolating at each point beyond ``threshold``.
+    """
+    terms = [w * shares[x] for w, x in zip(_dual_weights(tuple(points)), points, strict=True)]
+    for _ in range(len(points) - threshold):
+        if sum(terms) % PRIME:
+            return False
+        terms = [term * x for term, x in zip(terms, points, strict=True)]
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _dual_weights(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """``L / prod_{j != i} (x_i - x_j)`` for each point, ``L`` the least common multiple
+    of those products: exact integers, and ``L`` is invertible modulo the prime (its
+    factors are differences of distinct points in ``[1, PRIME)``, none a multiple of
+    the prime), so scaling a check by ``L`` keeps it equivalent."""
+    denominators = [math.prod(xi - xj for xj in xs if xj != xi) for xi in xs]
+    common = math.lcm(*denominators)
+    return tuple(common // d for d in denominators)
 
 
 def reconstruct(shares: Mapping[int, int], *, threshold: int) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -36,6 +36,7 @@ VERIFY_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 _LABEL = b"privfl.secagg.v2."
 _MAX_VERIFIED = 1 << 16  # verifications a directory remembers (a few MB)
+_ONE, _ALL = b"one\x00", b"all\x00"  # what a remembered digest covers: one signature, a list
 
 
 def statement(kind: str, session: bytes, round: int, signer: int, *parts: bytes) -> bytes:
@@ -49,9 +50,9 @@ def statement(kind: str, session: bytes, round: int, signer: int, *parts: bytes)
     return head + struct.pack(">QI", round, signer) + body
 
 
-def ids_bytes(ids: Iterable[int]) -> bytes:
+def ids_bytes(ids: Sequence[int]) -> bytes:
     """Client ids as big-endian u32 words, in the order given (a signed set: sorted)."""
-    return b"".join(struct.pack(">I", u) for u in ids)
+    return struct.pack(f">{len(ids)}I", *ids)
 
 
 def digest(data: bytes | memoryview) -> bytes:
@@ -110,7 +111,7 @@ class KeyDirectory:
         :raises ProtocolError: naming the client when the signature does not verify.
         """
         key = self.key_of(client)
-        seen = digest(key + signature + signed)
+        seen = digest(_ONE + key + struct.pack(">I", len(signature)) + signature + signed)
         if seen in self._verified:
             return
         try:
@@ -120,6 +121,29 @@ class KeyDirectory:
                 f"client {client}'s signature on {what} does not verify: forged, altered, "
                 "or replayed from another session or round"
             ) from error
+        self._remember(seen)
+
+    def verify_all(self, signed: Sequence[tuple[int, bytes, bytes]], what: str) -> None:
+        """Check each ``(client, signature, statement)`` of ``signed`` as :meth:`verify` does.
+
+        Every survivor checks the same list in the consistency check (the quorum's
+        signatures on U3), so a host whose clients share this directory remembers the
+        digest of a list that verified and checks each list once, not once per client.
+
+        :raises ProtocolError: naming the first client whose signature does not verify.
+        """
+        entries: list[bytes] = []
+        for client, signature, message in signed:
+            head = struct.pack(">III", client, len(signature), len(message))
+            entries += (head, self.key_of(client), signature, message)
+        seen = digest(_ALL + b"".join(entries))
+        if seen in self._verified:
+            return
+        for client, signature, message in signed:
+            self.verify(client, signature, message, what)
+        self._remember(seen)
+
+    def _remember(self, seen: bytes) -> None:
         if len(self._verified) > _MAX_VERIFIED:
             self._verified.clear()
         self._verified.add(seen)

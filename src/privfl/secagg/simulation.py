@@ -136,9 +136,11 @@ class _Network:
         self.sent = dict.fromkeys(self.client_ids, 0)
         self.received = dict.fromkeys(self.client_ids, 0)
 
-    def up(self, client: int, step: Callable[..., bytes], *args: Any) -> bytes:
+    def up(
+        self, client: int, step: Callable[..., bytes | bytearray | memoryview], *args: Any
+    ) -> bytes:
         started = time.thread_time()
-        message = step(*args)
+        message = bytes(step(*args))
         self.client_seconds += time.thread_time() - started
         self.sent[client] += len(message)
         if self.record:
