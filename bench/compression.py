@@ -13,6 +13,11 @@ evaluation, and the milliseconds of encoding per client (comparable across runs 
 rounds take different times). The load average is printed with the table, since the
 machine may be shared.
 
+With ``--downlink-bits B`` every compressor also runs with the global model sent in
+``B`` bits per coordinate (:mod:`privfl.downlink`, Caldas et al. 2018), and the gap is
+to a first, uncompressed run both ways; ``down/client`` is the bytes of the model each
+client receives per round (``downlink_bytes``).
+
 Usage: ``python bench/compression.py --data-dir ../shared/data/mnist``
 """
 
@@ -40,6 +45,7 @@ from privfl.testing import make_plugin_manager
 sys.path.insert(0, str(Path(__file__).parent))
 from centralized_floor import MODELS, load
 
+ROTATED_2_BITS = {"bits": 2, "rotation": True, "scale": "max"}
 CONFIGS: dict[str, list[tuple[str | None, dict[str, Any]]]] = {
     "2nn": [
         (None, {}),
@@ -48,17 +54,36 @@ CONFIGS: dict[str, list[tuple[str | None, dict[str, Any]]]] = {
         ("random-mask", {"fraction": 0.25}),
         ("topk", {"fraction": 0.05, "value_bits": 8}),
         ("topk", {"fraction": 0.03, "value_bits": 8}),
+        ("low-rank", {"rank": 0.1}),
+        ("low-rank", {"rank": 0.05, "value_bits": 16}),
+        ("low-rank", {"rank": 0.25, "unbiased": False}),
+        ("random-mask,qsgd", {"random-mask": {"fraction": 0.25}, "qsgd": ROTATED_2_BITS}),
+        ("topk,qsgd", {"topk": {"fraction": 0.05}, "qsgd": {**ROTATED_2_BITS, "bits": 4}}),
+        ("topk,qsgd", {"topk": {"fraction": 0.05}, "qsgd": ROTATED_2_BITS}),
     ],
     "cnn": [
         (None, {}),
         ("qsgd", {"bits": 2, "rotation": True, "scale": "max"}),
         ("topk", {"fraction": 0.04, "value_bits": 8}),
         ("topk", {"fraction": 0.015, "value_bits": 8}),
+        ("low-rank", {"rank": 0.25}),
+        ("low-rank", {"rank": 0.1}),
+        ("random-mask,qsgd", {"random-mask": {"fraction": 0.1}, "qsgd": ROTATED_2_BITS}),
+        ("topk,qsgd", {"topk": {"fraction": 0.04}, "qsgd": ROTATED_2_BITS}),
     ],
 }
+"""Per model, the compressors compared: a name and its options, or a stack's names
+separated by commas and a table of options per stage."""
 
 
-def run(model_name: str, data: tuple, rounds: int, name: str | None, options: dict) -> dict:
+def run(
+    model_name: str,
+    data: tuple,
+    rounds: int,
+    name: str | None,
+    options: dict,
+    downlink_bits: int | None = None,
+) -> dict:
     train, test = data
     torch.manual_seed(0)
     fed = Federation(
@@ -69,7 +94,8 @@ def run(model_name: str, data: tuple, rounds: int, name: str | None, options: di
         training=LocalTraining(epochs=1, batch_size=10, lr=0.1),
         sampler=UniformSampler(clients_per_round=10),
         compressor=name,
-        options={name: options} if name else None,
+        downlink_bits=downlink_bits,
+        options=None if name is None else options if "," in name else {name: options},
         eval_every=rounds,
         seed=0,
         plugins=make_plugin_manager(),
@@ -82,6 +108,7 @@ def run(model_name: str, data: tuple, rounds: int, name: str | None, options: di
     timed = records[:-1] if rounds > 1 else records
     total = sum(r.seconds for r in timed)
     return {
+        "downlink": statistics.mean(r.values["downlink_bytes"] for r in records),
         "uplink": uplink,
         "ratio": 4 * dim / uplink,
         "accuracy": records[-1].metrics["accuracy"],
@@ -97,7 +124,8 @@ def run(model_name: str, data: tuple, rounds: int, name: str | None, options: di
 def label(name: str | None, options: dict) -> str:
     if name is None:
         return "float32 (none)"
-    return name + "".join(f" {k}={v}" for k, v in options.items())
+    tables = options.values() if "," in name else [options]
+    return name + "".join(f" {k}={v}" for table in tables for k, v in table.items())
 
 
 def main() -> None:
@@ -106,23 +134,32 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["2nn", "cnn"], choices=sorted(CONFIGS))
     parser.add_argument("--rounds-2nn", type=int, default=50)
     parser.add_argument("--rounds-cnn", type=int, default=20)
+    parser.add_argument("--downlink-bits", type=int, default=None, help="compress the model too")
     args = parser.parse_args()
     data = load(args.data_dir)
     for model_name in args.models:
         rounds = args.rounds_2nn if model_name == "2nn" else args.rounds_cnn
         print(f"\n{model_name}: 100 IID clients, 10 per round, {rounds} rounds, seed 0", flush=True)
+        pad = 10 if args.downlink_bits else 2  # room for ", down Bb"
+        width = max(38, *(len(label(*config)) + pad for config in CONFIGS[model_name]))
         print(
-            f"{'compressor':<38}{'bytes/client':>14}{'ratio':>9}{'accuracy':>10}"
+            f"{'compressor':<{width}}{'down/client':>12}{'bytes/client':>14}{'ratio':>9}"
+            f"{'accuracy':>10}"
             f"{'gap pts':>9}{'s/round':>9}{'encode':>8}{'decode':>8}{'enc ms/client':>14}",
             flush=True,
         )
         baseline = None
-        for name, options in CONFIGS[model_name]:
-            result = run(model_name, data, rounds, name, options)
+        configs = [(name, options, args.downlink_bits) for name, options in CONFIGS[model_name]]
+        if args.downlink_bits:  # the gap is to the run uncompressed both ways
+            configs.insert(0, (None, {}, None))
+        for name, options, downlink_bits in configs:
+            result = run(model_name, data, rounds, name, options, downlink_bits)
+            text = label(name, options) + (f", down {downlink_bits}b" if downlink_bits else "")
             baseline = baseline if baseline is not None else result["accuracy"]
             gap = 100 * (baseline - result["accuracy"])
             print(
-                f"{label(name, options):<38}{result['uplink']:>14,.0f}{result['ratio']:>8.1f}x"
+                f"{text:<{width}}{result['downlink']:>12,.0f}"
+                f"{result['uplink']:>14,.0f}{result['ratio']:>8.1f}x"
                 f"{result['accuracy']:>10.4f}{gap:>9.2f}{result['seconds']:>9.2f}"
                 f"{result['encode_share']:>8.1%}{result['decode_share']:>8.1%}"
                 f"{result['encode_ms']:>14.2f}",

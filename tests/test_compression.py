@@ -20,19 +20,24 @@ from privfl.algorithms.bit_coding import (
     unpack_index_set,
 )
 from privfl.algorithms.compression import (
-    MIN_BLOCK,
+    RANDOM_BITS,
     densify,
     dequantize,
     error_feedback,
-    hadamard_blocks,
     max_quantize,
     qsgd_levels,
     qsgd_quantize,
     qsgd_variance_bound,
     random_mask,
+    sparse_error_feedback,
+    stochastic_quantize,
+    top_k,
+)
+from privfl.algorithms.hadamard import (
+    MIN_BLOCK,
+    hadamard_blocks,
     random_signs,
     rotate,
-    top_k,
     unrotate,
     walsh_hadamard,
 )
@@ -53,12 +58,13 @@ def test_stochastic_quantization_is_unbiased(bits, quantize):
     v = torch.randn(1, 50, generator=torch.Generator().manual_seed(bits), dtype=torch.float64)
     levels = qsgd_levels(bits)
     scales, codes = quantize(v.expand(DRAWS, -1), levels, torch.Generator().manual_seed(1))
-    estimates = dequantize(scales, codes, levels)
+    estimates = dequantize(scales, codes - levels, levels)
     # Each coordinate is one of two levels scale / s apart: its standard deviation is at
     # most scale / (2 s), and the mean of DRAWS draws is within 6 of them of v.
     tolerance = 6 * float(scales[0]) / (2 * levels) / math.sqrt(DRAWS)
     assert (estimates.mean(dim=0) - v[0]).abs().max() < tolerance
-    assert codes.abs().max() <= levels
+    assert int(codes.min()) >= 0
+    assert int(codes.max()) <= 2 * levels
 
 
 @pytest.mark.parametrize("bits", [2, 4])
@@ -66,10 +72,37 @@ def test_qsgd_error_is_within_lemma_3_1(bits):
     dim, levels = 400, qsgd_levels(bits)
     v = torch.randn(1, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     norms, codes = qsgd_quantize(v.expand(DRAWS, -1), levels, torch.Generator().manual_seed(2))
-    error = ((dequantize(norms, codes, levels) - v) ** 2).sum(dim=1).mean()
+    error = ((dequantize(norms, codes - levels, levels) - v) ** 2).sum(dim=1).mean()
     bound = qsgd_variance_bound(dim, levels) * float((v**2).sum())
     assert error <= 1.02 * bound
     assert error > 0.01 * bound  # the estimate really is random
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e-35], ids=["normal", "tiny-scale"])
+@pytest.mark.parametrize("bits", [2, 4, 16])
+def test_stochastic_rounding_is_exactly_unbiased_on_its_fixed_point_grid(bits, magnitude):
+    # Every one of the 2^16 random draws once: the codes' sum is exactly 2^16 times the
+    # mean code, which must be s + y for y = s * x / scale on the 2^-16 grid: within
+    # 2^-17 of a step of y and float32's rounding of y (2^-24 of it, twice).
+    levels = qsgd_levels(bits)
+    x = torch.randn(1, 40, generator=torch.Generator().manual_seed(bits)) * magnitude
+    x[0, :3] = torch.tensor([0.0, -0.0, 1e-30 * magnitude])  # zeros stay at the middle code
+    draws = np.arange(2**RANDOM_BITS, dtype=np.uint16)[:, None].repeat(40, axis=1)
+    scale = x.abs().amax(dim=1)
+    _, codes = stochastic_quantize(
+        x.expand(len(draws), -1), scale.expand(len(draws)), levels, draws
+    )
+    total = codes.to(torch.int64).sum(dim=0)
+    y = x[0].double() / float(scale) * levels
+    scaled = (y + levels) * 2**RANDOM_BITS
+    bound = 0.5 + y.abs() * 2**RANDOM_BITS * 2**-22
+    assert bool(((total.double() - scaled).abs() <= bound).all())
+    assert total.tolist()[:2] == [levels << RANDOM_BITS] * 2
+    assert int(codes.min()) >= 0
+    assert int(codes.max()) <= 2 * levels
+    # A rounding that always went down would miss by up to a whole step.
+    floor_total = torch.floor(scaled / 2**RANDOM_BITS) * 2**RANDOM_BITS
+    assert not bool(((floor_total - scaled).abs() <= bound).all())
 
 
 def test_after_a_rotation_max_scaling_is_far_less_noisy_than_the_norm():
@@ -79,7 +112,7 @@ def test_after_a_rotation_max_scaling_is_far_less_noisy_than_the_norm():
     errors = {}
     for name, quantize in {"norm": qsgd_quantize, "max": max_quantize}.items():
         scales, codes = quantize(rotated.expand(200, -1), 1, torch.Generator().manual_seed(3))
-        errors[name] = float(((dequantize(scales, codes, 1) - rotated) ** 2).sum(1).mean())
+        errors[name] = float(((dequantize(scales, codes - 1, 1) - rotated) ** 2).sum(1).mean())
     assert errors["max"] < errors["norm"] / 4
 
 
@@ -124,6 +157,16 @@ def test_error_feedback_keeps_what_was_not_sent_to_the_bit(dtype):
     sent = densify(indices, values.to(dtype).float(), 1000)
     residual = error_feedback(corrected, sent)
     assert torch.equal(sent + residual, update + old)
+    # The sparse residual, bit for bit, with values whose subtraction is delicate.
+    edges = corrected.clone()
+    edges[0, :3] = torch.tensor([-0.0, float("nan"), float("inf")])
+    dense = error_feedback(
+        edges, densify(indices, edges.gather(1, indices).to(dtype).float(), 1000)
+    )
+    for row, index, expected in zip(edges, indices, dense, strict=True):
+        value = row[index]
+        sparse = sparse_error_feedback(row.clone(), index, value, value.to(dtype).float())
+        assert torch.equal(sparse.view(torch.int32), expected.view(torch.int32))  # every bit
     kept = corrected.abs().gather(1, indices).min(dim=1).values
     dropped = residual.abs().max(dim=1).values if dtype == torch.float32 else None
     if dropped is not None:
@@ -470,6 +513,27 @@ def test_error_feedback_needs_clients_in_this_process():
     index_set = record.values["uplink_bytes"] - 8 - 9 * 4  # 9 of 18 coordinates
     assert 1 + 2 <= index_set <= 1 + packed_size(9, 5)
     assert not record.rejected
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (QSGD, {"bits": 4}),
+        (QSGD, {"bits": 2, "rotation": True, "scale": "max"}),
+        (TopK, {"fraction": 0.05, "value_bits": 8}),
+    ],
+)
+def test_a_non_finite_update_encodes_quietly_and_the_server_refuses_it(cls, options, bad):
+    compressor = cls(**options)
+    compressor.setup(dimension=500, seed=0)
+    config = compressor.client_config(round=1)
+    update = torch.randn(500, generator=torch.Generator().manual_seed(0))
+    update[7] = bad
+    # No RuntimeWarning from numpy's casts (warnings are errors in this suite).
+    data = compressor.encode(update, config=config, generator=torch.Generator(), state={})
+    with pytest.raises(ValueError, match="finite"):
+        compressor.decode(data, config=config)
 
 
 def test_qsgd_decodes_only_its_own_layout():

@@ -1,7 +1,7 @@
 """Encoding a stack of clients at once: each client's bytes are those it sends alone.
 
 Also the fast paths under the encoders (bit packing, top-k by selection, seeded
-uniforms), each against the plain definition its bytes depend on.
+random bits), each against the plain definition its bytes depend on.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,9 @@ from privfl.algorithms.bit_coding import (
     unpack_bits,
 )
 from privfl.algorithms.compression import (
-    row_uniforms,
+    TOP_K_SAMPLE,
+    random_bits,
+    row_random_bits,
     top_k,
 )
 from privfl.builtin.compressors import QSGD, RandomMask, TopK
@@ -162,30 +165,55 @@ def test_packed_bits_are_each_code_least_significant_bit_first(bits, count):
     assert torch.equal(unpack_bits(data, bits, count), codes)
 
 
-def test_top_k_takes_the_k_largest_magnitudes_and_breaks_ties_by_topk():
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 2000, generator=generator)
-    indices, values = top_k(x, 50)
-    expected = x.abs().topk(50, dim=1).indices.sort(dim=1).values
-    assert torch.equal(indices, expected)
-    assert torch.equal(values, x.gather(1, expected))
-    tied = torch.zeros(2, 100)
-    tied[:, :10] = torch.arange(1.0, 11.0)  # 10 distinct values, then 90 tied zeros
-    indices, _ = top_k(tied, 30)
-    assert indices.shape == (2, 30)
-    assert len(set(indices[0].tolist())) == 30
-    assert set(range(10)) <= set(indices[0].tolist())
-    assert bool((indices[:, 1:] > indices[:, :-1]).all())
-    # One row one short of k (a NaN), the next one over (a tie): k each all the same.
-    mixed = torch.tensor([[5.0, float("nan"), 4.0, 0.0], [3.0, 2.0, 2.0, 1.0]])
+def lowest_top_k(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The definition of top_k's set: the k largest magnitudes (NaN largest), ties to the
+    lowest coordinates (a stable sort of the negated magnitudes)."""
+    magnitudes = x.abs().nan_to_num(nan=float("inf"), posinf=float("inf"))
+    return torch.sort(-magnitudes, dim=1, stable=True).indices[:, :k].sort(dim=1).values
+
+
+SAMPLED = 12 * TOP_K_SAMPLE  # long enough that top_k guesses a threshold from a sample
+
+
+@pytest.mark.parametrize("dim", [100, 2000, SAMPLED])
+def test_top_k_is_torch_topk_set_and_breaks_ties_by_the_lowest_coordinate(dim):
+    generator = torch.Generator().manual_seed(dim)
+    x = torch.randn(3, dim, generator=generator)
+    for k in sorted({1, 2, dim // 20, dim // 2, dim - 1, dim}):
+        indices, values = top_k(x, k)
+        expected = x.abs().topk(k, dim=1).indices.sort(dim=1).values
+        assert torch.equal(indices, expected)  # untied: exactly torch.topk's set
+        assert torch.equal(values, x.gather(1, expected))
+        tied = torch.round(x * 3) / 3  # few distinct magnitudes: the k-th is tied
+        indices, _ = top_k(tied, k)
+        assert torch.equal(indices, lowest_top_k(tied, k))
+        same = tied.abs().topk(k, dim=1).values.sort(dim=1).values
+        assert torch.equal(tied.abs().gather(1, indices).sort(dim=1).values, same)
+    # A sample that misleads (every sampled coordinate is huge): still the exact set.
+    misleading = torch.rand(2, dim, generator=generator)
+    misleading[:, :: max(1, dim // TOP_K_SAMPLE)] += 100
+    for k in (dim // 20 + 1, dim - 1):
+        assert torch.equal(top_k(misleading, k)[0], lowest_top_k(misleading, k))
+
+
+def test_top_k_counts_nan_as_largest_like_torch_topk():
+    nan = float("nan")
+    mixed = torch.tensor([[5.0, nan, 4.0, 0.0], [3.0, 2.0, 2.0, 1.0], [nan, 1.0, nan, nan]])
     indices, _ = top_k(mixed, 2)
-    assert indices.shape == (2, 2)
-    assert indices[1].tolist() in ([0, 1], [0, 2])
+    assert indices.tolist() == [[0, 1], [0, 1], [0, 2]]
+    wide = torch.randn(1, SAMPLED, generator=torch.Generator().manual_seed(0))
+    wide[0, [7, 4000, 30000]] = nan
+    assert torch.equal(top_k(wide, 100)[0], lowest_top_k(wide, 100))
+    assert {7, 4000, 30000} <= set(top_k(wide, 100)[0][0].tolist())
 
 
-def test_row_uniforms_are_each_generator_own_draws():
+def test_row_random_bits_are_each_generator_own_seeded_draws():
     seeds = [5, 6, 7]
-    rows = row_uniforms((3, 1000), [torch.Generator().manual_seed(s) for s in seeds], torch.float32)
+    rows = row_random_bits((3, 1001), [torch.Generator().manual_seed(s) for s in seeds])
     for row, seed in zip(rows, seeds, strict=True):
-        alone = torch.rand((1, 1000), generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(row, alone[0])
+        alone = row_random_bits((1, 1001), [torch.Generator().manual_seed(seed)])
+        assert np.array_equal(row, alone[0])
+    # Four 16-bit draws per PCG64 word, least significant first, on every platform.
+    words = np.random.PCG64(11).random_raw(3)
+    expected = [int(w) >> (16 * i) & 0xFFFF for w in words for i in range(4)][:10]
+    assert random_bits(11, 10).tolist() == expected

@@ -37,7 +37,13 @@ def test_builtin_components_are_registered_by_name():
     assert registry.names("attack") == ["alie", "gaussian", "label-flip", "sign-flip"]
     assert registry.names("model") == ["2nn", "cnn", "linear", "mlp"]
     assert registry.names("dataset") == ["csv", "diabetes", "mnist"]
-    assert registry.names("compressor") == ["qsgd", "random-mask", "shared-grid", "topk"]
+    assert registry.names("compressor") == [
+        "low-rank",
+        "qsgd",
+        "random-mask",
+        "shared-grid",
+        "topk",
+    ]
     assert registry.names("partition") == ["dirichlet", "iid", "shards"]
     assert registry.entries("executor")["serial"].plugin == "privfl.builtin.executors"
 

@@ -6,8 +6,10 @@ comes from); it holds nothing of the server's. An executor hands it once to wher
 clients run, and a :class:`ClientHost` there answers each message for the client it
 is addressed to:
 
-- ``train``: load the global parameters, train on the client's own data, compute
-  ``update = local - global``, apply every mechanism's :meth:`client_step` in order;
+- ``train``: load the global parameters (decoding them first where the server
+  compresses the downlink, :mod:`privfl.downlink`), train on the client's own data,
+  compute ``update = local - global`` from the parameters it loaded, apply every
+  mechanism's :meth:`client_step` in order;
   then either reply with the update (encoded by the compressor, if there is one), or,
   under secure aggregation, weight the update into the client's contribution, keep
   it, and reply with the first message of the secure-sum protocol;
@@ -37,6 +39,7 @@ from privfl.client_data import ClientDataSource
 from privfl.client_state import ClientStates
 from privfl.components import Attack, ClientTrainer, Trainer
 from privfl.compressors import Compressor, encode_stack
+from privfl.downlink import DownlinkDecoder
 from privfl.errors import PerformanceWarning, PrivflError
 from privfl.mechanisms import PrivacyMechanism, SecureSumClient
 from privfl.messages import Message, MessageError, bytes_tensor, tensor_bytes, unpack_configs
@@ -133,6 +136,7 @@ class ClientHost:
                 )
         self._secure: dict[int, SecureSumClient] = {}
         self._dim = sum(p.numel() for p in app.model.parameters())
+        self._downlink = DownlinkDecoder(self._dim)
 
     @property
     def trainer(self) -> LocalTrainer:
@@ -245,7 +249,11 @@ class ClientHost:
         app, server = self.app, "the server"
         seed = int(message.value("seed", server))
         configs = unpack_configs(message, len(app.mechanisms), server)
-        params = message.tensor("params", server)
+        if "downlink" in message.values:  # one decoded tensor for the round's clients
+            encoded = tensor_bytes(message.tensor("encoded_params", server))
+            params = self._downlink.decode(encoded, message.values["downlink"], server)
+        else:
+            params = message.tensor("params", server)
         if params.shape != (self._dim,) or params.dtype != torch.float32:
             raise MessageError(
                 f"train message from {server}: params of shape {tuple(params.shape)} and "
@@ -275,11 +283,10 @@ class ClientHost:
         (:func:`~privfl.compressors.encode_stack`)."""
         compressor, server = self.app.compressor, "the server"
         configs = [t.message.values.get("compression") for t in tasks]
-        if (
-            compressor is None
-            or any(t.message.values.get("secure") is not None for t in tasks)
-            or any(config != configs[0] for config in configs)
-        ):
+        secure = [t.message.values.get("secure") is not None for t in tasks]
+        if self._pool is not None and len(tasks) > 1 and all(secure):
+            return self._finish_secure_stack(clients, tasks, updates, losses)
+        if compressor is None or any(secure) or any(config != configs[0] for config in configs):
             return {
                 client_id: self._finish(client_id, task, update, loss)
                 for client_id, task, update, loss in zip(
@@ -311,6 +318,25 @@ class ClientHost:
                 clients, tasks, losses, stepped, encoded, strict=True
             )
         }
+
+    def _finish_secure_stack(
+        self,
+        clients: list[int],
+        tasks: list[_TrainTask],
+        updates: torch.Tensor,
+        losses: list[float],
+    ) -> dict[int, Message]:
+        """Finish a stack of secure-sum clients: the mechanisms' client steps in turn,
+        then each client's encoding and first protocol message in the threads, as its
+        later protocol steps are (encoding and its page faults run without the GIL)."""
+        assert self._pool is not None
+        jobs = []
+        for client_id, task, update, loss in zip(clients, tasks, updates, losses, strict=True):
+            stepped, statistics = self._client_steps(client_id, task, update)
+            report = {"num_examples": len(task.data), "train_loss": loss}
+            jobs.append((client_id, task, stepped, statistics, report))
+        replies = self._pool.map(lambda job: self._secure_start(*job), jobs)
+        return dict(zip(clients, replies, strict=True))
 
     def _client_steps(
         self,
@@ -379,13 +405,26 @@ class ClientHost:
             return self._encoded_reply(task, train_loss, statistics, encoded, seconds)
         if secure is None:
             return Message("update", {**report, "statistics": statistics}, {"update": update})
-        if not bool(torch.isfinite(update).all()):
+        return self._secure_start(client_id, task, update, statistics, report)
+
+    def _secure_start(
+        self,
+        client_id: int,
+        task: _TrainTask,
+        update: torch.Tensor,
+        statistics: dict[str, float],
+        report: dict[str, Any],
+    ) -> Message:
+        """The first secure-sum message of a client whose mechanisms' steps are done."""
+        app, server, message = self.app, "the server", task.message
+        secure = message.values["secure"]
+        if not _all_finite(update):
             return Message("refused", {"reason": "the update holds NaN or infinite values"})
         names = sorted(statistics)
         weight = 1.0 if message.value("weighting", server) == "unit" else float(len(task.data))
         stats = torch.tensor([statistics[n] for n in names], dtype=update.dtype)
         contribution = torch.cat([update * weight, stats * weight, update.new_tensor([weight])])
-        if not bool(torch.isfinite(contribution).all()):  # a finite update can overflow
+        if not _all_finite(contribution):  # a finite update can overflow
             reason = f"the update times its weight {weight:g} overflows float32"
             return Message("refused", {"reason": reason})
         try:  # a client that refuses the server's round settings sits the round out
@@ -413,6 +452,14 @@ class ClientHost:
         if client.finished:
             del self._secure[client_id]
         return Message("secure-reply", {"phase": phase}, {"data": bytes_tensor(reply)})
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of ``tensor`` is finite. A NaN or an infinity makes the sum
+    NaN or infinite, so a finite sum (one pass, no allocation: about 40x faster than
+    ``isfinite().all()`` on a 2NN update) settles it; only a sum that overflowed or
+    hit a bad value is checked value by value."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _parts(sizes: Sequence[int], count: int) -> list[tuple[int, int]]:

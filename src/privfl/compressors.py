@@ -27,9 +27,11 @@ from privfl.mechanisms import PrivacyMechanism
 class Compressor(Component):
     """Encodes a client's update into few bytes where the client runs; decodes on the server.
 
-    :meth:`setup` runs on the server half before the first round;
-    :meth:`~privfl.Compressor.client_config` says per round what every client needs
-    (such as the seed of a shared rotation) and travels in the ``train`` message;
+    :meth:`setup` runs on the server half before the first round, and the client half
+    gets the instance as set up (in its :class:`~privfl.ClientApp`, also
+    in worker processes); :meth:`~privfl.Compressor.client_config` says per round what
+    every client needs (such as the seed of a shared rotation) and travels in the
+    ``train`` message;
     :meth:`encode` runs in the client half and :meth:`decode` in the server half. The
     length of the encoded bytes is what a round records as ``uplink_bytes``.
     """
@@ -37,10 +39,17 @@ class Compressor(Component):
     dimension: int = 0
     """The length of an update, set by :meth:`setup`."""
 
-    def setup(self, *, dimension: int, seed: int) -> None:
-        """Server half: remember the update length and the federation's root seed."""
+    shapes: tuple[tuple[int, ...], ...] = ()
+    """The shapes of the model's parameters, in the order the flat update holds them,
+    set by :meth:`setup` (empty where the host does not give them)."""
+
+    def setup(self, *, dimension: int, seed: int, shapes: Sequence[Sequence[int]] = ()) -> None:
+        """Server half: remember the update length, the federation's root seed, and the
+        model's parameter shapes (for a compressor that treats weight matrices as
+        matrices, such as ``low-rank``; others ignore them)."""
         self.dimension = dimension
         self.seed = seed
+        self.shapes = tuple(tuple(int(n) for n in shape) for shape in shapes)
 
     def client_config(self, *, round: int) -> dict[str, Any]:
         """Server half: JSON-safe values every client needs this round; default: none."""
@@ -242,8 +251,8 @@ def check_compression(
                 name,
                 f"a compressor that keeps the clip norm with {mechanism.name} (the accountant "
                 f"assumes each client's contribution has norm at most the clip; {name}'s "
-                "decoded update can exceed it): use topk with error_feedback = false, or "
-                "random-mask with unbiased = false, or set the mechanism's mode = "
+                "decoded update can exceed it): use topk with error_feedback = false, "
+                "random-mask or low-rank with unbiased = false, or set the mechanism's mode = "
                 '"local" so that compression only post-processes a private update',
             )
     if compressor.keeps_state and not executor.clients_in_process:

@@ -42,7 +42,9 @@ from privfl.components import (
     TensorPair,
     Trainer,
 )
+from privfl.compressor_stack import compressor_names, stack_compressors
 from privfl.compressors import Compressor, check_compression
+from privfl.downlink import DownlinkEncoder, check_downlink_bits
 from privfl.errors import ConfigError, PluginError
 from privfl.federation_state import (
     check_attack_and_trainer,
@@ -90,7 +92,13 @@ class Federation:
     :param evaluators: Names or instances; run on evaluation rounds.
     :param mechanisms: Privacy mechanisms, names or instances, applied in order.
     :param compressor: An update compressor (name or instance) whose client half encodes
-        each update after the mechanisms' client steps, or None to send float32.
+        each update after the mechanisms' client steps, or None to send float32; a list
+        of two (or names separated by commas) stacks a sparsifier and a coder of its
+        values (:mod:`privfl.compressor_stack`), such as ``["random-mask", "qsgd"]``.
+    :param downlink_bits: Send the clients the global model in this many bits per
+        coordinate (2 to 16; :mod:`privfl.downlink`, Caldas et al. 2018): clients train
+        from the decoded model, and the server applies the aggregate to its exact
+        parameters. 0 or None: float32.
     :param trainer: How clients train on their own data instead of plain SGD (a
         :class:`~privfl.components.Trainer`, such as the DP-SGD of the
         ``privfl-opacus`` plugin), or None.
@@ -122,6 +130,7 @@ class Federation:
         evaluators: Sequence[ComponentSpec] = ("plaintext",),
         mechanisms: Sequence[ComponentSpec] = (),
         compressor: ComponentSpec | None = None,
+        downlink_bits: int | None = None,
         trainer: Trainer | None = None,
         attack: ComponentSpec | None = None,
         malicious_fraction: float = 0.2,
@@ -181,12 +190,21 @@ class Federation:
         self.sums_only = self.fixed_denominator or self.secure_position is not None
         """True when the round aggregates from sums of contributions, not stacked updates."""
         self.compressor: Compressor | None = (
-            None if compressor is None else self._component("compressor", compressor, Compressor)
+            None if compressor is None else self._compressor(compressor)
         )
         """Encodes each update in the client half and decodes it here, or None."""
         if self.compressor is not None:
             check_compression(self.compressor, self.mechanisms, self.executor, self.secure_position)
-            self.compressor.setup(dimension=self.params.numel(), seed=self.seed)
+            self.compressor.setup(
+                dimension=self.params.numel(),
+                seed=self.seed,
+                shapes=[tuple(p.shape) for p in self.model.parameters()],
+            )
+        bits = check_downlink_bits(downlink_bits)
+        self.downlink: DownlinkEncoder | None = (
+            DownlinkEncoder(bits, dimension=self.params.numel(), seed=seed) if bits else None
+        )
+        """Encodes the global model that the clients receive each round, or None (float32)."""
         self.client_states = ClientStates()
         """What client halves in this process keep between rounds; checkpointed."""
         self.malicious = choose_malicious(
@@ -422,11 +440,24 @@ class Federation:
             "seed": self.seed,
             "training": dataclasses.asdict(self.training),
             "trainer": None if self.trainer is None else self.trainer.name,
+            # None, not 0, for float32: checkpoints made before the key existed match
+            "downlink_bits": None if self.downlink is None else self.downlink.bits,
         }
 
     def options_for(self, name: str) -> dict[str, Any]:
         """Return the keyword options given for the component registered as ``name``."""
         return dict(self._options.get(name, {}))
+
+    def _compressor(self, spec: ComponentSpec | Sequence[ComponentSpec]) -> Compressor:
+        """The compressor that ``spec`` names: one, or a stack of a sparsifier and a
+        value coder (a list, or names separated by commas)."""
+        specs = compressor_names(spec) if isinstance(spec, str) else spec
+        stages = [
+            self._component("compressor", stage, Compressor)
+            for stage in (specs if isinstance(specs, Sequence) else [specs])
+        ]
+        known = [self.registry.get("compressor", n) for n in self.registry.names("compressor")]
+        return stack_compressors(stages, known)
 
     def _component(self, kind: str, spec: ComponentSpec, base: type) -> Any:
         if isinstance(spec, str):

@@ -181,8 +181,11 @@ def privfl_round_protocol(federation: Federation, round: int) -> RoundRecord | N
 
     1. the sampler picks the round's client ids from a generator derived from
        (seed, round);
-    2. each sampled client gets a ``train`` message (the global parameters, its seed
-       from (seed, round, client), every mechanism's ``client_config``); its client
+    2. each sampled client gets a ``train`` message (the global parameters, their
+       bytes counted in the record's ``downlink_bytes``; its seed from (seed, round,
+       client); every mechanism's ``client_config``); with downlink compression the
+       parameters are encoded once for the round, the same bytes for every client,
+       and the client half trains from the model it decodes. The client
        half, wherever the executor runs it, loads its own data, trains locally
        (malicious clients on labels poisoned by the attack, if any), computes
        ``update = local - global`` (a malicious client then takes the attack's

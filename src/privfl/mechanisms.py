@@ -194,8 +194,9 @@ class SecureSumClient(ABC):
         """Take the client's contribution (kept secret) and return its first message."""
 
     @abstractmethod
-    def step(self, phase: str, data: bytes) -> bytes:
-        """Answer the server's message of ``phase``."""
+    def step(self, phase: str, data: bytes) -> bytes | bytearray | memoryview:
+        """Answer the server's message of ``phase`` (a ``bytearray`` or writable
+        ``memoryview`` is sent as is, not copied: the client hands it over)."""
 
     @property
     @abstractmethod

@@ -15,7 +15,9 @@ kind                way     content
 ==================  ======  ==================================================
 ``train``           down    round, client seed, each mechanism's client config,
                             the compressor's ``compression`` config (if any);
-                            tensor ``params`` (the global parameters)
+                            tensor ``params`` (the global parameters), or with
+                            downlink compression tensor ``encoded_params``
+                            (their bytes) and the ``downlink`` config
 ``update``          up      ``num_examples``, ``train_loss``, ``statistics``;
                             tensor ``update``, or with a compressor tensor
                             ``encoded`` (its bytes) and ``encode_seconds``
@@ -94,13 +96,15 @@ class Message:
             raise MessageError(f"{self.kind} message from {sender} lacks tensor {key!r}") from None
 
 
-def bytes_tensor(data: bytes) -> torch.Tensor:
-    """Wrap ``data`` as a uint8 tensor (a copy), to travel in a message's ``tensors``."""
-    return (
-        torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        if data
-        else torch.empty(0, dtype=torch.uint8)
-    )
+def bytes_tensor(data: bytes | bytearray | memoryview) -> torch.Tensor:
+    """Wrap ``data`` as a uint8 tensor, to travel in a message's ``tensors``: a copy of
+    ``bytes``; a ``bytearray`` or writable ``memoryview`` is shared, not copied
+    (whoever passes one hands it over)."""
+    if not len(data):
+        return torch.empty(0, dtype=torch.uint8)
+    if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly):
+        data = bytearray(data)
+    return torch.frombuffer(data, dtype=torch.uint8)
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:

@@ -55,6 +55,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "privfl.builtin.dp_mechanism",
     "privfl.builtin.secure_aggregation",
     "privfl.builtin.compressors",
+    "privfl.builtin.low_rank",
     "privfl.builtin.protocol",
     "privfl.builtin.screening",
     "privfl.builtin.rundir",

@@ -20,7 +20,10 @@ def test_the_entry_point_registers_the_ray_executor(capsys):
     assert main(["plugins"]) == 0
     listing = capsys.readouterr().out
     assert "ray (privfl-ray " in listing
-    assert "executor ray: address=None, actors=0, threads=1 (--threads), vectorize=False (--vectorize), timeout=600.0" in listing
+    assert (
+        "executor ray: address=None, actors=0, threads=1 (--threads), "
+        "vectorize=False (--vectorize), timeout=600.0"
+    ) in listing
 
 
 def test_options_are_declared_with_help_and_checked():

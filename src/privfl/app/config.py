@@ -32,6 +32,8 @@ from typing import Any
 import tomli_w
 
 from privfl.components import DatasetSource
+from privfl.compressor_stack import check_stack, compressor_names
+from privfl.downlink import check_downlink_bits
 from privfl.errors import ConfigError
 from privfl.options import OptionSpec, check_options, declared_options
 from privfl.registry import KINDS, ComponentRegistry
@@ -136,11 +138,20 @@ class RunConfig:
         flag="--mechanism",
         group="privacy",
     )
-    compressor: str | None = _key(
+    compressor: str | tuple[str, ...] | None = _key(
         None,
         "Update compressor, encoding each client's update where it runs: qsgd, topk, "
-        "random-mask, shared-grid (the one secure aggregation can sum), or a plugin's; "
-        "unset: updates travel as float32.",
+        "random-mask, low-rank, shared-grid (the one secure aggregation can sum), or a plugin's; "
+        "unset: updates travel as float32. Two names stack a sparsifier and a coder of the "
+        'values it keeps: `random-mask,qsgd` (in a file: ["random-mask", "qsgd"]).',
+        group="training",
+    )
+    downlink_bits: int | None = _key(
+        None,
+        "Send the clients the global model in this many bits per coordinate, 2 to 16 (a "
+        "seeded random Hadamard rotation, then stochastic quantization: Caldas et al. "
+        "2018); clients train from the model they decode, and the server applies the "
+        "aggregate to its exact one. 0 or unset: the model travels as float32.",
         group="training",
     )
     attack: str | None = _key(
@@ -198,8 +209,12 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.compressor is not None:  # one name, or a stack's names as a tuple
+            names = compressor_names(self.compressor)
+            object.__setattr__(self, "compressor", names[0] if len(names) == 1 else names)
         for spec in fields(self):
             _check_value(spec, getattr(self, spec.name))
+        check_downlink_bits(self.downlink_bits)
 
     def table(self, name: str) -> dict[str, Any]:
         """Return the options given for the component named ``name``."""
@@ -292,6 +307,8 @@ def _check_value(spec: dataclasses.Field, value: Any) -> None:
     kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
     if value is None and "None" in kind:
         return
+    if kind.startswith("str | tuple") and isinstance(value, tuple):
+        kind = "tuple"  # a list of names where one name may stand alone
     if kind.startswith("bool") and not isinstance(value, bool):
         raise ConfigError(spec.name, value, "true or false")
     if kind.startswith("int") and not (isinstance(value, int) and not isinstance(value, bool)):
@@ -343,7 +360,7 @@ def chosen_components(config: RunConfig, registry: ComponentRegistry) -> list[tu
     if config.attack is not None:
         chosen.append(("attack", config.attack))
     if config.compressor is not None:
-        chosen.append(("compressor", config.compressor))
+        chosen += [("compressor", name) for name in compressor_names(config.compressor)]
     for kind, name in list(chosen):
         for spec in declared_options(registry.get(kind, name)):
             value = config.table(name).get(spec.name, spec.default)
@@ -359,6 +376,10 @@ def check_components(config: RunConfig, registry: ComponentRegistry) -> None:
     Every error names the table or option as the user spelt it, with a suggestion.
     """
     used = {name: kind for kind, name in chosen_components(config, registry)}
+    if config.compressor is not None:
+        names = compressor_names(config.compressor)
+        known = [registry.get("compressor", name) for name in registry.names("compressor")]
+        check_stack(names, [registry.get("compressor", name) for name in names], known)
     for name, table in config.tables.items():
         if name in used:
             check_options(registry.get(used[name], name), name, table)

@@ -117,6 +117,7 @@ def build_federation(
         evaluators=config.evaluators,
         mechanisms=config.mechanisms,
         compressor=config.compressor,
+        downlink_bits=config.downlink_bits,
         attack=config.attack,
         malicious_fraction=config.malicious_fraction,
         options=config.tables,

@@ -43,20 +43,20 @@ from privfl.algorithms.bit_coding import (
 from privfl.algorithms.compression import (
     densify,
     dequantize,
-    error_feedback,
     mask_rate,
     max_quantize,
     nearest_quantize,
     qsgd_levels,
     qsgd_quantize,
+    qsgd_variance_bound,
     random_mask,
-    random_signs,
-    rotate,
-    row_uniforms,
+    row_random_bits,
+    sparse_error_feedback,
     top_k,
-    unrotate,
 )
+from privfl.algorithms.hadamard import hadamard_blocks, random_signs, rotate, unrotate
 from privfl.builtin.secure_quantizer import SharedGrid
+from privfl.compressor_stack import Kept, Sparsifier, ValueCoder
 from privfl.compressors import StackedCompressor
 from privfl.errors import ConfigError
 from privfl.plugins import hookimpl
@@ -70,7 +70,7 @@ QUANTIZERS = {"norm": qsgd_quantize, "max": max_quantize}
 """What QSGD's ``scale`` option chooses: the scale codes are relative to."""
 
 
-class QSGD(StackedCompressor):
+class QSGD(StackedCompressor, ValueCoder):
     """QSGD stochastic quantization (Alistarh et al. 2017), unbiased, with an optional
     randomized Hadamard rotation first (Suresh et al. 2017).
 
@@ -98,8 +98,21 @@ class QSGD(StackedCompressor):
         self.levels = qsgd_levels(bits)
         self._signs: tuple[int, torch.Tensor] | None = None  # (seed, signs) of the last round
 
+    def setup(self, *, dimension: int, seed: int, shapes: Sequence[Sequence[int]] = ()) -> None:
+        super().setup(dimension=dimension, seed=seed, shapes=shapes)
+        self._signs = None  # drawn for the old dimension (a stack codes several lengths)
+
     def client_config(self, *, round: int) -> dict[str, Any]:
         return {"rotation_seed": derive_seed(self.seed, "rotation", round)} if self.rotation else {}
+
+    def variance_bound(self, count: int) -> float | None:
+        """Alistarh et al.'s Lemma 3.1 for the norm scale (a rotation keeps the norm and
+        pads the count); None for ``scale = "max"``, whose worst case is far above its
+        typical error after a rotation."""
+        if self.quantize is not qsgd_quantize:
+            return None
+        coded = sum(hadamard_blocks(count)) if self.rotation else count
+        return qsgd_variance_bound(coded, self.levels)
 
     def encode_all(
         self,
@@ -110,9 +123,8 @@ class QSGD(StackedCompressor):
         states: Sequence[dict[str, torch.Tensor]],
     ) -> list[bytes]:
         rows = rotate(updates, self._rotation(config)) if self.rotation else updates
-        uniforms = row_uniforms(rows.shape, generators, rows.dtype)
-        scales, codes = self.quantize(rows, self.levels, uniforms)
-        codes += self.levels
+        random_bits = row_random_bits(rows.shape, generators)
+        scales, codes = self.quantize(rows, self.levels, random_bits)  # codes offset by s
         return [
             struct.pack("<f", scale) + pack_bits(row, self.bits)
             for scale, row in zip(scales.tolist(), codes, strict=True)
@@ -147,7 +159,7 @@ class QSGD(StackedCompressor):
         return self._signs[1]
 
 
-class TopK(StackedCompressor):
+class TopK(StackedCompressor, Sparsifier):
     """Top-k sparsification (Stich et al. 2018) with error feedback (Karimireddy et al.
     2019): each client sends the ``k`` largest coordinates of its update plus its
     residual, and keeps the rest as its next residual.
@@ -191,34 +203,52 @@ class TopK(StackedCompressor):
     ) -> list[bytes]:
         dim = updates.shape[1]
         k = _count(self.fraction, dim)
-        corrected = updates
-        if self.error_feedback and any("residual" in state for state in states):
-            corrected = updates.clone()
-            for row, state in zip(corrected, states, strict=True):
-                if "residual" in state:
-                    row += state["residual"]
+        # Each row plus its residual: a new tensor, which becomes the next residual in
+        # place (one large allocation per client: a fresh one costs more than the sum).
+        owned = [self.error_feedback and "residual" in state for state in states]
+        rows = [
+            row + state["residual"] if own else row
+            for row, state, own in zip(updates, states, owned, strict=True)
+        ]
+        corrected = rows[0][None] if len(rows) == 1 else torch.stack(rows)
         indices, values = top_k(corrected, k)
         datas, sent = self._values(values)
         if self.error_feedback:  # row by row: each residual its own tensor, to checkpoint
-            for row, index, sent_row, state in zip(corrected, indices, sent, states, strict=True):
-                dense = densify(index[None], sent_row[None], dim)
-                state["residual"] = error_feedback(row[None], dense)[0]
-        encoded = []
-        for index, data in zip(indices, datas, strict=True):
-            index_set = pack_index_set(index, dim)
-            encoded.append(struct.pack("<II", k, len(index_set)) + index_set + data)
-        return encoded
+            parts = zip(rows, owned, indices, values, sent, states, strict=True)
+            for row, own, index, value, sent_row, state in parts:
+                residual = row if own else row.clone()
+                state["residual"] = sparse_error_feedback(residual, index, value, sent_row)
+        return [
+            _index_header(index, dim) + data for index, data in zip(indices, datas, strict=True)
+        ]
 
-    def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
+    def split_all(
+        self,
+        updates: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generators: Sequence[torch.Generator],
+    ) -> list[Kept]:
+        dim = updates.shape[1]
+        indices, values = top_k(updates, _count(self.fraction, dim))
+        return [
+            Kept(_index_header(index, dim), index, row)
+            for index, row in zip(indices, values, strict=True)
+        ]
+
+    def read_structure(self, data: bytes, *, config: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
         dim = self.dimension
         if len(data) < 8:
             raise ValueError("too short for topk's header")
         k, index_bytes = struct.unpack_from("<II", data)
         if not 1 <= k <= dim or len(data) < 8 + index_bytes:
             raise ValueError(f"{len(data)} bytes do not hold topk's {k} of {dim} coordinates")
-        indices = unpack_index_set(data[8 : 8 + index_bytes], dim, k)
-        values = self._read_values(data[8 + index_bytes :], k)
-        return densify(indices.reshape(1, -1), values.reshape(1, -1), dim)[0]
+        return unpack_index_set(data[8 : 8 + index_bytes], dim, k), 8 + index_bytes
+
+    def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
+        indices, length = self.read_structure(data, config=config)
+        values = self._read_values(data[length:], len(indices))
+        return densify(indices.reshape(1, -1), values.reshape(1, -1), self.dimension)[0]
 
     def _values(self, values: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
         """Each row's values as bytes, and the float32 values the server will decode."""
@@ -248,7 +278,7 @@ class TopK(StackedCompressor):
         return _values(data, dtype)
 
 
-class RandomMask(StackedCompressor):
+class RandomMask(StackedCompressor, Sparsifier):
     """Konečný et al. 2016's random-mask subsampling: each client sends its update's
     values at a seeded random mask of coordinates, and the seed.
 
@@ -269,6 +299,7 @@ class RandomMask(StackedCompressor):
         _check_value_bits(value_bits)
         self.fraction = float(fraction)
         self.unbiased = unbiased
+        self.value_bits = value_bits
         self.value_dtype = VALUE_DTYPES[value_bits]
 
     @property
@@ -283,23 +314,38 @@ class RandomMask(StackedCompressor):
         generators: Sequence[torch.Generator],
         states: Sequence[dict[str, torch.Tensor]],
     ) -> list[bytes]:
+        parts = self.split_all(updates, config=config, generators=generators)
+        return [
+            kept.structure + kept.values.to(self.value_dtype).numpy().tobytes() for kept in parts
+        ]
+
+    def split_all(
+        self,
+        updates: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generators: Sequence[torch.Generator],
+    ) -> list[Kept]:
         dim = updates.shape[1]
         seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generators]
         scale = 1 / mask_rate(self.fraction) if self.unbiased else 1.0
-        encoded = []
+        parts = []
         for seed, row in zip(seeds, updates, strict=True):
-            values = row[random_mask(dim, self.fraction, seed)]
-            if self.unbiased:
-                values = values * scale
-            encoded.append(struct.pack("<Q", seed) + values.to(self.value_dtype).numpy().tobytes())
-        return encoded
+            mask = random_mask(dim, self.fraction, seed)
+            values = row.index_select(0, mask)  # 5x row[...]
+            values = values * scale if self.unbiased else values
+            parts.append(Kept(struct.pack("<Q", seed), mask, values))
+        return parts
 
-    def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
-        dim, width = self.dimension, torch.finfo(self.value_dtype).bits // 8
+    def read_structure(self, data: bytes, *, config: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
         if len(data) < 8:
             raise ValueError(f"{len(data)} bytes, too short for random-mask's seed")
         (seed,) = struct.unpack_from("<Q", data)
-        indices = random_mask(dim, self.fraction, seed)
+        return random_mask(self.dimension, self.fraction, seed), 8
+
+    def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
+        dim, width = self.dimension, torch.finfo(self.value_dtype).bits // 8
+        indices, _ = self.read_structure(data, config=config)
         if len(data) != 8 + len(indices) * width:
             raise ValueError(
                 f"{len(data)} bytes, not the {8 + len(indices) * width} of random-mask's seed"
@@ -308,6 +354,12 @@ class RandomMask(StackedCompressor):
         return densify(
             indices.reshape(1, -1), _values(data[8:], self.value_dtype).reshape(1, -1), dim
         )[0]
+
+
+def _index_header(index: torch.Tensor, dim: int) -> bytes:
+    """Topk's structure: uint32 ``k``, uint32 length of the index set, the index set."""
+    index_set = pack_index_set(index, dim)
+    return struct.pack("<II", len(index), len(index_set)) + index_set
 
 
 def _values(data: bytes, dtype: torch.dtype) -> torch.Tensor:

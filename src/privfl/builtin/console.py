@@ -5,11 +5,12 @@ As rounds finish, a row per round is printed above the progress bar, laid out fo
 the console's width (80 columns fit a DP + SecAgg+ run):
 
 - headers say what a value is and in which unit (``acc %``, ``s/round``, ``ε``,
-  ``kB up/client``), and numbers are formatted to their meaning (accuracy as a
-  percentage, epsilon to 3 significant figures, kilobytes rounded, counts whole);
-- settings that stay the same on every round (the clip norm, delta, the ring's bits)
-  are printed once above the table; one that changes (an adaptive clip norm) becomes
-  a column from then on;
+  ``kB up/client``, ``kB down/client``), and numbers are formatted to their meaning
+  (accuracy as a percentage, epsilon to 3 significant figures, kilobytes rounded,
+  counts whole);
+- settings that stay the same on every round (the clip norm, delta, the ring's bits,
+  the kilobytes of the global model each client receives) are printed once above the
+  table; one that changes (an adaptive clip norm) becomes a column from then on;
 - counts of trouble (dropped, failed or rejected clients, clamped values) get a
   column once they are not zero;
 - when the columns do not fit the width, the least essential ones are left out and
@@ -119,6 +120,15 @@ COLUMNS: dict[str, Column] = {
         "ring bits", str, 3, 3, label="secagg ring", unit=" bits", setting=True
     ),
     "secagg_bound": Column("bound", _figures, 5, 3, label="secagg value bound", setting=True),
+    "downlink_bytes": Column(
+        "kB down/client",
+        lambda v: _figures(v / 1000),
+        6,
+        3,
+        label="downlink",
+        unit=" kB/client",
+        setting=True,
+    ),
 }
 """Header and format of the keys privfl's records carry (metrics, record fields and the
 values of the built-in mechanisms), in the table's order."""

@@ -79,9 +79,13 @@ def privfl_round_protocol(federation, round: int) -> RoundRecord:
     late = fed.sampler.stragglers(
         sampled, num_clients=fed.num_clients, seed=fed.seed, round=round
     ).tolist()
-    answers = _train(fed, round, client_ids, set(late)) if len(late) < len(client_ids) else {}
+    answers, downlink = (
+        _train(fed, round, client_ids, set(late)) if len(late) < len(client_ids) else ({}, 0)
+    )
     replies = _read_replies(fed, answers, round)
     values: dict[str, Any] = {"failed": replies.failed} if replies.failed else {}
+    if downlink:
+        values["downlink_bytes"] = downlink
     if replies.uplink_bytes:
         values["uplink_bytes"] = sum(replies.uplink_bytes) / len(replies.uplink_bytes)
         values["encode_seconds"] = replies.encode_seconds
@@ -163,7 +167,9 @@ def _poison(fed, results: list[ClientResult], round: int) -> None:
 
 
 def _tasks(fed, round: int, client_ids: list[int]) -> dict[int, Message]:
-    """Step 2's ``train`` messages: the global parameters, seeds and mechanism configs."""
+    """Step 2's ``train`` messages: the global parameters (float32 ``params``, or with
+    downlink compression the round's ``encoded_params``, the same for every client, and
+    their ``downlink`` config), seeds and mechanism configs."""
     configs, tensors = pack_configs(
         [m.client_config(round=round, client_ids=client_ids) for m in fed.mechanisms]
     )
@@ -173,17 +179,27 @@ def _tasks(fed, round: int, client_ids: list[int]) -> dict[int, Message]:
     if fed.secure_position is not None:
         common["secure"] = fed.secure_position
         common["weighting"] = "unit" if fed.fixed_denominator else fed.aggregator.weighting
-    tensors = {"params": fed.params, **tensors}
+    if fed.downlink is None:
+        tensors = {"params": fed.params, **tensors}
+    else:
+        common["downlink"], encoded = fed.downlink.encode(fed.params, round=round)
+        tensors = {"encoded_params": bytes_tensor(encoded), **tensors}
     return {
         c: Message("train", {**common, "seed": derive_seed(fed.seed, "client", round, c)}, tensors)
         for c in client_ids
     }
 
 
-def _train(fed, round: int, client_ids: list[int], late: set[int]) -> dict[int, Message | Failure]:
+def _train(
+    fed, round: int, client_ids: list[int], late: set[int]
+) -> tuple[dict[int, Message | Failure], int]:
     """Step 2's exchange with the clients not ``late``, telling the
-    ``privfl_round_progress`` hook of each reply."""
+    ``privfl_round_progress`` hook of each reply; returns the replies and the bytes of
+    the global model each client was sent (``downlink_bytes``)."""
     tasks = {c: task for c, task in _tasks(fed, round, client_ids).items() if c not in late}
+    model = next(iter(tasks.values())).tensors
+    sent = model["encoded_params"] if fed.downlink is not None else model["params"]
+    downlink = sent.numel() * sent.element_size()
     done = 0
 
     def replied(client: int) -> None:
@@ -193,7 +209,7 @@ def _train(fed, round: int, client_ids: list[int], late: set[int]) -> dict[int, 
 
     fed.executor.on_reply = replied
     try:
-        return fed.executor.send_and_receive(tasks)
+        return fed.executor.send_and_receive(tasks), downlink
     finally:
         fed.executor.on_reply = None
 

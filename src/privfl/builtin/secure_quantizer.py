@@ -38,11 +38,7 @@ from privfl.algorithms.bit_coding import (
     packed_size,
     unpack_bits,
 )
-from privfl.algorithms.compression import (
-    random_signs,
-    rotate,
-    unrotate,
-)
+from privfl.algorithms.hadamard import random_signs, rotate, unrotate
 from privfl.compressors import Compressor
 from privfl.errors import ConfigError, DataError
 from privfl.secagg.quantization import (
