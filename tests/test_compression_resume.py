@@ -20,24 +20,34 @@ from privfl.testing import tiny_federation
 COMPRESSION = ["--compressor", "topk", "--compress-fraction", "0.05", "--checkpoint-every", "4"]
 
 
-def _federation():
+SETTINGS = {
+    "topk": ("topk", {"topk": {"fraction": 0.2}}),
+    "stack": (["topk", "qsgd"], {"topk": {"fraction": 0.3}, "qsgd": {"bits": 3}}),
+}
+"""A sparsifier alone, and stacked before a quantizer (whose rounding the residual
+carries too)."""
+
+
+def _federation(setting: str):
+    compressor, options = SETTINGS[setting]
     return tiny_federation(
         num_clients=6,
-        compressor="topk",
-        options={"topk": {"fraction": 0.2}},
+        compressor=compressor,
+        options=options,
         sampler=UniformSampler(clients_per_round=2),
     )
 
 
-def test_residuals_are_checkpointed_and_restored_to_the_bit(tmp_path):
-    straight = _federation()
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_residuals_are_checkpointed_and_restored_to_the_bit(tmp_path, setting):
+    straight = _federation(setting)
     straight.run(6)
-    first = _federation()
+    first = _federation(setting)
     first.run(3, run_dir=tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     saved = state["components"]["client_states"]
     assert sorted(saved) == [f"{c}.residual" for c in sorted(first.client_states._tables)]
-    resumed = _federation()
+    resumed = _federation(setting)
     resumed.load_state_dict(state)
     resumed.run(6)
     assert torch.equal(resumed.params, straight.params)

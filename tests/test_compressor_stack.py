@@ -20,11 +20,9 @@ import torch
 from privfl import ConfigError
 from privfl.algorithms.bit_coding import packed_size
 from privfl.algorithms.compression import mask_rate, random_mask, top_k
-from privfl.app.checkpoint import load_checkpoint
 from privfl.app.config import check_components, load_toml, make_config
 from privfl.builtin.compressors import QSGD, RandomMask, TopK
 from privfl.builtin.process_executor import ProcessExecutor
-from privfl.builtin.samplers import UniformSampler
 from privfl.cli.main import main
 from privfl.compressor_stack import CompressorStack, ValueCoder, compressor_names
 from privfl.plugins import get_plugin_manager, hookimpl
@@ -386,33 +384,3 @@ def test_with_central_dp_a_stack_must_keep_the_clip_in_both_stages():
 def test_a_stack_with_error_feedback_needs_clients_in_this_process():
     with pytest.raises(ConfigError, match="error_feedback = false"):
         tiny_federation(executor=ProcessExecutor(), compressor=["topk", "qsgd"])
-
-
-# --- Checkpoints carry the stack's residuals ------------------------------------------
-
-
-def _federation():
-    return tiny_federation(
-        num_clients=6,
-        compressor=["topk", "qsgd"],
-        options={"topk": {"fraction": 0.3}, "qsgd": {"bits": 3}},
-        sampler=UniformSampler(clients_per_round=2),
-    )
-
-
-def test_a_stack_residuals_are_checkpointed_and_restored_to_the_bit(tmp_path):
-    straight = _federation()
-    straight.run(6)
-    first = _federation()
-    first.run(3, run_dir=tmp_path / "run")
-    state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
-    saved = state["components"]["client_states"]
-    assert sorted(saved) == [f"{c}.residual" for c in sorted(first.client_states._tables)]
-    resumed = _federation()
-    resumed.load_state_dict(state)
-    resumed.run(6)
-    assert torch.equal(resumed.params, straight.params)
-    expected = straight.client_states.state_dict()
-    got = resumed.client_states.state_dict()
-    assert got.keys() == expected.keys()
-    assert all(torch.equal(got[key], expected[key]) for key in expected)

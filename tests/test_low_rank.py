@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_compression import CountingExecutor
 
 from privfl import ConfigError
 from privfl.algorithms.low_rank import (
@@ -19,11 +20,9 @@ from privfl.algorithms.low_rank import (
     unbiased_scale,
 )
 from privfl.algorithms.models import CNN, TwoNN
-from privfl.builtin.executors import SerialExecutor
 from privfl.builtin.low_rank import LowRank
 from privfl.builtin.process_executor import ProcessExecutor
 from privfl.cli.main import main
-from privfl.messages import tensor_bytes
 from privfl.seeding import torch_generator
 from privfl.testing import ClearSum, tiny_federation
 
@@ -204,21 +203,6 @@ def test_bytes_of_another_length_are_refused():
 
 
 # --- In a federation --------------------------------------------------------------------
-
-
-class CountingExecutor(SerialExecutor):
-    """The serial executor, keeping the encoded bytes of every reply."""
-
-    name = "counting"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[list[int]] = []
-
-    def send_and_receive(self, messages):
-        replies = super().send_and_receive(messages)
-        self.sent.append([len(tensor_bytes(r.tensors["encoded"])) for r in replies.values()])
-        return replies
 
 
 def test_serial_and_stacked_clients_send_and_record_the_same_bytes():
