@@ -19,9 +19,10 @@ itself) but keeps only a share ``k / d1`` of it on average. Both have rank at mo
 
 **Choosing the rank.** The unbiased estimate's error grows as ``d1 / k``. On real
 MNIST (``bench/compression.py``: 100 IID clients, 10 a round) rank 0.1 sent 10x fewer
-bytes for 0.4 (2NN) and 0.3 (CNN) points of accuracy, but at rank 0.02 (2NN) and 0.05
-(CNN) training diverged; the plain projection is stable but learns more slowly (rank
-0.25 cost the 2NN 2.9 points), since it keeps only ``k / d1`` of an update on average.
+bytes for 0.4 to 0.9 (2NN, two runs) and 0.3 (CNN) points of accuracy, but at rank
+0.02 (2NN) and 0.05 (CNN) training diverged; the plain projection is stable but learns
+more slowly (rank 0.25 cost the 2NN 2.9 points), since it keeps only ``k / d1`` of an
+update on average.
 
 **Which matrices.** Every parameter of two or more dimensions is a matrix of
 ``d1 = shape[0]`` rows (a ``Linear``'s ``[out, in]``; a ``Conv2d``'s ``[out, in, kh,
