@@ -284,9 +284,7 @@ def check_stack(
         return
     known = list(registered)
     sparsifiers = sorted(cls.name for cls in known if issubclass(cls, Sparsifier))
-    coders = sorted(
-        cls.name for cls in known if issubclass(cls, ValueCoder) and not issubclass(cls, Sparsifier)
-    )
+    coders = sorted(cls.name for cls in known if _is_coder(cls))
     roles = (
         f" (sparsifiers: {', '.join(sparsifiers) or 'none'}; value coders: "
         f"{', '.join(coders) or 'none'})"

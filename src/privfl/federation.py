@@ -202,7 +202,7 @@ class Federation:
             )
         bits = check_downlink_bits(downlink_bits)
         self.downlink: DownlinkEncoder | None = (
-            DownlinkEncoder(bits, dimension=self.params.numel(), seed=seed) if bits else None
+            DownlinkEncoder(bits, dimension=self.params.numel(), seed=self.seed) if bits else None
         )
         """Encodes the global model that the clients receive each round, or None (float32)."""
         self.client_states = ClientStates()

@@ -86,9 +86,11 @@ def seed_commitment(config: SecAggConfig, client: int, seed: bytes) -> bytes:
     return digest(statement("seed", config.session, config.round, client, seed))
 
 
-def survivors_statement(config: SecAggConfig, client: int, survivors: tuple[int, ...]) -> bytes:
-    """What ``client`` signs in the consistency check: the survivor set U3."""
-    return statement("survivors", config.session, config.round, client, ids_bytes(survivors))
+def survivors_statement(config: SecAggConfig, client: int, survivors: bytes) -> bytes:
+    """What ``client`` signs in the consistency check: the survivor set U3, as
+    :func:`~privfl.secagg.signing.ids_bytes` of its sorted ids (written once for all
+    the signers of a set)."""
+    return statement("survivors", config.session, config.round, client, survivors)
 
 
 def _vector_of(message: bytearray | memoryview, values: np.ndarray) -> bool:
@@ -311,7 +313,7 @@ class SecAggClient:
             )
         self._require_threshold(len(survivors), "clients survived")
         self._survivors = survivors
-        signed = survivors_statement(self.config, self.client_id, survivors)
+        signed = survivors_statement(self.config, self.client_id, ids_bytes(survivors))
         return ConsistencySignature(self.client_id, self._signing_key.sign(signed)).to_bytes()
 
     def unmask(self, request: bytes) -> bytes:
@@ -379,11 +381,10 @@ class SecAggClient:
             )
         for u, key, _ in message.signatures:
             self._directory.key_of(u, key)
-        survivors = ids_bytes(self._survivors)  # what every signer signed, written once
-        session, round = self.config.session, self.config.round
+        survivors = ids_bytes(self._survivors)  # what every signer signed
         self._directory.verify_all(
             [
-                (u, signature, statement("survivors", session, round, u, survivors))
+                (u, signature, survivors_statement(self.config, u, survivors))
                 for u, _, signature in message.signatures
             ],
             "the survivor set",

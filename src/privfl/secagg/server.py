@@ -65,7 +65,7 @@ from privfl.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from privfl.secagg.signing import KeyDirectory
+from privfl.secagg.signing import KeyDirectory, ids_bytes
 
 PHASES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmasking")
 """The steps of a round, named by the message a client sends in each."""
@@ -262,9 +262,10 @@ class SecAggServer:
         """Step 4: signatures on U3 in; each signer's :class:`UnmaskRequest` out."""
         self._enter("consistency_check", messages, set(self._inputs))
         survivors = tuple(sorted(self._inputs))
+        survivor_ids = ids_bytes(survivors)  # what every signer signed
 
         def check(sender: int, message: ConsistencySignature) -> None:
-            signed = survivors_statement(self.config, sender, survivors)
+            signed = survivors_statement(self.config, sender, survivor_ids)
             self.directory.verify(sender, message.signature, signed, "the survivor set")
 
         for sender, message in self._accept(
