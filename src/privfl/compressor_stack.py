@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeGuard, cast
 
 import torch
 
@@ -310,7 +310,7 @@ def stack_compressors(stages: Sequence[Compressor], registered: Iterable[type] =
     return CompressorStack(cast(Sparsifier, stages[0]), cast(ValueCoder, stages[1]))
 
 
-def _is_coder(cls: type) -> bool:
+def _is_coder(cls: type) -> TypeGuard[type[ValueCoder]]:
     return issubclass(cls, ValueCoder) and not issubclass(cls, Sparsifier)
 
 
