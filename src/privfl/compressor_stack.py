@@ -47,7 +47,7 @@ from typing import Any, NamedTuple, TypeGuard, cast
 
 import torch
 
-from privfl.algorithms.compression import densify, error_feedback
+from privfl.algorithms.compression import densify, sparse_error_feedback
 from privfl.compressors import Compressor, StackedCompressor
 from privfl.errors import ConfigError
 
@@ -228,8 +228,13 @@ class CompressorStack(StackedCompressor):
         )
         if self.keeps_state:  # what was not sent, and the quantizer's error, carry over
             for row, kept, data, state in zip(corrected, parts, coded, states, strict=True):
-                sent = self._decoded(kept.indices, data, config)  # what decode gives
-                state["residual"] = error_feedback(row[None], sent[None])[0]
+                sent = self._sent(kept.indices, data, config)  # what decode puts there
+                # Its own tensor (a row of the stack would checkpoint the whole stack);
+                # bit for bit the row less the decoded update (sparse_error_feedback).
+                residual = row.clone()
+                state["residual"] = sparse_error_feedback(
+                    residual, kept.indices, residual[kept.indices], sent
+                )
         return [kept.structure + data for kept, data in zip(parts, coded, strict=True)]
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
@@ -242,13 +247,18 @@ class CompressorStack(StackedCompressor):
         self, indices: torch.Tensor, coded: bytes, config: Mapping[str, Any]
     ) -> torch.Tensor:
         """The update that holds the values ``coded`` codes at ``indices``."""
+        values = self._sent(indices, coded, config)
+        return densify(indices.reshape(1, -1), values.reshape(1, -1), self.dimension)[0]
+
+    def _sent(self, indices: torch.Tensor, coded: bytes, config: Mapping[str, Any]) -> torch.Tensor:
+        """The values that the server decodes from ``coded`` at ``indices``."""
         values = self.coder.decode_values(
             coded, count=len(indices), config=_stage_config(config, self.coder)
         )
         beta = self.coder.variance_bound(len(indices)) if self.keeps_state else None
         if beta is not None:  # Basu et al.'s scaling, so that error feedback contracts
             values = values / (1 + beta)
-        return densify(indices.reshape(1, -1), values.reshape(1, -1), self.dimension)[0]
+        return values
 
 
 def compressor_names(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -104,7 +104,7 @@ class DownlinkDecoder:
 
     def __init__(self, dimension: int) -> None:
         self.dimension = dimension
-        self._quantizers: dict[int, QSGD] = {}  # by bits: each keeps its round's signs
+        self._quantizers: dict[int, QSGD] = {}  # by bits
         self._last: tuple[bytes, dict[str, Any], torch.Tensor] | None = None
 
     def decode(self, data: bytes, config: Any, sender: str) -> torch.Tensor:

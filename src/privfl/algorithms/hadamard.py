@@ -10,6 +10,7 @@ to the signs. Used by :mod:`privfl.algorithms.compression`'s quantizers (through
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numba
@@ -145,11 +146,20 @@ def _group_levels(row, work, at, g, scale):
         h += h
 
 
-def random_signs(dim: int, generator: torch.Generator) -> torch.Tensor:
+@functools.lru_cache(maxsize=32)
+def random_signs(dim: int, seed: int) -> torch.Tensor:
     """The diagonal of Suresh et al.'s random sign matrix ``D`` for the padded length of
-    ``dim`` coordinates (see :func:`hadamard_blocks`), as float32 ``+-1``."""
+    ``dim`` coordinates (see :func:`hadamard_blocks`), as float32 ``+-1``: one bit of
+    numpy's PCG64 stream from ``seed`` per coordinate, the same on every platform.
+
+    Cached (do not modify the tensor): a round's rotation is drawn once however many
+    clients, coders of kept values, or decodings use it; 32 entries cover a round's
+    lengths where each client keeps a different number of values.
+    """
     padded = sum(hadamard_blocks(dim))
-    return torch.randint(0, 2, (padded,), generator=generator).mul_(2).sub_(1).float()
+    words = np.random.PCG64(seed).random_raw(-(-padded // 64)).astype("<u8")
+    bits = np.unpackbits(words.view(np.uint8), count=padded, bitorder="little")
+    return torch.from_numpy(bits.astype(np.float32) * 2 - 1)
 
 
 def rotate(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:

@@ -96,11 +96,6 @@ class QSGD(StackedCompressor, ValueCoder):
         self.bits = bits
         self.rotation = rotation
         self.levels = qsgd_levels(bits)
-        self._signs: tuple[int, torch.Tensor] | None = None  # (seed, signs) of the last round
-
-    def setup(self, *, dimension: int, seed: int, shapes: Sequence[Sequence[int]] = ()) -> None:
-        super().setup(dimension=dimension, seed=seed, shapes=shapes)
-        self._signs = None  # drawn for the old dimension (a stack codes several lengths)
 
     def client_config(self, *, round: int) -> dict[str, Any]:
         return {"rotation_seed": derive_seed(self.seed, "rotation", round)} if self.rotation else {}
@@ -149,14 +144,11 @@ class QSGD(StackedCompressor, ValueCoder):
         return row[0]
 
     def _rotation(self, config: Mapping[str, Any]) -> torch.Tensor:
-        """The round's random signs, drawn once per round and side from the shared seed."""
+        """The round's random signs, from the shared seed (drawn once: they are cached)."""
         seed = config.get("rotation_seed")
         if not isinstance(seed, int):
             raise ValueError(f"rotation_seed {seed!r} is not a seed")
-        if self._signs is None or self._signs[0] != seed:
-            dim = self.dimension
-            self._signs = (seed, random_signs(dim, torch.Generator().manual_seed(seed)))
-        return self._signs[1]
+        return random_signs(self.dimension, seed)
 
 
 class TopK(StackedCompressor, Sparsifier):

@@ -91,7 +91,7 @@ class GridCoding:
         """The rotation's random signs (float32 +-1 of the padded length), or None."""
         if self.rotation_seed is None:
             return None
-        return random_signs(self.dimension, torch.Generator().manual_seed(self.rotation_seed))
+        return random_signs(self.dimension, self.rotation_seed)
 
     def encode(
         self, contribution: torch.Tensor, generator: torch.Generator
