@@ -171,9 +171,10 @@ def rice_encode(gaps: np.ndarray) -> bytes:
     Layout: one byte ``r`` (:func:`rice_parameter`), the ``r`` low bits of every value
     packed (:func:`pack_bits`), then every quotient ``value >> r`` in unary, as that
     many 0 bits and a 1, least significant bit first, padded with 0 bits to a byte.
-    Keeping the two parts apart costs at most one byte over interleaving them and
-    makes both a few vector operations: the unary part is a bitmap whose ones sit at
-    the running sums of ``quotient + 1``. No library we depend on has a Rice coder.
+    Keeping the two parts apart costs at most one byte over interleaving them, and
+    :func:`rice_decode` reads each part with a few vector operations (the unary part is
+    a bitmap whose ones sit at the running sums of ``quotient + 1``). No library we
+    depend on has a Rice coder.
     """
     return bytes(_rice_code(np.ascontiguousarray(gaps, dtype=np.int64), rice_parameter(gaps)))
 
