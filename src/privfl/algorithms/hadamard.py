@@ -56,8 +56,8 @@ def _block_hadamard(x: torch.Tensor, blocks: Sequence[int]) -> torch.Tensor:
     matrix products of Kronecker factors did was 0.39 ms a row of the 2NN's 199,210
     coordinates with 16- and 32-wide factors (2.1 GFLOP a second counted as the
     additions of the fast transform), and only with its BLAS on one thread:
-    numpy's threaded BLAS, called beside torch's training, made the round half as
-    slow again.
+    numpy's threaded BLAS, called beside torch's training, made the 2NN's round 1.6
+    times as long.
     """
     values = np.ascontiguousarray(x.detach().numpy())
     out = np.empty_like(values)
@@ -90,8 +90,8 @@ def _transform_block(row, out, start, size):
     Levels below 16 run within each group of 16, one group at a time; each level from
     16 up reads one buffer and writes the other. Both buffers are made here and every
     index is unsigned: LLVM then knows they overlap nothing and that no index wraps,
-    and runs the butterflies 16 at a time (0.17 + 0.38 ms for the 2NN's 262,144 padded
-    coordinates; in place, or on buffers passed in, they did not vectorize).
+    and runs the butterflies 16 at a time: 0.34 ms a row of the 2NN's 199,232 padded
+    coordinates on one thread (in place, in one buffer, they did not vectorize).
     ``1 / sqrt(m)`` is applied as the block is first read.
     """
     work = np.empty(size, row.dtype)
