@@ -37,8 +37,8 @@ def hadamard_blocks(dim: int) -> list[int]:
 
 def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
     """The orthonormal Walsh-Hadamard transform of each row of ``x`` (``[n, 2**k]``),
-    float32 or float64, by the fast transform (:func:`_block_hadamard`). The transform
-    is its own inverse.
+    float32 or float64, by the fast transform (``m log2 m`` additions, compiled by
+    numba). The transform is its own inverse.
     """
     m = x.shape[1]
     if m & (m - 1):
