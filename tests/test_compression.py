@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from privfl import Compressor, ConfigError, hookimpl
@@ -119,13 +120,33 @@ def test_after_a_rotation_max_scaling_is_far_less_noisy_than_the_norm():
 # --- Randomized Hadamard rotation (Suresh et al. 2017) ----------------------------------
 
 
-@pytest.mark.parametrize("size", [1, 2, 64, 128, 1024])
+@pytest.mark.parametrize("size", [1, 2, 4, 8, 16, 32, 64, 128, 1024])
 def test_walsh_hadamard_is_orthogonal_and_its_own_inverse(size):
     matrix = walsh_hadamard(torch.eye(size, dtype=torch.float64))
     assert torch.allclose(matrix @ matrix.T, torch.eye(size, dtype=torch.float64))
     assert set(matrix.abs().flatten().tolist()) == {1 / math.sqrt(size)}
     x = torch.randn(3, size, dtype=torch.float64)
     assert torch.allclose(walsh_hadamard(walsh_hadamard(x)), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotation_is_sylvesters_hadamard_matrix_on_each_block(dtype):
+    # 1,200 coordinates pad to 1,216 = 1,024 + 128 + 64: the fast transform of each
+    # block against the matrix product by Sylvester's Hadamard matrix (scipy).
+    dim = 1200
+    x = torch.randn(3, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    signs = random_signs(dim, 5).double()
+    blocks = hadamard_blocks(dim)
+    assert blocks == [1024, 128, 64]
+    matrix = torch.from_numpy(
+        scipy.linalg.block_diag(*(scipy.linalg.hadamard(b) / math.sqrt(b) for b in blocks))
+    )
+    padded = torch.cat([x * signs[:dim], torch.zeros(3, sum(blocks) - dim)], dim=1)
+    expected = padded @ matrix.T
+    rotated = rotate(x.to(dtype), signs.to(dtype))
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert rotated.dtype == dtype
+    assert torch.allclose(rotated.double(), expected, atol=tolerance)
 
 
 def test_walsh_hadamard_refuses_other_lengths():
