@@ -68,13 +68,15 @@ def row_random_bits(shape: Sequence[int], generators: Sequence[torch.Generator])
     """:func:`random_bits` of shape ``[n, dim]``, row ``k`` from a seed that
     ``generators[k]`` draws, so clients quantized together get what each would get alone."""
     n, dim = shape
-    rows = [random_bits(_draw_seed(generator), dim) for generator in generators]
+    rows = [random_bits(draw_seed(generator), dim) for generator in generators]
     if len(rows) != n:
         raise ValueError(f"{len(rows)} generators for {n} rows")
     return rows[0][None] if n == 1 else np.stack(rows)
 
 
-def _draw_seed(generator: torch.Generator) -> int:
+def draw_seed(generator: torch.Generator) -> int:
+    """A seed below ``2**62`` drawn from ``generator``: what each client's random mask,
+    projection or stochastic rounding is seeded with."""
     return int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
@@ -153,7 +155,7 @@ def _stochastic_round(
     """:func:`stochastic_quantize` of ``values``, whose rows' largest magnitudes are
     ``largest``."""
     if isinstance(randomness, torch.Generator):
-        randomness = random_bits(_draw_seed(randomness), values.size).reshape(values.shape)
+        randomness = random_bits(draw_seed(randomness), values.size).reshape(values.shape)
     with _quietly():
         top = levels << RANDOM_BITS
         largest = largest.astype(np.float32)

@@ -43,6 +43,7 @@ from privfl.algorithms.bit_coding import (
 from privfl.algorithms.compression import (
     densify,
     dequantize,
+    draw_seed,
     mask_rate,
     max_quantize,
     nearest_quantize,
@@ -319,7 +320,7 @@ class RandomMask(StackedCompressor, Sparsifier):
         generators: Sequence[torch.Generator],
     ) -> list[Kept]:
         dim = updates.shape[1]
-        seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generators]
+        seeds = [draw_seed(g) for g in generators]
         scale = 1 / mask_rate(self.fraction) if self.unbiased else 1.0
         parts = []
         for seed, row in zip(seeds, updates, strict=True):

@@ -62,6 +62,7 @@ from typing import Any
 
 import torch
 
+from privfl.algorithms.compression import draw_seed
 from privfl.algorithms.low_rank import (
     project,
     random_basis,
@@ -174,7 +175,7 @@ class LowRank(StackedCompressor):
         generators: Sequence[torch.Generator],
         states: Sequence[dict[str, torch.Tensor]],
     ) -> list[bytes]:
-        seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generators]
+        seeds = [draw_seed(g) for g in generators]
         # Client by client and matrix by matrix: each client has its own subspaces, so
         # there is no product to share, and a model has few weight matrices.
         encoded = []
