@@ -11,12 +11,14 @@ import torch
 
 from privfl import Compressor, ConfigError, hookimpl
 from privfl.algorithms.bit_coding import (
+    RICE_MAX_PARAMETER,
     index_bits,
     pack_bits,
     pack_index_set,
     packed_size,
     rice_decode,
     rice_encode,
+    rice_parameter,
     unpack_bits,
     unpack_index_set,
 )
@@ -26,13 +28,13 @@ from privfl.algorithms.compression import (
     dequantize,
     error_feedback,
     max_quantize,
+    nearest_quantize,
     qsgd_levels,
     qsgd_quantize,
     qsgd_variance_bound,
     random_mask,
     sparse_error_feedback,
     stochastic_quantize,
-    top_k,
 )
 from privfl.algorithms.hadamard import (
     MIN_BLOCK,
@@ -42,6 +44,7 @@ from privfl.algorithms.hadamard import (
     unrotate,
     walsh_hadamard,
 )
+from privfl.algorithms.top_k import top_k
 from privfl.builtin.compressors import QSGD, RandomMask, TopK
 from privfl.builtin.executors import SerialExecutor
 from privfl.builtin.process_executor import ProcessExecutor
@@ -273,6 +276,31 @@ def test_rice_coded_sets_cost_near_the_entropy_bound(fraction):
     assert data[0] == 1
     assert 8 * len(data) <= 1.03 * entropy + 24
     assert 8 * len(data) >= entropy  # no code beats the bound: the test measures bits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_quantize_rounds_to_the_nearest_level_of_the_largest_magnitude(dtype):
+    x = torch.randn(3, 500, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    x[1] = 0
+    x[2, 7] = float("nan")
+    scales, codes = nearest_quantize(x, 127)
+    assert scales.dtype == dtype
+    assert codes.dtype == torch.int64
+    assert scales[0] == x[0].abs().max()
+    assert scales[1] == 0
+    assert scales[2].isnan()
+    assert codes[0].abs().max() == 127
+    assert not codes[1].any()
+    step = scales[0] / 127  # each value is within half a level of its code's
+    assert ((dequantize(scales[:1], codes[:1], 127) - x[:1]).abs() <= step / 2 * (1 + 1e-6)).all()
+
+
+def test_rice_parameter_is_the_cheapest_of_all_parameters():
+    rng = np.random.default_rng(0)
+    for mean in (0.5, 3, 20, 150, 5000, 1e6):
+        gaps = rng.geometric(1 / (mean + 1), size=997).astype(np.int64) - 1
+        costs = [len(gaps) * r + int((gaps >> r).sum()) for r in range(RICE_MAX_PARAMETER + 1)]
+        assert rice_parameter(gaps) == int(np.argmin(costs))
 
 
 def test_rice_codes_round_trip_large_gaps_and_refuse_malformed_bytes():

@@ -19,11 +19,10 @@ from privfl.algorithms.bit_coding import (
     unpack_bits,
 )
 from privfl.algorithms.compression import (
-    TOP_K_SAMPLE,
     random_bits,
     row_random_bits,
-    top_k,
 )
+from privfl.algorithms.top_k import TOP_K_SAMPLE, top_k
 from privfl.builtin.compressors import QSGD, RandomMask, TopK
 from privfl.plugins import hookimpl
 from privfl.seeding import torch_generator
@@ -207,13 +206,60 @@ def test_top_k_counts_nan_as_largest_like_torch_topk():
     assert {7, 4000, 30000} <= set(top_k(wide, 100)[0][0].tolist())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_k_is_its_definition_at_every_scale_with_ties_nan_and_misleading_samples(dtype):
+    # Magnitudes compare as their bits: float64's exceed 2**53 near 1e30, where a
+    # comparison through float64 would no longer be exact.
+    generator = torch.Generator().manual_seed(1)
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        dim = int(rng.choice([5, 100, 5000, SAMPLED]))
+        x = torch.randn(2, dim, generator=generator, dtype=dtype) * 10.0 ** int(
+            rng.integers(-30, 30)
+        )
+        if trial % 3 == 0:
+            x = torch.round(x * 2) / 2  # ties
+        if trial % 5 == 0:
+            x[0, rng.integers(0, dim, 7)] = float("nan")
+            x[1, rng.integers(0, dim, 3)] = float("inf")
+        if trial % 4 == 0:
+            x[:, :: max(1, dim // TOP_K_SAMPLE)] += 1e30  # every sampled coordinate huge
+        k = int(rng.integers(1, dim + 1))
+        assert torch.equal(top_k(x, k)[0], lowest_top_k(x, k)), (trial, dim, k)
+
+
+def test_top_k_refuses_other_types():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        top_k(torch.zeros(1, 10, dtype=torch.float16), 2)
+
+
 def test_row_random_bits_are_each_generator_own_seeded_draws():
     seeds = [5, 6, 7]
     rows = row_random_bits((3, 1001), [torch.Generator().manual_seed(s) for s in seeds])
     for row, seed in zip(rows, seeds, strict=True):
         alone = row_random_bits((1, 1001), [torch.Generator().manual_seed(seed)])
         assert np.array_equal(row, alone[0])
-    # Four 16-bit draws per PCG64 word, least significant first, on every platform.
-    words = np.random.PCG64(11).random_raw(3)
-    expected = [int(w) >> (16 * i) & 0xFFFF for w in words for i in range(4)][:10]
+    # Four 16-bit draws per SplitMix64 word, least significant first, on every platform.
+    words = [splitmix64(11, j) for j in range(3)]
+    expected = [w >> (16 * i) & 0xFFFF for w in words for i in range(4)][:10]
     assert random_bits(11, 10).tolist() == expected
+
+
+def splitmix64(seed: int, j: int) -> int:
+    """SplitMix64's ``(j + 1)``-th output from ``seed`` (Steele et al. 2014), in Python's
+    integers."""
+    mask = 2**64 - 1
+    z = (seed + (j + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ z >> 30) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ z >> 27) * 0x94D049BB133111EB) & mask
+    return z ^ z >> 31
+
+
+def test_random_bits_are_splitmix64_outputs():
+    # The published first output from seed 0 (as in Vigna's reference splitmix64.c).
+    assert splitmix64(0, 0) == 0xE220A8397B1DCDAF
+    words = random_bits(2**64 - 5, 4 * 1000).view("<u8")
+    assert words.tolist() == [splitmix64(2**64 - 5, j) for j in range(1000)]
+    # Uniform: each of the 16 high-bit buckets of 2**20 draws within 5 sigma of its share.
+    counts = np.bincount(random_bits(3, 2**20) >> 12, minlength=16)
+    assert np.abs(counts - 2**16).max() < 5 * np.sqrt(2**16)

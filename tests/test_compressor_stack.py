@@ -19,7 +19,11 @@ import torch
 
 from privfl import ConfigError
 from privfl.algorithms.bit_coding import packed_size
-from privfl.algorithms.compression import mask_rate, random_mask, top_k
+from privfl.algorithms.compression import (
+    mask_rate,
+    random_mask,
+)
+from privfl.algorithms.top_k import top_k
 from privfl.app.config import check_components, load_toml, make_config
 from privfl.builtin.compressors import QSGD, RandomMask, TopK
 from privfl.builtin.process_executor import ProcessExecutor

@@ -53,9 +53,9 @@ from privfl.algorithms.compression import (
     random_mask,
     row_random_bits,
     sparse_error_feedback,
-    top_k,
 )
 from privfl.algorithms.hadamard import hadamard_blocks, random_signs, rotate, unrotate
+from privfl.algorithms.top_k import top_k
 from privfl.builtin.secure_quantizer import SharedGrid
 from privfl.compressor_stack import Kept, Sparsifier, ValueCoder
 from privfl.compressors import StackedCompressor
