@@ -212,12 +212,13 @@ class CompressorStack(StackedCompressor):
         generators: Sequence[torch.Generator],
         states: Sequence[dict[str, torch.Tensor]],
     ) -> list[bytes]:
-        corrected = updates
-        if self.keeps_state and any("residual" in state for state in states):
-            corrected = updates.clone()
-            for row, state in zip(corrected, states, strict=True):
-                if "residual" in state:
-                    row += state["residual"]
+        corrected, rows = updates, list(updates)
+        if self.keeps_state:  # each row its own tensor, which becomes its next residual
+            rows = [
+                row + state["residual"] if "residual" in state else row.clone()
+                for row, state in zip(updates, states, strict=True)
+            ]
+            corrected = rows[0][None] if len(rows) == 1 else torch.stack(rows)
         parts = self.sparsifier.split_all(
             corrected, config=_stage_config(config, self.sparsifier), generators=generators
         )
@@ -227,14 +228,11 @@ class CompressorStack(StackedCompressor):
             generators=generators,
         )
         if self.keeps_state:  # what was not sent, and the quantizer's error, carry over
-            for row, kept, data, state in zip(corrected, parts, coded, states, strict=True):
+            for row, kept, data, state in zip(rows, parts, coded, states, strict=True):
                 sent = self._sent(kept.indices, data, config)  # what decode puts there
-                # Its own tensor (a row of the stack would checkpoint the whole stack);
-                # bit for bit the row less the decoded update (sparse_error_feedback).
-                residual = row.clone()
-                state["residual"] = sparse_error_feedback(
-                    residual, kept.indices, residual[kept.indices], sent
-                )
+                # Bit for bit the row less the decoded update (sparse_error_feedback).
+                kept_values = row[kept.indices]
+                state["residual"] = sparse_error_feedback(row, kept.indices, kept_values, sent)
         return [kept.structure + data for kept, data in zip(parts, coded, strict=True)]
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:

@@ -89,9 +89,9 @@ def unpack_bits(data: bytes, bits: int, count: int) -> torch.Tensor:
         raise ValueError(f"{len(data)} bytes hold no {count} codes of {bits} bits ({expected})")
     raw = np.frombuffer(data, dtype=np.uint8)
     if 8 % bits == 0:
-        shifts = np.arange(0, 8, bits, dtype=np.uint8)
-        codes = ((raw[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
-        return torch.from_numpy(codes.astype(np.int64))
+        codes = np.empty(count, np.int64)
+        _unpack_bytes(raw, bits, codes)
+        return torch.from_numpy(codes)
     if bits < 8:  # the inverse of pack_bits' uint64 groups
         _code_width(bits)
         groups = -(-count // 8)
@@ -108,6 +108,32 @@ def unpack_bits(data: bytes, bits: int, count: int) -> torch.Tensor:
     )
     codes = np.packbits(planes, axis=1, bitorder="little").view(f"<u{width}").reshape(count)
     return torch.from_numpy(codes.astype(np.int64))
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _unpack_bytes(raw, bits, codes):
+    """``codes[i] =`` the ``i``-th code of ``bits`` bits (1, 2, 4 or 8) of ``raw``, the
+    first in each byte's lowest bits: the inverse of :func:`_pack_bytes`, one pass over
+    whole bytes with constant shifts (as there), then the last byte's codes."""
+    per_byte = 8 // bits
+    full = codes.size // per_byte
+    if bits == 1:
+        for j in range(full):
+            for q in range(8):
+                codes[8 * j + q] = raw[j] >> q & 1
+    elif bits == 2:
+        for j in range(full):
+            for q in range(4):
+                codes[4 * j + q] = raw[j] >> 2 * q & 3
+    elif bits == 4:
+        for j in range(full):
+            codes[2 * j] = raw[j] & 15
+            codes[2 * j + 1] = raw[j] >> 4
+    else:
+        for j in range(full):
+            codes[j] = raw[j]
+    for i in range(full * per_byte, codes.size):
+        codes[i] = raw[full] >> (i - full * per_byte) * bits & (1 << bits) - 1
 
 
 def _code_width(bits: int) -> int:

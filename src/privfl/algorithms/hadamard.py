@@ -10,7 +10,7 @@ to the signs. Used by :mod:`privfl.algorithms.compression`'s quantizers (through
 
 from __future__ import annotations
 
-import functools
+import threading
 from collections.abc import Sequence
 
 import numba
@@ -206,19 +206,39 @@ def _read(row, i, end):
     return row[min(i, end - np.uint64(1))] if i < end else row.dtype.type(0)
 
 
-@functools.lru_cache(maxsize=32)
 def random_signs(dim: int, seed: int) -> torch.Tensor:
     """The diagonal of Suresh et al.'s random sign matrix ``D`` for the padded length of
     ``dim`` coordinates (see :func:`hadamard_blocks`), as float32 ``+-1``: one bit of
     numpy's PCG64 stream from ``seed`` per coordinate, the same on every platform.
 
-    Cached (do not modify the tensor): a round's rotation is drawn once however many
-    clients, coders of kept values, or decodings use it; 32 entries cover a round's
-    lengths where each client keeps a different number of values.
+    The signs of a shorter length are a prefix of a longer one's, so a round's rotation
+    is drawn once per seed however many clients, coders of kept values (of lengths that
+    differ client by client) or decodings use it: the stream is cached for the
+    :data:`SIGN_STREAMS` latest seeds, at the longest length asked so far plus an
+    eighth. Do not modify the tensor (it is a view of the cached stream).
     """
     padded = sum(hadamard_blocks(dim))
-    words = np.random.PCG64(seed).random_raw(-(-padded // 64)).astype("<u8")
-    bits = np.unpackbits(words.view(np.uint8), count=padded, bitorder="little")
+    with _STREAMS_LOCK:
+        stream = _STREAMS.pop(seed, None)
+        if stream is None or len(stream) < padded:
+            stream = _draw_signs(seed, padded + padded // 8)
+        _STREAMS[seed] = stream  # the latest seed last
+        while len(_STREAMS) > SIGN_STREAMS:
+            del _STREAMS[next(iter(_STREAMS))]
+    return stream[:padded]
+
+
+SIGN_STREAMS = 4
+"""Seeds whose sign streams :func:`random_signs` keeps (a round's rotation, its
+downlink's, and the previous round's)."""
+_STREAMS: dict[int, torch.Tensor] = {}
+_STREAMS_LOCK = threading.Lock()
+
+
+def _draw_signs(seed: int, count: int) -> torch.Tensor:
+    """The first ``count`` signs of ``seed``'s stream (see :func:`random_signs`)."""
+    words = np.random.PCG64(seed).random_raw(-(-count // 64)).astype("<u8")
+    bits = np.unpackbits(words.view(np.uint8), count=count, bitorder="little")
     return torch.from_numpy(bits.astype(np.float32) * 2 - 1)
 
 
