@@ -65,7 +65,11 @@ def _block_hadamard(
     """
     values = np.ascontiguousarray(x.detach().numpy())
     out = np.empty((len(values), sum(blocks)), values.dtype)
-    flips = np.empty(0, values.dtype) if signs is None else signs.numpy().astype(values.dtype)
+    flips = (
+        np.empty(0, values.dtype)
+        if signs is None
+        else signs.numpy().astype(values.dtype, copy=False)
+    )
     _transform_rows(values, flips, out, np.asarray(blocks, dtype=np.uint64))
     return torch.from_numpy(out)
 
