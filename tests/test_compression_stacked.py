@@ -93,7 +93,13 @@ def test_a_stack_in_parts_over_threads_gives_the_bytes_of_one_at_a_time(monkeypa
         for round in range(2):
             generators = [torch_generator(k, round) for k in range(7)]
             encoded, seconds = compressors.encode_stack(
-                stacked, updates, config={}, generators=generators, states=states, pool=pool
+                stacked,
+                updates,
+                config={},
+                generators=generators,
+                states=states,
+                pool=pool,
+                threads=2,
             )
             expected = [
                 alone.encode(row, config={}, generator=torch_generator(k, round), state=state)

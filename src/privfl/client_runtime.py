@@ -115,6 +115,7 @@ class ClientHost:
 
     def __init__(self, app: ClientApp, *, stack: bool = False, threads: int = 1) -> None:
         self.app = app
+        self._threads = threads
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self._trainer: LocalTrainer | None = None
         self._stackers: list[StackedTrainer] = []  # one per thread
@@ -308,6 +309,7 @@ class ClientHost:
             generators=[torch_generator(task.seed, "compressor") for task in tasks],
             states=[self.app.states.of(client_id) for client_id in clients],
             pool=self._pool,
+            threads=self._threads,
         )
         # Each client is charged an equal share of the time the stack took to encode,
         # so a round's encode_seconds add up to the time it spent encoding.
