@@ -21,8 +21,8 @@ def pack_bits(values: torch.Tensor, bits: int) -> bytes:
     least significant bit first: code ``i`` holds bits ``i * bits`` to ``(i + 1) * bits - 1``.
 
     Codes of 1, 2, 4 or 8 bits fill a byte ``8 / bits`` at a time, in one compiled pass
-    (:func:`_pack_bytes`; numpy's shift-ors over padded words took 0.044 ms for the
-    2NN's 199,232 two-bit codes, this 0.012). Eight codes of 3, 5, 6 or 7 bits fill
+    (numpy's shift-ors over padded words took 0.044 ms for the 2NN's 199,232 two-bit
+    codes, this 0.012). Eight codes of 3, 5, 6 or 7 bits fill
     exactly ``bits`` bytes: each group of eight is shifted into one little-endian uint64
     and its ``bits`` low bytes kept, a few vector operations whatever the count. Wider
     codes are split into bits (numpy ``unpackbits``), their ``bits`` low bits kept,
