@@ -155,6 +155,8 @@ def test_rotation_is_sylvesters_hadamard_matrix_on_each_block(dtype):
 def test_walsh_hadamard_refuses_other_lengths():
     with pytest.raises(ValueError, match="power-of-two"):
         walsh_hadamard(torch.zeros(1, 96))
+    with pytest.raises(ValueError, match="63 signs for a rotation of 128"):
+        rotate(torch.zeros(1, 100), random_signs(100, 0)[:63])
 
 
 @pytest.mark.parametrize("dim", [1, 63, 64, 199_210, 7_001])

@@ -247,8 +247,15 @@ def _draw_signs(seed: int, count: int) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    """``H D x`` for each row of ``x`` (``[n, dim]``): flip signs, pad, transform blocks."""
-    return _block_hadamard(x, hadamard_blocks(x.shape[1]), signs)
+    """``H D x`` for each row of ``x`` (``[n, dim]``): flip signs, pad, transform blocks.
+
+    :raises ValueError: for fewer ``signs`` than the padded length (:func:`random_signs`
+        of ``dim`` gives that many).
+    """
+    blocks = hadamard_blocks(x.shape[1])
+    if len(signs) < sum(blocks):
+        raise ValueError(f"{len(signs)} signs for a rotation of {sum(blocks)} coordinates")
+    return _block_hadamard(x, blocks, signs)
 
 
 def unrotate(y: torch.Tensor, signs: torch.Tensor, dim: int) -> torch.Tensor:
