@@ -212,7 +212,7 @@ class CompressorStack(StackedCompressor):
         generators: Sequence[torch.Generator],
         states: Sequence[dict[str, torch.Tensor]],
     ) -> list[bytes]:
-        corrected, rows = updates, list(updates)
+        corrected, rows = updates, []
         if self.keeps_state:  # each row its own tensor, which becomes its next residual
             rows = [
                 row + state["residual"] if "residual" in state else row.clone()

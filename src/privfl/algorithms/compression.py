@@ -62,8 +62,8 @@ def random_bits(seed: int, count: int) -> np.ndarray:
     so it is the same on every platform and computes every word independently: compiled,
     it fills the 2NN's 199,210 draws in about 0.01 ms and releases the GIL, where
     numpy's PCG64 took 0.12 ms holding it (the encoding threads then queued on it) and
-    ``torch.rand`` 1.05 ms. It passes BigCrush (the paper's Section 5); the draws seed
-    nothing secret, only stochastic rounding and random masks.
+    ``torch.rand`` 1.05 ms. Its authors report that it passes TestU01's BigCrush; the
+    draws seed nothing secret, only stochastic rounding and random masks.
     """
     words = np.empty(-(-count // 4), np.uint64)
     _splitmix64(np.uint64(seed % 2**64), words)
