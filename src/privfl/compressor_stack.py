@@ -47,7 +47,7 @@ from typing import Any, NamedTuple, TypeGuard, cast
 
 import torch
 
-from privfl.algorithms.compression import densify, sparse_error_feedback
+from privfl.algorithms.compression import corrected_rows, densify, sparse_error_feedback
 from privfl.compressors import Compressor, StackedCompressor
 from privfl.errors import ConfigError
 
@@ -212,13 +212,10 @@ class CompressorStack(StackedCompressor):
         generators: Sequence[torch.Generator],
         states: Sequence[dict[str, torch.Tensor]],
     ) -> list[bytes]:
-        corrected, rows = updates, []
-        if self.keeps_state:  # each row its own tensor, which becomes its next residual
-            rows = [
-                row + state["residual"] if "residual" in state else row.clone()
-                for row, state in zip(updates, states, strict=True)
-            ]
-            corrected = rows[0][None] if len(rows) == 1 else torch.stack(rows)
+        rows: list[torch.Tensor] = []
+        corrected = updates
+        if self.keeps_state:
+            rows, corrected = corrected_rows(updates, [s.get("residual") for s in states])
         parts = self.sparsifier.split_all(
             corrected, config=_stage_config(config, self.sparsifier), generators=generators
         )

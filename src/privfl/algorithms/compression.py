@@ -273,6 +273,24 @@ def densify(indices: torch.Tensor, values: torch.Tensor, dim: int) -> torch.Tens
     return values.new_zeros(values.shape[0], dim).scatter_(1, indices, values)
 
 
+def corrected_rows(
+    updates: torch.Tensor, residuals: Sequence[torch.Tensor | None]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each row of ``updates`` plus its client's residual (``update + e``, Karimireddy et
+    al. 2019, Algorithm 2; a copy where there is none yet), and the rows stacked.
+
+    Each row is a tensor of its own, which the caller turns into the next residual in
+    place (:func:`sparse_error_feedback`): one large allocation per client, where a
+    fresh residual besides cost more than the sum, and a checkpoint then holds one row
+    per client, not the stack. A single row is stacked as a view of itself.
+    """
+    rows = [
+        row + residual if residual is not None else row.clone()
+        for row, residual in zip(updates, residuals, strict=True)
+    ]
+    return rows, rows[0][None] if len(rows) == 1 else torch.stack(rows)
+
+
 def error_feedback(corrected: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
     """The new residual ``corrected - sent`` (Karimireddy et al. 2019, Algorithm 2), where
     ``corrected = update + old residual`` and ``sent`` is what the server will decode.

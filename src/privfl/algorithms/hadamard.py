@@ -112,30 +112,27 @@ def _transform_block(row, signs, out, start, size):
     scale = row.dtype.type(1.0 / np.sqrt(np.float64(size)))
     one = row.dtype.type(1)
     end = np.uint64(row.size)
-    if size < np.uint64(_GROUP):  # a tiny block: the levels below, as those from 16 up
-        for k in range(size):
-            flip = signs[start + k] if signs.size else one
-            work[k] = _read(row, start + k, end) * flip * scale
-        group = np.uint64(1)
-    else:
-        group = np.uint64(_GROUP)
-        inside = min(size, end - start if end > start else np.uint64(0))
-        whole = inside - inside % group  # groups that lie within the row
-        if signs.size:  # each group's reads in constant steps, no test inside
-            for g in range(np.uint64(0), whole, group):
-                for k in range(np.uint64(_GROUP)):
-                    work[g + k] = row[start + g + k] * signs[start + g + k] * scale
-                _group_levels(work, g)
-        else:
-            for g in range(np.uint64(0), whole, group):
-                for k in range(np.uint64(_GROUP)):
-                    work[g + k] = row[start + g + k] * scale
-                _group_levels(work, g)
-        for g in range(whole, size, group):  # the zero padding at the row's end
-            for k in range(group):
-                flip = signs[start + g + k] if signs.size else one
-                work[g + k] = _read(row, start + g + k, end) * flip * scale
+    group = min(size, np.uint64(_GROUP))  # a tiny block is one group of its own size
+    inside = min(size, end - start if end > start else np.uint64(0))
+    whole = inside - inside % group if group == np.uint64(_GROUP) else np.uint64(0)
+    if signs.size:  # groups within the row: reads in constant steps, no test inside
+        for g in range(np.uint64(0), whole, group):
+            for k in range(np.uint64(_GROUP)):
+                work[g + k] = row[start + g + k] * signs[start + g + k] * scale
             _group_levels(work, g)
+    else:
+        for g in range(np.uint64(0), whole, group):
+            for k in range(np.uint64(_GROUP)):
+                work[g + k] = row[start + g + k] * scale
+            _group_levels(work, g)
+    for g in range(whole, size, group):  # the zero padding at the row's end, a tiny block
+        for k in range(group):
+            flip = signs[start + g + k] if signs.size else one
+            work[g + k] = _read(row, start + g + k, end) * flip * scale
+        if group == np.uint64(_GROUP):
+            _group_levels(work, g)
+    if group < np.uint64(_GROUP):  # its levels below 16 run as those from 16 up
+        group = np.uint64(1)
     h = group
     forward = True  # the next levels read work and write spare
     while h < size:

@@ -46,7 +46,8 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     values = x.detach().numpy()
     if values.dtype not in _KEY_TYPES:
         raise TypeError(f"top_k selects from float32 or float64 rows, not {values.dtype}")
-    rows = [torch.from_numpy(_top_k_row(row, k)) for row in values]
+    key_type = np.empty(0, _KEY_TYPES[values.dtype])
+    rows = [torch.from_numpy(_select(row, k, TOP_K_SAMPLE, key_type)) for row in values]
     indices = rows[0][None] if len(rows) == 1 else torch.stack(rows)
     return indices, x.gather(1, indices)
 
@@ -56,15 +57,11 @@ _KEY_TYPES = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 NaN, sign bit clear, above infinity): :func:`top_k` compares magnitudes as their bits."""
 
 
-def _top_k_row(row: np.ndarray, k: int) -> np.ndarray:
-    """The sorted positions of the ``k`` largest magnitudes of ``row`` (see :func:`top_k`)."""
-    return _select(row, k, TOP_K_SAMPLE, np.empty(0, _KEY_TYPES[row.dtype]))
-
-
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def _select(row, k, sample_size, key_type):
-    """:func:`_top_k_row` in one compiled call: the sample's threshold, the candidates,
-    and the ``k`` largest of them. Magnitudes are compared as unsigned integers of
+    """The sorted positions of the ``k`` largest magnitudes of ``row`` (see
+    :func:`top_k`) in one compiled call: the sample's threshold, the candidates, and the
+    ``k`` largest of them. Magnitudes are compared as unsigned integers of
     ``key_type``'s type (see :data:`_KEY_TYPES`)."""
     dim = row.size
     stride = dim // sample_size

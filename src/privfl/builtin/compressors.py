@@ -41,6 +41,7 @@ from privfl.algorithms.bit_coding import (
     unpack_index_set,
 )
 from privfl.algorithms.compression import (
+    corrected_rows,
     densify,
     dequantize,
     draw_seed,
@@ -196,21 +197,16 @@ class TopK(StackedCompressor, Sparsifier):
     ) -> list[bytes]:
         dim = updates.shape[1]
         k = _count(self.fraction, dim)
-        # Each row plus its residual: a new tensor, which becomes the next residual in
-        # place (one large allocation per client: a fresh one costs more than the sum).
-        owned = [self.error_feedback and "residual" in state for state in states]
-        rows = [
-            row + state["residual"] if own else row
-            for row, state, own in zip(updates, states, owned, strict=True)
-        ]
-        corrected = rows[0][None] if len(rows) == 1 else torch.stack(rows)
+        rows: list[torch.Tensor] = []
+        corrected = updates
+        if self.error_feedback:
+            rows, corrected = corrected_rows(updates, [s.get("residual") for s in states])
         indices, values = top_k(corrected, k)
         datas, sent = self._values(values)
-        if self.error_feedback:  # row by row: each residual its own tensor, to checkpoint
-            parts = zip(rows, owned, indices, values, sent, states, strict=True)
-            for row, own, index, value, sent_row, state in parts:
-                residual = row if own else row.clone()
-                state["residual"] = sparse_error_feedback(residual, index, value, sent_row)
+        if self.error_feedback:  # each row becomes its client's residual, in place
+            parts = zip(rows, indices, values, sent, states, strict=True)
+            for row, index, value, sent_row, state in parts:
+                state["residual"] = sparse_error_feedback(row, index, value, sent_row)
         return [
             _index_header(index, dim) + data for index, data in zip(indices, datas, strict=True)
         ]
