@@ -32,7 +32,7 @@ from privfl.algorithms.compression import (
     qsgd_levels,
     qsgd_quantize,
     qsgd_variance_bound,
-    random_mask,
+    random_bits,
     sparse_error_feedback,
     stochastic_quantize,
 )
@@ -44,6 +44,7 @@ from privfl.algorithms.hadamard import (
     unrotate,
     walsh_hadamard,
 )
+from privfl.algorithms.random_mask import mask_rate, masked_values, random_mask
 from privfl.algorithms.top_k import top_k
 from privfl.builtin.compressors import QSGD, RandomMask, TopK
 from privfl.builtin.executors import SerialExecutor
@@ -80,6 +81,24 @@ def test_qsgd_error_is_within_lemma_3_1(bits):
     bound = qsgd_variance_bound(dim, levels) * float((v**2).sum())
     assert error <= 1.02 * bound
     assert error > 0.01 * bound  # the estimate really is random
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dequantize_is_the_formula_bit_for_bit(dtype):
+    generator = torch.Generator().manual_seed(0)
+    levels = 7
+    codes = torch.randint(0, 2 * levels + 1, (5, 300), generator=generator, dtype=torch.int32)
+    scales = torch.cat(
+        [
+            torch.rand(3, generator=generator) * 10.0 ** torch.arange(-30, 30, 20),
+            torch.tensor([0.0, float("inf")]),
+        ]
+    ).to(dtype)
+    expected = scales[:, None] * ((codes - levels).to(dtype) / levels)
+    for given, offset in ((codes - levels, 0), (codes, levels), (codes.to(torch.int64), levels)):
+        got = dequantize(scales, given, levels, offset=offset)
+        assert got.dtype == dtype
+        assert torch.equal(got.view(torch.int8), expected.view(torch.int8))  # NaNs too
 
 
 @pytest.mark.parametrize("magnitude", [1.0, 1e-35], ids=["normal", "tiny-scale"])
@@ -190,8 +209,7 @@ def test_error_feedback_keeps_what_was_not_sent_to_the_bit(dtype):
         edges, densify(indices, edges.gather(1, indices).to(dtype).float(), 1000)
     )
     for row, index, expected in zip(edges, indices, dense, strict=True):
-        value = row[index]
-        sparse = sparse_error_feedback(row.clone(), index, value, value.to(dtype).float())
+        sparse = sparse_error_feedback(row.clone(), index, row[index].to(dtype).float())
         assert torch.equal(sparse.view(torch.int32), expected.view(torch.int32))  # every bit
     kept = corrected.abs().gather(1, indices).min(dim=1).values
     dropped = residual.abs().max(dim=1).values if dtype == torch.float32 else None
@@ -373,6 +391,21 @@ def test_random_masks_keep_each_coordinate_independently_at_the_rate(fraction):
     assert torch.equal(random_mask(dim, fraction, 3), random_mask(dim, fraction, 3))
     assert not torch.equal(random_mask(dim, fraction, 3), random_mask(dim, fraction, 4))
     assert torch.equal(random_mask(dim, 1.0, 3), torch.arange(dim))
+
+
+@pytest.mark.parametrize("dim", [1, 63, 64, 65, 1000, 4099])
+@pytest.mark.parametrize("fraction", [2**-16, 0.03, 0.25, 0.5, 1 - 2**-16, 1.0])
+def test_a_mask_and_its_values_are_the_coordinates_whose_bits_fall_below_the_rate(dim, fraction):
+    # The definition in numpy, against the compiled bit masks (blocks of 64 and a tail).
+    for seed in range(3):
+        row = torch.randn(dim, generator=torch.Generator().manual_seed(seed))
+        threshold = round(mask_rate(fraction) * 2**16)
+        expected = np.flatnonzero(random_bits(seed, dim).astype(np.int64) < threshold)
+        scale = 1 / mask_rate(fraction)
+        indices, values = masked_values(row, fraction, seed, scale)
+        assert np.array_equal(random_mask(dim, fraction, seed).numpy(), expected)
+        assert np.array_equal(indices.numpy(), expected)
+        assert torch.equal(values, row[torch.from_numpy(expected)] * scale)
 
 
 # --- Bit packing ------------------------------------------------------------------------

@@ -116,28 +116,59 @@ class ValueCoder(Compressor):
         *,
         config: Mapping[str, Any],
         generators: Sequence[torch.Generator],
-    ) -> list[bytes]:
+        decoded: bool = False,
+    ) -> tuple[list[bytes], list[torch.Tensor]]:
         """Client half: the bytes of each vector of ``values`` (their lengths may
         differ), those :meth:`~privfl.Compressor.encode_all` gives it with this coder
-        set up for its length; vectors of one length are coded together. No bytes for
-        an empty vector."""
+        set up for its length, and where ``decoded`` asks, the values the server will
+        decode from each (:meth:`decode_values`; an empty list otherwise). Vectors of
+        one length are coded together (:meth:`encode_rows`). No bytes for an empty
+        vector."""
         encoded = [b""] * len(values)
+        sent = [torch.zeros(0)] * len(values) if decoded else []
         by_length: dict[int, list[int]] = {}
         for position, row in enumerate(values):
             by_length.setdefault(len(row), []).append(position)
         for length, positions in by_length.items():
             if length == 0:
                 continue
-            rows = torch.stack([values[p] for p in positions])
-            datas = self.with_dimension(length).encode_all(
+            rows = (  # one vector of its length: a view, not a copy
+                values[positions[0]][None]
+                if len(positions) == 1
+                else torch.stack([values[p] for p in positions])
+            )
+            datas, rows_sent = self.with_dimension(length).encode_rows(
                 rows,
                 config=config,
                 generators=[generators[p] for p in positions],
-                states=[{} for _ in positions],
+                decoded=decoded,
             )
             for position, data in zip(positions, datas, strict=True):
                 encoded[position] = data
-        return encoded
+            if rows_sent is not None:
+                for position, row_sent in zip(positions, rows_sent, strict=True):
+                    sent[position] = row_sent
+        return encoded, sent
+
+    def encode_rows(
+        self,
+        rows: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generators: Sequence[torch.Generator],
+        decoded: bool,
+    ) -> tuple[list[bytes], torch.Tensor | None]:
+        """Client half for vectors of this coder's ``dimension`` (``rows``, ``[n,
+        dimension]``): each one's bytes (:meth:`~privfl.Compressor.encode_all`), and
+        where ``decoded`` asks, the ``[n, dimension]`` values the server will decode from
+        them, bit for bit. The default decodes each one's bytes; a coder that knows
+        them as it encodes (``qsgd``) overrides this to skip the second pass."""
+        datas = self.encode_all(
+            rows, config=config, generators=generators, states=[{} for _ in generators]
+        )
+        if not decoded:
+            return datas, None
+        return datas, torch.stack([self.decode(data, config=config) for data in datas])
 
     def decode_values(self, data: bytes, *, count: int, config: Mapping[str, Any]) -> torch.Tensor:
         """Server half: the ``count`` float32 values that ``data`` codes.
@@ -219,17 +250,16 @@ class CompressorStack(StackedCompressor):
         parts = self.sparsifier.split_all(
             corrected, config=_stage_config(config, self.sparsifier), generators=generators
         )
-        coded = self.coder.encode_values(
+        coded, decoded = self.coder.encode_values(
             [kept.values for kept in parts],
             config=_stage_config(config, self.coder),
             generators=generators,
+            decoded=self.keeps_state,
         )
         if self.keeps_state:  # what was not sent, and the quantizer's error, carry over
-            for row, kept, data, state in zip(rows, parts, coded, states, strict=True):
-                sent = self._sent(kept.indices, data, config)  # what decode puts there
-                # Bit for bit the row less the decoded update (sparse_error_feedback).
-                kept_values = row[kept.indices]
-                state["residual"] = sparse_error_feedback(row, kept.indices, kept_values, sent)
+            for row, kept, values, state in zip(rows, parts, decoded, states, strict=True):
+                sent = self._scaled(values)  # what decode puts at the kept coordinates
+                state["residual"] = sparse_error_feedback(row, kept.indices, sent)
         return [kept.structure + data for kept, data in zip(parts, coded, strict=True)]
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
@@ -247,10 +277,16 @@ class CompressorStack(StackedCompressor):
 
     def _sent(self, indices: torch.Tensor, coded: bytes, config: Mapping[str, Any]) -> torch.Tensor:
         """The values that the server decodes from ``coded`` at ``indices``."""
-        values = self.coder.decode_values(
-            coded, count=len(indices), config=_stage_config(config, self.coder)
+        return self._scaled(
+            self.coder.decode_values(
+                coded, count=len(indices), config=_stage_config(config, self.coder)
+            )
         )
-        beta = self.coder.variance_bound(len(indices)) if self.keeps_state else None
+
+    def _scaled(self, values: torch.Tensor) -> torch.Tensor:
+        """The coder's decoded ``values`` as the stack decodes them: with error feedback,
+        divided by ``1 + beta`` where the coder states a variance bound ``beta``."""
+        beta = self.coder.variance_bound(len(values)) if self.keeps_state else None
         if beta is not None:  # Basu et al.'s scaling, so that error feedback contracts
             values = values / (1 + beta)
         return values

@@ -15,13 +15,10 @@
   SignSGD and other Gradient Compression Schemes", ICML): send the ``k`` largest
   coordinates of ``update + residual`` and keep what was not sent as the next
   residual, so ``sent + new residual = update + old residual``.
-- **Random-mask subsampling** (Konečný, McMahan, Yu, Richtárik, Suresh, Bacon 2016,
-  "Federated Learning: Strategies for Improving Communication Efficiency"): a client
-  sends the values at a seeded Bernoulli mask of rate ``p``; scaled by ``1 / p`` the
-  server's estimate is unbiased.
 
 The rotation itself is in :mod:`privfl.algorithms.hadamard`, the top-k selection in
-:mod:`privfl.algorithms.top_k`; the byte formats (bit packing, index sets) are in
+:mod:`privfl.algorithms.top_k`, random masks in :mod:`privfl.algorithms.random_mask`;
+the byte formats (bit packing, index sets) are in
 :mod:`privfl.algorithms.bit_coding`.
 Nothing here keeps state or knows about rounds; :mod:`privfl.builtin.compressors`
 adapts these functions to the client and server halves.
@@ -223,10 +220,29 @@ def _round_codes(values, factor, divide, clip, top, randomness, codes):
             codes[r, i] = np.int32(((t + offset + np.uint64(randomness[r, i])) & word) >> shift)
 
 
-def dequantize(scales: torch.Tensor, codes: torch.Tensor, levels: int) -> torch.Tensor:
-    """The estimate ``scale * code / s`` of each row of signed codes ``code`` in ``-s ..
-    s`` (:func:`stochastic_quantize`'s codes less ``s``, or :func:`nearest_quantize`'s)."""
-    return scales[:, None] * (codes.to(scales.dtype) / levels)
+def dequantize(
+    scales: torch.Tensor, codes: torch.Tensor, levels: int, offset: int = 0
+) -> torch.Tensor:
+    """The estimate ``scale * (code / s)`` of each row of signed codes ``code`` in ``-s ..
+    s`` (:func:`nearest_quantize`'s, or :func:`stochastic_quantize`'s as sent, with
+    ``offset = s``: each is ``code + offset``), in the scales' precision.
+
+    One compiled pass (torch's subtraction, conversion, division and product took
+    0.02 ms for a row of 10,000 codes, as much as the rest of decoding it); bit for bit
+    the same IEEE operations in the same order."""
+    values = np.empty(codes.shape, scales.numpy().dtype)
+    _dequantize(np.ascontiguousarray(codes.numpy()), offset, levels, scales.numpy(), values)
+    return torch.from_numpy(values)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _dequantize(codes, offset, levels, scales, values):
+    """``values[r, i] = scales[r] * ((codes[r, i] - offset) / levels)``."""
+    s = values.dtype.type(levels)
+    for r in range(codes.shape[0]):
+        scale = scales[r]
+        for i in range(codes.shape[1]):
+            values[r, i] = scale * (values.dtype.type(codes[r, i] - offset) / s)
 
 
 def qsgd_variance_bound(dim: int, levels: int) -> float:
@@ -303,47 +319,21 @@ def error_feedback(corrected: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_error_feedback(
-    corrected: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, sent: torch.Tensor
+    corrected: torch.Tensor, indices: torch.Tensor, sent: torch.Tensor
 ) -> torch.Tensor:
-    """:func:`error_feedback` of one row that sent ``sent`` at ``indices`` (all 1-D), where
-    ``values`` are ``corrected`` there, computed in place: ``corrected`` (which the caller
-    owns) gets ``values - sent`` at ``indices`` and is returned as the residual. Bit for
-    bit the dense subtraction (elsewhere that subtracts zero, which changes no float),
-    in one compiled scatter instead of two passes over the row and a new one (and in
-    a fifth of the time of torch's ``index_put_``)."""
-    arrays = (tensor.detach().numpy() for tensor in (corrected, indices, values, sent))
-    _scatter_difference(*arrays)
+    """:func:`error_feedback` of one row that sent ``sent`` at ``indices`` (all 1-D),
+    computed in place: ``corrected`` (which the caller owns) gets ``corrected - sent``
+    at ``indices`` and is returned as the residual. Bit for bit the dense subtraction
+    (elsewhere that subtracts zero, which changes no float), in one compiled pass over
+    the indices instead of two over the row and a new one (and in a fifth of the time
+    of torch's ``index_put_``)."""
+    arrays = (tensor.detach().numpy() for tensor in (corrected, indices, sent))
+    _subtract_at(*arrays)
     return corrected
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _scatter_difference(out, indices, values, sent):
-    """``out[indices[j]] = values[j] - sent[j]`` for each ``j``."""
+def _subtract_at(out, indices, sent):
+    """``out[indices[j]] -= sent[j]`` for each ``j``."""
     for j in range(indices.size):
-        out[indices[j]] = values[j] - sent[j]
-
-
-MASK_RESOLUTION = 2**16
-"""A random mask's rate is a multiple of ``1 / MASK_RESOLUTION`` (see :func:`mask_rate`)."""
-
-
-def mask_rate(fraction: float) -> float:
-    """The rate of :func:`random_mask`: ``fraction`` rounded to a multiple of ``2**-16``,
-    at least ``2**-16`` (so within ``2**-17`` of it above that)."""
-    return min(MASK_RESOLUTION, max(1, round(fraction * MASK_RESOLUTION))) / MASK_RESOLUTION
-
-
-def random_mask(dim: int, fraction: float, seed: int) -> torch.Tensor:
-    """The sorted coordinates of a seeded Bernoulli mask (Konečný et al. 2016's random
-    mask): each of the ``dim`` coordinates is in it independently with probability
-    :func:`mask_rate` of ``fraction``, so a value scaled by ``1 / rate`` is an unbiased
-    estimate and the mask holds ``rate * dim`` coordinates on average.
-
-    Each coordinate draws 16 random bits (:func:`random_bits` of ``seed``) and is kept
-    when they fall below ``rate * 2**16``: far cheaper than a random permutation, and
-    the same on every platform, so the server regenerates the mask from the seed alone.
-    """
-    threshold = round(mask_rate(fraction) * MASK_RESOLUTION)
-    if threshold == MASK_RESOLUTION:
-        return torch.arange(dim)
-    return torch.from_numpy(np.flatnonzero(random_bits(seed, dim) < threshold))
+        out[indices[j]] -= sent[j]

@@ -17,7 +17,7 @@ Thin adapters over :mod:`privfl.algorithms.compression`, each with its byte form
 ``random-mask``
     uint64 seed of the mask (the server draws the same coordinates from it: a
     Bernoulli mask of rate ``fraction``, see
-    :func:`~privfl.algorithms.compression.random_mask`), then the values at the mask's
+    :func:`~privfl.algorithms.random_mask.random_mask`), then the values at the mask's
     coordinates (float32 or float16).
 
 The bytes per client per round are in every round's record as ``uplink_bytes``.
@@ -45,17 +45,16 @@ from privfl.algorithms.compression import (
     densify,
     dequantize,
     draw_seed,
-    mask_rate,
     max_quantize,
     nearest_quantize,
     qsgd_levels,
     qsgd_quantize,
     qsgd_variance_bound,
-    random_mask,
     row_random_bits,
     sparse_error_feedback,
 )
 from privfl.algorithms.hadamard import hadamard_blocks, random_signs, rotate, unrotate
+from privfl.algorithms.random_mask import mask_rate, masked_values, random_mask
 from privfl.algorithms.top_k import top_k
 from privfl.builtin.secure_quantizer import SharedGrid
 from privfl.compressor_stack import Kept, Sparsifier, ValueCoder
@@ -119,13 +118,30 @@ class QSGD(StackedCompressor, ValueCoder):
         generators: Sequence[torch.Generator],
         states: Sequence[dict[str, torch.Tensor]],
     ) -> list[bytes]:
-        rows = rotate(updates, self._rotation(config)) if self.rotation else updates
-        random_bits = row_random_bits(rows.shape, generators)
-        scales, codes = self.quantize(rows, self.levels, random_bits)  # codes offset by s
-        return [
+        return self.encode_rows(updates, config=config, generators=generators, decoded=False)[0]
+
+    def encode_rows(
+        self,
+        rows: torch.Tensor,
+        *,
+        config: Mapping[str, Any],
+        generators: Sequence[torch.Generator],
+        decoded: bool,
+    ) -> tuple[list[bytes], torch.Tensor | None]:
+        """The bytes of each row, and where ``decoded`` asks, what :meth:`decode` makes
+        of them, from the codes in hand: the same arithmetic, on all rows at once."""
+        signs = self._rotation(config) if self.rotation else None
+        coded = rotate(rows, signs) if signs is not None else rows
+        random_bits = row_random_bits(coded.shape, generators)
+        scales, codes = self.quantize(coded, self.levels, random_bits)  # codes offset by s
+        datas = [
             struct.pack("<f", scale) + pack_bits(row, self.bits)
             for scale, row in zip(scales.tolist(), codes, strict=True)
         ]
+        if not decoded:
+            return datas, None
+        values = dequantize(scales, codes, self.levels, offset=self.levels)
+        return datas, unrotate(values, signs, self.dimension) if signs is not None else values
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
         signs = self._rotation(config) if self.rotation else None
@@ -137,10 +153,11 @@ class QSGD(StackedCompressor, ValueCoder):
         (scale,) = struct.unpack_from("<f", data)
         if not (np.isfinite(scale) and scale >= 0):
             raise ValueError(f"scale {scale} is not a finite number >= 0")
-        codes = unpack_bits(data[4:], self.bits, count) - self.levels
-        if bool((codes > self.levels).any()):
+        codes = unpack_bits(data[4:], self.bits, count)  # each code + s
+        if bool((codes > 2 * self.levels).any()):
             raise ValueError(f"a code exceeds the {self.levels} levels")
-        row = dequantize(torch.tensor([scale]), codes.reshape(1, -1), self.levels)
+        scales = torch.tensor([scale], dtype=torch.float32)
+        row = dequantize(scales, codes.reshape(1, -1), self.levels, offset=self.levels)
         if signs is not None:
             row = unrotate(row, signs, self.dimension)
         return row[0]
@@ -204,9 +221,8 @@ class TopK(StackedCompressor, Sparsifier):
         indices, values = top_k(corrected, k)
         datas, sent = self._values(values)
         if self.error_feedback:  # each row becomes its client's residual, in place
-            parts = zip(rows, indices, values, sent, states, strict=True)
-            for row, index, value, sent_row, state in parts:
-                state["residual"] = sparse_error_feedback(row, index, value, sent_row)
+            for row, index, sent_row, state in zip(rows, indices, sent, states, strict=True):
+                state["residual"] = sparse_error_feedback(row, index, sent_row)
         return [
             _index_header(index, dim) + data for index, data in zip(indices, datas, strict=True)
         ]
@@ -260,7 +276,8 @@ class TopK(StackedCompressor, Sparsifier):
             codes = torch.frombuffer(bytearray(data[4:]), dtype=torch.int8).to(torch.int64)
             if bool((codes.abs() > CODE_LEVELS).any()):
                 raise ValueError(f"a code exceeds the {CODE_LEVELS} levels")
-            return dequantize(torch.tensor([scale]), codes.reshape(1, -1), CODE_LEVELS)[0]
+            scales = torch.tensor([scale], dtype=torch.float32)
+            return dequantize(scales, codes.reshape(1, -1), CODE_LEVELS)[0]
         dtype = VALUE_DTYPES[self.value_bits]
         if len(data) != k * torch.finfo(dtype).bits // 8:
             raise ValueError(f"{len(data)} bytes do not hold {k} {dtype} values")
@@ -315,14 +332,11 @@ class RandomMask(StackedCompressor, Sparsifier):
         config: Mapping[str, Any],
         generators: Sequence[torch.Generator],
     ) -> list[Kept]:
-        dim = updates.shape[1]
         seeds = [draw_seed(g) for g in generators]
         scale = 1 / mask_rate(self.fraction) if self.unbiased else 1.0
         parts = []
         for seed, row in zip(seeds, updates, strict=True):
-            mask = random_mask(dim, self.fraction, seed)
-            values = row.index_select(0, mask)  # 5x row[...]
-            values = values * scale if self.unbiased else values
+            mask, values = masked_values(row, self.fraction, seed, scale)
             parts.append(Kept(struct.pack("<Q", seed), mask, values))
         return parts
 
