@@ -83,6 +83,30 @@ def test_qsgd_error_is_within_lemma_3_1(bits):
     assert error > 0.01 * bound  # the estimate really is random
 
 
+@pytest.mark.parametrize("quantize", [qsgd_quantize, max_quantize], ids=["norm", "max"])
+def test_each_row_is_quantized_as_it_would_be_alone(quantize):
+    # A row whose top / scale overflows float32 is scaled as value / scale * top, the
+    # others as value * (top / scale): the two round differently now and then, and the
+    # draws below turn every such difference into a different code. A client's codes
+    # must not depend on the clients stacked with it.
+    levels, dim = 7, 50_000
+    top = np.float32(levels << RANDOM_BITS)
+    rows = torch.randn(2, dim, generator=torch.Generator().manual_seed(0))
+    rows[0] *= 1e-41  # subnormal: top / scale overflows
+    scale = np.float32(quantize(rows[1:], levels, np.zeros((1, dim), np.uint16))[0][0])
+    values = rows[1].numpy()
+    multiplied = np.rint(values * np.float32(top / np.float64(scale))).astype(np.int64)
+    divided = np.rint(values / scale * top).astype(np.int64)
+    differ = multiplied != divided
+    assert differ.any()  # a few of 50,000 (deterministic: the seed is fixed)
+    draws = np.zeros((2, dim), np.uint16)
+    higher = np.maximum(multiplied, divided)[differ] + int(top)
+    draws[1, differ] = (2**RANDOM_BITS - higher % 2**RANDOM_BITS) % 2**RANDOM_BITS
+    _, codes = quantize(rows, levels, draws)
+    _, alone = quantize(rows[1:], levels, draws[1:])
+    assert torch.equal(codes[1], alone[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dequantize_is_the_formula_bit_for_bit(dtype):
     generator = torch.Generator().manual_seed(0)
