@@ -164,12 +164,21 @@ def _round(
     if isinstance(randomness, torch.Generator):
         randomness = random_bits(draw_seed(randomness), values.size).reshape(values.shape)
     codes = np.empty(values.shape, np.int32)
-    _round_codes(values, scales, from_largest, levels << RANDOM_BITS, randomness, codes)
+    bits = _MAGNITUDE_BITS[values.dtype.itemsize]
+    _round_codes(values, bits, scales, from_largest, levels << RANDOM_BITS, randomness, codes)
     return torch.from_numpy(codes)
 
 
+_MAGNITUDE_BITS = {
+    4: np.array([2**31 - 1, 0x7F800000], np.uint32),
+    8: np.array([2**63 - 1, 0x7FF0000000000000], np.uint64),
+}
+"""By a float's width in bytes: the mask that clears its sign bit, and infinity's bits.
+A magnitude's bits order as the magnitude does, and a NaN's lie above infinity's."""
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _round_codes(values, scales, from_largest, top, randomness, codes):
+def _round_codes(values, magnitude_bits, scales, from_largest, top, randomness, codes):
     """The codes of :func:`stochastic_quantize`, row by row: the row's largest magnitude
     (NaN if a value is), which is its scale where ``from_largest``; then one pass, ``y
     = value * (top / scale)`` in float32 (or ``value / scale * top`` where ``top /
@@ -185,13 +194,9 @@ def _round_codes(values, scales, from_largest, top, randomness, codes):
     word = np.uint64(0xFFFFFFFF)  # numba widens integer sums: wrap them at 32 bits by hand
     shift = np.uint64(RANDOM_BITS)
     for r in range(values.shape[0]):
-        largest = values.dtype.type(0)
-        nan = False
-        for v in values[r]:
-            largest = max(largest, abs(v))
-            nan |= v != v
-        if nan:
-            largest = values.dtype.type(np.nan)
+        top_bits = _largest_magnitude_bits(values[r], magnitude_bits)
+        nan = top_bits > magnitude_bits[1]
+        largest = values.dtype.type(np.nan) if nan else _as_float(top_bits, magnitude_bits, values)
         if from_largest:
             scales[r] = largest
         scale = np.float32(scales[r])
@@ -208,6 +213,29 @@ def _round_codes(values, scales, from_largest, top, randomness, codes):
                 y = min(max(y, -top32), top32)
             t = np.uint64(np.uint32(np.int32(np.rint(y))))
             codes[r, i] = np.int32(((t + offset + np.uint64(randomness[r, i])) & word) >> shift)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+def _largest_magnitude_bits(row, magnitude_bits):
+    """The bits of ``row``'s largest magnitude (above infinity's where a value is NaN;
+    ``magnitude_bits`` as in :data:`_MAGNITUDE_BITS`): an integer maximum, which
+    vectorizes where a float maximum with its NaN rules did not (0.025 ms for 50,000
+    coordinates, this 0.003)."""
+    keys = row.view(magnitude_bits.dtype)
+    sign_mask = magnitude_bits[0]
+    top = magnitude_bits.dtype.type(0)
+    for key in keys:
+        top = max(top, key & sign_mask)
+    return top
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+def _as_float(bits, magnitude_bits, like):
+    """The float of ``like``'s type whose bits are ``bits`` (of ``magnitude_bits``'
+    type)."""
+    cell = np.empty(1, magnitude_bits.dtype)
+    cell[0] = bits
+    return cell.view(like.dtype)[0]
 
 
 def dequantize(
