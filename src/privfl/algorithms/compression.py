@@ -194,9 +194,7 @@ def _round_codes(values, magnitude_bits, scales, from_largest, top, randomness, 
     word = np.uint64(0xFFFFFFFF)  # numba widens integer sums: wrap them at 32 bits by hand
     shift = np.uint64(RANDOM_BITS)
     for r in range(values.shape[0]):
-        top_bits = _largest_magnitude_bits(values[r], magnitude_bits)
-        nan = top_bits > magnitude_bits[1]
-        largest = values.dtype.type(np.nan) if nan else _as_float(top_bits, magnitude_bits, values)
+        largest = _largest_magnitude(values[r], magnitude_bits)
         if from_largest:
             scales[r] = largest
         scale = np.float32(scales[r])
@@ -216,26 +214,23 @@ def _round_codes(values, magnitude_bits, scales, from_largest, top, randomness, 
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-def _largest_magnitude_bits(row, magnitude_bits):
-    """The bits of ``row``'s largest magnitude (above infinity's where a value is NaN;
-    ``magnitude_bits`` as in :data:`_MAGNITUDE_BITS`): an integer maximum, which
-    vectorizes where a float maximum with its NaN rules did not (0.025 ms for 50,000
-    coordinates, this 0.003)."""
+def _largest_magnitude(row, magnitude_bits):
+    """``row``'s largest magnitude, NaN if a value is NaN (``magnitude_bits`` as in
+    :data:`_MAGNITUDE_BITS` for its type), found as an integer maximum of the bits with
+    the sign cleared, which vectorizes where a float maximum with its NaN rules did not
+    (0.028 ms for 50,000 coordinates, this 0.004; written as an indexed loop and a
+    conditional, as the array's iterator and ``max`` took 0.014)."""
     keys = row.view(magnitude_bits.dtype)
     sign_mask = magnitude_bits[0]
     top = magnitude_bits.dtype.type(0)
-    for key in keys:
-        top = max(top, key & sign_mask)
-    return top
-
-
-@numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-def _as_float(bits, magnitude_bits, like):
-    """The float of ``like``'s type whose bits are ``bits`` (of ``magnitude_bits``'
-    type)."""
+    for i in range(keys.size):
+        key = keys[i] & sign_mask
+        top = key if key > top else top
+    if top > magnitude_bits[1]:
+        return row.dtype.type(np.nan)
     cell = np.empty(1, magnitude_bits.dtype)
-    cell[0] = bits
-    return cell.view(like.dtype)[0]
+    cell[0] = top
+    return cell.view(row.dtype)[0]
 
 
 def dequantize(
@@ -277,23 +272,19 @@ def nearest_quantize(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.
     values = np.ascontiguousarray(x.detach().numpy())
     scales = np.empty(len(values), values.dtype)
     codes = np.empty(values.shape, np.int64)
-    _nearest_codes(values, levels, scales, codes)
+    _nearest_codes(values, _MAGNITUDE_BITS[values.dtype.itemsize], levels, scales, codes)
     return torch.from_numpy(scales), torch.from_numpy(codes)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _nearest_codes(values, levels, scales, codes):
+def _nearest_codes(values, magnitude_bits, levels, scales, codes):
     """:func:`nearest_quantize` row by row: ``scale = max|v|`` (NaN if any value is), and
-    ``code = rint(v / scale * s)`` in the values' precision (``scale`` 1 where it is 0),
-    two passes a row where numpy took seven."""
+    ``code = rint(v / scale * s)`` in the values' precision (``scale`` 1 where it is 0
+    or NaN), two passes a row where numpy took seven."""
     s = values.dtype.type(levels)
     for r in range(values.shape[0]):
-        largest = values.dtype.type(0)
-        nan = False
-        for v in values[r]:
-            largest = max(largest, abs(v))
-            nan |= v != v
-        scales[r] = values.dtype.type(np.nan) if nan else largest
+        largest = _largest_magnitude(values[r], magnitude_bits)
+        scales[r] = largest
         safe = largest if largest > 0 else values.dtype.type(1)
         for i in range(values.shape[1]):
             codes[r, i] = np.int64(np.rint(values[r, i] / safe * s))
