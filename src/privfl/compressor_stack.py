@@ -266,22 +266,12 @@ class CompressorStack(StackedCompressor):
         indices, length = self.sparsifier.read_structure(
             data, config=_stage_config(config, self.sparsifier)
         )
-        return self._decoded(indices, data[length:], config)
-
-    def _decoded(
-        self, indices: torch.Tensor, coded: bytes, config: Mapping[str, Any]
-    ) -> torch.Tensor:
-        """The update that holds the values ``coded`` codes at ``indices``."""
-        values = self._sent(indices, coded, config)
-        return densify(indices.reshape(1, -1), values.reshape(1, -1), self.dimension)[0]
-
-    def _sent(self, indices: torch.Tensor, coded: bytes, config: Mapping[str, Any]) -> torch.Tensor:
-        """The values that the server decodes from ``coded`` at ``indices``."""
-        return self._scaled(
-            self.coder.decode_values(
-                coded, count=len(indices), config=_stage_config(config, self.coder)
-            )
+        values = self.coder.decode_values(
+            data[length:], count=len(indices), config=_stage_config(config, self.coder)
         )
+        return densify(indices.reshape(1, -1), self._scaled(values).reshape(1, -1), self.dimension)[
+            0
+        ]
 
     def _scaled(self, values: torch.Tensor) -> torch.Tensor:
         """The coder's decoded ``values`` as the stack decodes them: with error feedback,

@@ -138,10 +138,7 @@ class QSGD(StackedCompressor, ValueCoder):
             struct.pack("<f", scale) + pack_bits(row, self.bits)
             for scale, row in zip(scales.tolist(), codes, strict=True)
         ]
-        if not decoded:
-            return datas, None
-        values = dequantize(scales, codes, self.levels, offset=self.levels)
-        return datas, unrotate(values, signs, self.dimension) if signs is not None else values
+        return datas, self._decoded(scales, codes, signs) if decoded else None
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
         signs = self._rotation(config) if self.rotation else None
@@ -156,11 +153,16 @@ class QSGD(StackedCompressor, ValueCoder):
         codes = unpack_bits(data[4:], self.bits, count)  # each code + s
         if bool((codes > 2 * self.levels).any()):
             raise ValueError(f"a code exceeds the {self.levels} levels")
-        scales = torch.tensor([scale], dtype=torch.float32)
-        row = dequantize(scales, codes.reshape(1, -1), self.levels, offset=self.levels)
-        if signs is not None:
-            row = unrotate(row, signs, self.dimension)
-        return row[0]
+        return self._decoded(torch.tensor([scale]), codes.reshape(1, -1), signs)[0]
+
+    def _decoded(
+        self, scales: torch.Tensor, codes: torch.Tensor, signs: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The rows that float32 ``scales`` and codes as sent (offset by ``s``) stand
+        for, rotated back where there are ``signs``: the server's decoding, and what
+        :meth:`encode_rows` tells error feedback, bit for bit."""
+        rows = dequantize(scales.to(torch.float32), codes, self.levels, offset=self.levels)
+        return unrotate(rows, signs, self.dimension) if signs is not None else rows
 
     def _rotation(self, config: Mapping[str, Any]) -> torch.Tensor:
         """The round's random signs, from the shared seed (drawn once: they are cached)."""
