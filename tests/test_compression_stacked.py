@@ -19,9 +19,14 @@ from privfl.algorithms.bit_coding import (
     unpack_bits,
 )
 from privfl.algorithms.compression import (
+    dequantize,
+    max_quantize,
+    qsgd_levels,
+    qsgd_quantize,
     random_bits,
-    row_random_bits,
 )
+from privfl.algorithms.hadamard import random_signs, rotate, unrotate
+from privfl.algorithms.qsgd_rows import decode_rows, quantize_rows
 from privfl.algorithms.top_k import TOP_K_SAMPLE, top_k
 from privfl.builtin.compressors import QSGD, RandomMask, TopK
 from privfl.plugins import hookimpl
@@ -158,8 +163,8 @@ def test_a_stacked_host_sends_each_client_the_bytes_of_its_own_encoder():
 # --- Fast paths against their definitions -----------------------------------------------
 
 
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 11, 18])
-@pytest.mark.parametrize("count", [1, 8, 13, 1000])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 18, 31, 32])
+@pytest.mark.parametrize("count", [1, 4, 8, 13, 1000])
 def test_packed_bits_are_each_code_least_significant_bit_first(bits, count):
     codes = torch.randint(0, 2**bits, (count,), generator=torch.Generator().manual_seed(count))
     data = pack_bits(codes, bits)
@@ -239,16 +244,53 @@ def test_top_k_refuses_other_types():
         top_k(torch.zeros(1, 10, dtype=torch.float16), 2)
 
 
-def test_row_random_bits_are_each_generator_own_seeded_draws():
-    seeds = [5, 6, 7]
-    rows = row_random_bits((3, 1001), [torch.Generator().manual_seed(s) for s in seeds])
-    for row, seed in zip(rows, seeds, strict=True):
-        alone = row_random_bits((1, 1001), [torch.Generator().manual_seed(seed)])
-        assert np.array_equal(row, alone[0])
+def test_random_bits_are_splitmix64_words_least_significant_draw_first():
     # Four 16-bit draws per SplitMix64 word, least significant first, on every platform.
     words = [splitmix64(11, j) for j in range(3)]
     expected = [w >> (16 * i) & 0xFFFF for w in words for i in range(4)][:10]
     assert random_bits(11, 10).tolist() == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 12])
+@pytest.mark.parametrize("rotated", [False, True], ids=["plain", "rotated"])
+@pytest.mark.parametrize("from_largest", [False, True], ids=["norm", "max"])
+def test_quantize_rows_is_its_steps_composed_bit_for_bit(dtype, bits, rotated, from_largest):
+    # Rotate, draw each row's bits from its seed, quantize, pack; and what the server
+    # decodes: each row as the step-by-step functions make it alone.
+    dim, levels = 1000, qsgd_levels(bits)
+    rows = torch.randn(3, dim, generator=torch.Generator().manual_seed(bits), dtype=dtype)
+    rows[1] *= 1e-3
+    rows[2, :7] = 0.0
+    seeds = [5, 6, 2**62 - 1]
+    signs = random_signs(dim, 7) if rotated else None
+    scales, packed, decoded = quantize_rows(
+        rows, bits, seeds, signs=signs, from_largest=from_largest, decoded=True
+    )
+    coded = rotate(rows, signs.to(dtype)) if signs is not None else rows
+    quantize = max_quantize if from_largest else qsgd_quantize
+    for r, seed in enumerate(seeds):
+        scale, codes = quantize(coded[r : r + 1], levels, random_bits(seed, coded.shape[1])[None])
+        assert torch.equal(scales[r : r + 1], scale)
+        assert packed[r].tobytes() == pack_bits(codes, bits)
+        expected = dequantize(scale.to(torch.float32), codes, levels, offset=levels)
+        if signs is not None:
+            expected = unrotate(expected, signs, dim)
+        assert torch.equal(decoded[r : r + 1].view(torch.int32), expected.view(torch.int32))
+        server = decode_rows(scale.to(torch.float32), codes, levels, signs, dim)
+        assert torch.equal(server.view(torch.int32), expected.view(torch.int32))
+    again = quantize_rows(rows, bits, seeds, signs=signs, from_largest=from_largest)
+    assert torch.equal(again[0], scales)
+    assert np.array_equal(again[1], packed)
+    assert again[2] is None
+
+
+def test_quantize_rows_refuses_a_seed_count_or_signs_that_do_not_fit():
+    rows = torch.zeros(2, 100)
+    with pytest.raises(ValueError, match="1 seeds for 2 rows"):
+        quantize_rows(rows, 4, [1])
+    with pytest.raises(ValueError, match="63 signs for a rotation of 128"):
+        quantize_rows(rows, 4, [1, 2], signs=random_signs(100, 0)[:63])
 
 
 def splitmix64(seed: int, j: int) -> int:

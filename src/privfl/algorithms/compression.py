@@ -44,7 +44,7 @@ def qsgd_levels(bits: int) -> int:
 
 Randomness = torch.Generator | np.ndarray
 """What a stochastic quantizer draws from: a generator, or the random bits themselves,
-uint16 ``[n, dim]``, one draw per coordinate (see :func:`row_random_bits`)."""
+uint16 ``[n, dim]``, one draw per coordinate (see :func:`random_bits`)."""
 
 RANDOM_BITS = 16
 """Random bits per coordinate of stochastic rounding (see :func:`stochastic_quantize`)."""
@@ -83,16 +83,6 @@ def _splitmix64(seed, words):
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         words[j] = z ^ (z >> np.uint64(31))
-
-
-def row_random_bits(shape: Sequence[int], generators: Sequence[torch.Generator]) -> np.ndarray:
-    """:func:`random_bits` of shape ``[n, dim]``, row ``k`` from a seed that
-    ``generators[k]`` draws, so clients quantized together get what each would get alone."""
-    n, dim = shape
-    rows = [random_bits(draw_seed(generator), dim) for generator in generators]
-    if len(rows) != n:
-        raise ValueError(f"{len(rows)} generators for {n} rows")
-    return rows[0][None] if n == 1 else np.stack(rows)
 
 
 def draw_seed(generator: torch.Generator) -> int:

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from privfl.algorithms.bit_coding import (
-    pack_bits,
     pack_index_set,
     packed_size,
     unpack_bits,
@@ -45,15 +44,13 @@ from privfl.algorithms.compression import (
     densify,
     dequantize,
     draw_seed,
-    max_quantize,
     nearest_quantize,
     qsgd_levels,
-    qsgd_quantize,
     qsgd_variance_bound,
-    row_random_bits,
     sparse_error_feedback,
 )
-from privfl.algorithms.hadamard import hadamard_blocks, random_signs, rotate, unrotate
+from privfl.algorithms.hadamard import hadamard_blocks, random_signs
+from privfl.algorithms.qsgd_rows import decode_rows, quantize_rows
 from privfl.algorithms.random_mask import mask_rate, masked_values, random_mask
 from privfl.algorithms.top_k import top_k
 from privfl.builtin.secure_quantizer import SharedGrid
@@ -67,7 +64,7 @@ VALUE_DTYPES = {32: torch.float32, 16: torch.float16}
 """Value widths (bits) a sparsifying compressor can send its values in."""
 CODE_LEVELS = 127
 """Levels on each side of zero of topk's 8-bit values."""
-QUANTIZERS = {"norm": qsgd_quantize, "max": max_quantize}
+SCALES = ("norm", "max")
 """What QSGD's ``scale`` option chooses: the scale codes are relative to."""
 
 
@@ -91,9 +88,9 @@ class QSGD(StackedCompressor, ValueCoder):
     def __init__(self, bits: int = 4, rotation: bool = False, scale: str = "norm") -> None:
         if not (isinstance(bits, int) and 2 <= bits <= 16):
             raise ConfigError("bits", bits, "an integer from 2 to 16")
-        if scale not in QUANTIZERS:
-            raise ConfigError("scale", scale, f"one of {', '.join(QUANTIZERS)}")
-        self.quantize = QUANTIZERS[scale]
+        if scale not in SCALES:
+            raise ConfigError("scale", scale, f"one of {', '.join(SCALES)}")
+        self.scale = scale
         self.bits = bits
         self.rotation = rotation
         self.levels = qsgd_levels(bits)
@@ -105,7 +102,7 @@ class QSGD(StackedCompressor, ValueCoder):
         """Alistarh et al.'s Lemma 3.1 for the norm scale (a rotation keeps the norm and
         pads the count); None for ``scale = "max"``, whose worst case is far above its
         typical error after a rotation."""
-        if self.quantize is not qsgd_quantize:
+        if self.scale != "norm":
             return None
         coded = sum(hadamard_blocks(count)) if self.rotation else count
         return qsgd_variance_bound(coded, self.levels)
@@ -129,16 +126,22 @@ class QSGD(StackedCompressor, ValueCoder):
         decoded: bool,
     ) -> tuple[list[bytes], torch.Tensor | None]:
         """The bytes of each row, and where ``decoded`` asks, what :meth:`decode` makes
-        of them, from the codes in hand: the same arithmetic, on all rows at once."""
+        of them, from the codes in hand: the same arithmetic, on all rows at once
+        (:func:`~privfl.algorithms.qsgd_rows.quantize_rows`)."""
         signs = self._rotation(config) if self.rotation else None
-        coded = rotate(rows, signs) if signs is not None else rows
-        random_bits = row_random_bits(coded.shape, generators)
-        scales, codes = self.quantize(coded, self.levels, random_bits)  # codes offset by s
+        scales, packed, sent = quantize_rows(
+            rows,
+            self.bits,
+            [draw_seed(generator) for generator in generators],
+            signs=signs,
+            from_largest=self.scale == "max",
+            decoded=decoded,
+        )
         datas = [
-            struct.pack("<f", scale) + pack_bits(row, self.bits)
-            for scale, row in zip(scales.tolist(), codes, strict=True)
+            struct.pack("<f", scale) + row.tobytes()
+            for scale, row in zip(scales.tolist(), packed, strict=True)
         ]
-        return datas, self._decoded(scales, codes, signs) if decoded else None
+        return datas, sent
 
     def decode(self, data: bytes, *, config: Mapping[str, Any]) -> torch.Tensor:
         signs = self._rotation(config) if self.rotation else None
@@ -153,16 +156,8 @@ class QSGD(StackedCompressor, ValueCoder):
         codes = unpack_bits(data[4:], self.bits, count)  # each code + s
         if bool((codes > 2 * self.levels).any()):
             raise ValueError(f"a code exceeds the {self.levels} levels")
-        return self._decoded(torch.tensor([scale]), codes.reshape(1, -1), signs)[0]
-
-    def _decoded(
-        self, scales: torch.Tensor, codes: torch.Tensor, signs: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The rows that float32 ``scales`` and codes as sent (offset by ``s``) stand
-        for, rotated back where there are ``signs``: the server's decoding, and what
-        :meth:`encode_rows` tells error feedback, bit for bit."""
-        rows = dequantize(scales.to(torch.float32), codes, self.levels, offset=self.levels)
-        return unrotate(rows, signs, self.dimension) if signs is not None else rows
+        scales = torch.tensor([scale], dtype=torch.float32)
+        return decode_rows(scales, codes.reshape(1, -1), self.levels, signs, self.dimension)[0]
 
     def _rotation(self, config: Mapping[str, Any]) -> torch.Tensor:
         """The round's random signs, from the shared seed (drawn once: they are cached)."""
