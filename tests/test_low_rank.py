@@ -12,9 +12,10 @@ from test_compression import CountingExecutor
 
 from privfl import ConfigError
 from privfl.algorithms.low_rank import (
-    project,
-    random_basis,
+    coefficients,
+    random_gaussian,
     reconstruct,
+    sketch,
     subspace_rank,
     unbiased_error,
     unbiased_scale,
@@ -35,8 +36,14 @@ def _matrix(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
     )
 
 
-def _basis(rows: int, k: int, seed: int) -> torch.Tensor:
-    return random_basis(rows, k, torch.Generator().manual_seed(seed), torch.float64)
+def _gaussian(rows: int, k: int, seed: int) -> torch.Tensor:
+    return random_gaussian(rows, k, torch.Generator().manual_seed(seed), torch.float64)
+
+
+def _projected(h: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Q`` and ``B`` as the server works them out from a client's sketch of ``h``."""
+    gaussian = _gaussian(len(h), k, seed)
+    return coefficients(sketch(h, gaussian), gaussian)
 
 
 # --- The math ---------------------------------------------------------------------------
@@ -44,16 +51,21 @@ def _basis(rows: int, k: int, seed: int) -> torch.Tensor:
 
 def test_the_projection_is_orthogonal_and_of_rank_at_most_k():
     h, k = _matrix(12, 30), 4
-    q = _basis(12, k, seed=1)
+    q, b = _projected(h, k, seed=1)
     assert torch.allclose(q.mT @ q, torch.eye(k, dtype=torch.float64), atol=1e-12)
-    plain = reconstruct(project(h, q), q, 1.0)
+    # The columns of Q span A's, and the sketch A^T H gives the coefficients Q^T H.
+    gaussian = _gaussian(12, k, seed=1)
+    assert torch.allclose(q @ (q.mT @ gaussian), gaussian, atol=1e-12)
+    assert torch.allclose(b, q.mT @ h, atol=1e-12)
+    plain = reconstruct(b, q, 1.0)
     # What the projection leaves out is orthogonal to the subspace...
     assert (q.mT @ (h - plain)).abs().max() < 1e-12
     # ...so projecting again changes nothing, and the projection is never longer.
-    assert torch.allclose(reconstruct(project(plain, q), q, 1.0), plain, atol=1e-12)
+    again, coefficients_again = _projected(plain, k, seed=1)
+    assert torch.allclose(reconstruct(coefficients_again, again, 1.0), plain, atol=1e-12)
     assert plain.norm() <= h.norm()
     assert int(torch.linalg.matrix_rank(plain)) == k  # H has rank 12 > k
-    scaled = reconstruct(project(h, q), q, unbiased_scale(12, k))
+    scaled = reconstruct(b, q, unbiased_scale(12, k))
     assert int(torch.linalg.matrix_rank(scaled)) == k
     assert torch.allclose(scaled, 3 * plain)
 
@@ -63,7 +75,7 @@ def test_the_scaled_reconstruction_is_unbiased_with_the_stated_error():
     h = _matrix(rows, cols)
     scale = unbiased_scale(rows, k)
     draws = torch.stack(
-        [reconstruct(project(h, q), q, scale) for q in (_basis(rows, k, s) for s in range(DRAWS))]
+        [reconstruct(b, q, scale) for q, b in (_projected(h, k, s) for s in range(DRAWS))]
     )
     squared = ((draws - h) ** 2).sum(dim=(1, 2))
     # E||H' - H||^2 = (d1 / k - 1) ||H||^2; the mean of DRAWS squared errors is within 6
@@ -130,7 +142,8 @@ def test_the_plain_projection_keeps_the_norm_and_the_orthogonality():
     data = _encode(compressor, update, seed=5)
     decoded = compressor.decode(data, config={})
     assert decoded.norm() <= update.norm() * (1 + 1e-6)
-    (q,) = compressor._bases(int.from_bytes(data[:8], "little"))
+    (gaussian,) = compressor._gaussians(int.from_bytes(data[:8], "little"))
+    q = torch.linalg.qr(gaussian).Q
     leftover = (update - decoded)[:160].view(16, 10)
     assert (q.mT @ leftover).abs().max() < 1e-5
     assert int(torch.linalg.matrix_rank(decoded[:160].view(16, 10))) == 4

@@ -7,8 +7,14 @@ updates, low rank*: a client's update of a ``d1 x d2`` weight matrix is restrict
 (``k x d2``) is all the client sends, with the seed.
 
 Here ``A`` is replaced by ``Q``, the orthonormal basis of its column space (QR of
-``A``), and ``B = Q^T H`` holds the coefficients of ``H``'s orthogonal projection onto
-that space. The columns of a Gaussian matrix span a uniformly random ``k``-dimensional
+``A``, ``A = Q R``), and ``B = Q^T H`` holds the coefficients of ``H``'s orthogonal
+projection onto that space. The client computes only the sketch ``C = A^T H``
+(:func:`sketch`), the same size as ``B``; the server, which draws the same ``A``,
+orthonormalizes it and solves ``R^T B = C`` (:func:`coefficients`), since ``A^T H =
+R^T Q^T H``. So the client does no QR decomposition (two per client of the 2NN, 0.17
+of its 0.58 ms of encoding), and the server one triangular solve of ``k x k`` more than
+the decomposition it does anyway. The columns of a Gaussian matrix span a uniformly
+random ``k``-dimensional
 subspace, so ``P = Q Q^T`` is the projection onto a uniformly random subspace and
 ``E[P] = (k / d1) I`` (by symmetry: ``E[P]`` commutes with every rotation, so it is a
 multiple of ``I``, and its trace is ``k``). Hence:
@@ -34,22 +40,30 @@ def subspace_rank(rows: int, rank: float) -> int:
     return max(1, min(rows, k))
 
 
-def random_basis(rows: int, k: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    """``Q``: ``rows x k`` orthonormal columns spanning a uniformly random subspace.
-
-    A Gaussian ``rows x k`` matrix from ``generator`` (Konečný et al.'s random ``A``),
-    orthonormalized by a reduced QR decomposition. Only the span matters to ``Q Q^T``,
-    and a Gaussian matrix's span is uniformly distributed, so no sign correction of
-    ``R``'s diagonal is needed.
-    """
-    gaussian = torch.randn(rows, k, generator=generator, dtype=dtype)
-    return torch.linalg.qr(gaussian).Q
+def random_gaussian(
+    rows: int, k: int, generator: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
+    """Konečný et al.'s random ``A``: a ``rows x k`` standard Gaussian matrix from
+    ``generator``, whose columns span a uniformly random ``k``-dimensional subspace."""
+    return torch.randn(rows, k, generator=generator, dtype=dtype)
 
 
-def project(update: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``B = Q^T H``: the ``k x d2`` coefficients of ``H``'s (``d1 x d2``) projection
-    onto the span of ``basis`` (``Q``, ``d1 x k``)."""
-    return basis.mT @ update
+def sketch(update: torch.Tensor, gaussian: torch.Tensor) -> torch.Tensor:
+    """``C = A^T H``: the ``k x d2`` sketch of ``H`` (``d1 x d2``) that a client sends
+    for ``gaussian`` (``A``, ``d1 x k``)."""
+    return gaussian.mT @ update
+
+
+def coefficients(
+    sketched: torch.Tensor, gaussian: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Q`` and ``B = Q^T H`` from the sketch ``C = A^T H``: the orthonormal basis of
+    ``A``'s columns by a reduced QR decomposition ``A = Q R``, and ``B`` solving ``R^T
+    B = C``. Only the span matters to ``Q Q^T``, and a Gaussian matrix's span is
+    uniformly distributed, so no sign correction of ``R``'s diagonal is needed (``R``
+    is invertible with probability one)."""
+    basis, triangle = torch.linalg.qr(gaussian)
+    return basis, torch.linalg.solve_triangular(triangle.mT, sketched, upper=False)
 
 
 def reconstruct(coefficients: torch.Tensor, basis: torch.Tensor, scale: float) -> torch.Tensor:

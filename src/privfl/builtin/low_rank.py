@@ -10,7 +10,10 @@ from a seed and only ``B`` (``k x d2``) and the seed sent. The math is in
 ``A`` fixed, so local training itself never leaves the subspace. privfl's clients
 train the full model (any trainer, any mechanism), so here the trained update is
 *projected* onto the subspace afterwards: ``B = Q^T H`` with ``Q`` the orthonormal
-basis of ``A``'s columns, and the server rebuilds ``H' = c Q B``. With ``unbiased``
+basis of ``A``'s columns, and the server rebuilds ``H' = c Q B``. The client sends
+the sketch ``A^T H`` (the size of ``B``) and the server, which draws the same ``A``,
+works out ``Q`` and ``B`` (:func:`~privfl.algorithms.low_rank.coefficients`), so the
+client does no QR decomposition. With ``unbiased``
 (the default) ``c = d1 / k``, an unbiased estimate of ``H`` whose squared error is
 ``(d1 / k - 1) ||H||^2`` in expectation; without it ``c = 1``, the orthogonal
 projection, which is never longer than ``H`` (up to float32 rounding, as clipping
@@ -46,7 +49,7 @@ half, only ``unbiased = false`` with float32 values keeps the clip norm
 (:attr:`~privfl.Compressor.keeps_norm_bound`).
 
 Byte format (little-endian): uint64 seed of the subspaces, then each weight matrix's
-``k x d2`` coefficients ``B`` in the model's order (float32, or float16 with
+``k x d2`` sketch ``A^T H`` in the model's order (float32, or float16 with
 ``value_bits = 16``), then the values of every parameter that travels in full
 (float32). No other header: the server knows the ranks from the options and shapes.
 """
@@ -64,9 +67,10 @@ import torch
 
 from privfl.algorithms.compression import draw_seed
 from privfl.algorithms.low_rank import (
-    project,
-    random_basis,
+    coefficients,
+    random_gaussian,
     reconstruct,
+    sketch,
     subspace_rank,
     unbiased_scale,
 )
@@ -181,9 +185,9 @@ class LowRank(StackedCompressor):
         encoded = []
         for seed, row in zip(seeds, updates, strict=True):
             parts = [struct.pack("<Q", seed)]
-            for matrix, basis in zip(self.matrices, self._bases(seed), strict=True):
+            for matrix, gaussian in zip(self.matrices, self._gaussians(seed), strict=True):
                 update = row[matrix.start : matrix.end].reshape(matrix.rows, matrix.cols)
-                parts.append(_bytes(project(update, basis).to(self.value_dtype)))
+                parts.append(_bytes(sketch(update, gaussian).to(self.value_dtype)))
             parts.append(_bytes(row[self.full]))
             encoded.append(b"".join(parts))
         return encoded
@@ -194,21 +198,22 @@ class LowRank(StackedCompressor):
         (seed,) = struct.unpack_from("<Q", data)
         width, offset = torch.finfo(self.value_dtype).bits // 8, 8
         update = torch.empty(self.dimension, dtype=torch.float32)
-        for matrix, basis in zip(self.matrices, self._bases(seed), strict=True):
+        for matrix, gaussian in zip(self.matrices, self._gaussians(seed), strict=True):
             count = matrix.k * matrix.cols
-            coefficients = _values(data[offset : offset + count * width], self.value_dtype)
+            sketched = _values(data[offset : offset + count * width], self.value_dtype)
             offset += count * width
+            basis, kept = coefficients(sketched.view(matrix.k, matrix.cols), gaussian)
             scale = unbiased_scale(matrix.rows, matrix.k) if self.unbiased else 1.0
-            rebuilt = reconstruct(coefficients.view(matrix.k, matrix.cols), basis, scale)
+            rebuilt = reconstruct(kept, basis, scale)
             update[matrix.start : matrix.end] = rebuilt.reshape(-1)
         if len(self.full):
             update[self.full] = _values(data[offset:], torch.float32)
         return update
 
-    def _bases(self, seed: int) -> list[torch.Tensor]:
-        """Each weight matrix's orthonormal basis ``Q``, drawn in order from ``seed``."""
+    def _gaussians(self, seed: int) -> list[torch.Tensor]:
+        """Each weight matrix's Gaussian ``A``, drawn in order from ``seed``."""
         generator = torch.Generator().manual_seed(seed)
-        return [random_basis(m.rows, m.k, generator, torch.float32) for m in self.matrices]
+        return [random_gaussian(m.rows, m.k, generator, torch.float32) for m in self.matrices]
 
 
 def _bytes(values: torch.Tensor) -> bytes:
