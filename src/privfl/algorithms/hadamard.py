@@ -10,6 +10,7 @@ to the signs. Used by :mod:`privfl.algorithms.compression`'s quantizers (through
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 
@@ -218,7 +219,7 @@ def random_signs(dim: int, seed: int) -> torch.Tensor:
     :data:`SIGN_STREAMS` latest seeds, at the longest length asked so far plus an
     eighth. Do not modify the tensor (it is a view of the cached stream).
     """
-    padded = sum(hadamard_blocks(dim))
+    padded = _padded(dim)
     with _STREAMS_LOCK:
         stream = _STREAMS.pop(seed, None)
         if stream is None or len(stream) < padded:
@@ -227,6 +228,12 @@ def random_signs(dim: int, seed: int) -> torch.Tensor:
         while len(_STREAMS) > SIGN_STREAMS:
             del _STREAMS[next(iter(_STREAMS))]
     return stream[:padded]
+
+
+@functools.lru_cache(maxsize=64)
+def _padded(dim: int) -> int:
+    """The padded length of ``dim`` coordinates: the sum of their Hadamard blocks."""
+    return sum(hadamard_blocks(dim))
 
 
 SIGN_STREAMS = 4

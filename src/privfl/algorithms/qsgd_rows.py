@@ -15,6 +15,7 @@ scales and decoded values are bit for bit those of the functions they compose.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numba
@@ -62,7 +63,7 @@ def quantize_rows(
     blocks, flips = _rotation(dim, signs, values.dtype)
     coded = values
     if flips.size:
-        coded = np.empty((count, int(blocks.sum())), values.dtype)
+        coded = np.empty((count, _blocks(dim)[1]), values.dtype)
         _transform_rows(values, flips, coded, blocks)
     if from_largest:
         scales = np.empty(count, values.dtype)
@@ -115,12 +116,22 @@ def _rotation(
 
     :raises ValueError: for fewer ``signs`` than the padded length.
     """
-    blocks = np.asarray(hadamard_blocks(dim), dtype=np.uint64)
+    blocks, padded = _blocks(dim)
     if signs is None:
         return blocks, np.empty(0, dtype)
-    if len(signs) < int(blocks.sum()):
-        raise ValueError(f"{len(signs)} signs for a rotation of {int(blocks.sum())} coordinates")
-    return blocks, signs.numpy().astype(dtype, copy=False)
+    flips = signs.numpy()
+    if len(flips) < padded:
+        raise ValueError(f"{len(flips)} signs for a rotation of {padded} coordinates")
+    return blocks, flips.astype(dtype, copy=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _blocks(dim: int) -> tuple[np.ndarray, int]:
+    """:func:`~privfl.algorithms.hadamard.hadamard_blocks` of ``dim`` as a uint64 array
+    (read-only: it is shared), and their sum."""
+    blocks = np.asarray(hadamard_blocks(dim), dtype=np.uint64)
+    blocks.flags.writeable = False
+    return blocks, int(blocks.sum())
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)

@@ -46,7 +46,7 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     values = x.detach().numpy()
     if values.dtype not in _KEY_TYPES:
         raise TypeError(f"top_k selects from float32 or float64 rows, not {values.dtype}")
-    key_type = np.empty(0, _KEY_TYPES[values.dtype])
+    key_type = _KEY_TYPES[values.dtype]
     chosen = [_select(row, k, TOP_K_SAMPLE, key_type) for row in values]
     if len(chosen) == 1:  # views, not copies
         return torch.from_numpy(chosen[0][0])[None], torch.from_numpy(chosen[0][1])[None]
@@ -54,9 +54,13 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(indices), torch.from_numpy(np.stack([kept for _, kept in chosen]))
 
 
-_KEY_TYPES = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
-"""The unsigned integers whose order is that of a float type's non-negative values (and
-NaN, sign bit clear, above infinity): :func:`top_k` compares magnitudes as their bits."""
+_KEY_TYPES = {
+    np.dtype(np.float32): np.empty(0, np.uint32),
+    np.dtype(np.float64): np.empty(0, np.uint64),
+}
+"""Empty arrays of the unsigned integers whose order is that of a float type's
+non-negative values (and NaN, sign bit clear, above infinity): :func:`top_k` compares
+magnitudes as their bits."""
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
