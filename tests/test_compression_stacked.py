@@ -285,12 +285,15 @@ def test_quantize_rows_is_its_steps_composed_bit_for_bit(dtype, bits, rotated, f
     assert again[2] is None
 
 
-def test_quantize_rows_refuses_a_seed_count_or_signs_that_do_not_fit():
+def test_quantize_rows_refuses_widths_seed_counts_or_signs_that_do_not_fit():
     rows = torch.zeros(2, 100)
     with pytest.raises(ValueError, match="1 seeds for 2 rows"):
         quantize_rows(rows, 4, [1])
     with pytest.raises(ValueError, match="63 signs for a rotation of 128"):
         quantize_rows(rows, 4, [1, 2], signs=random_signs(100, 0)[:63])
+    for bits in (1, 17):
+        with pytest.raises(ValueError, match=f"of {bits} bits: quantize_rows takes 2 to 16"):
+            quantize_rows(rows, bits, [1, 2])
 
 
 def splitmix64(seed: int, j: int) -> int:

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import torch
 
-from privfl.algorithms.bit_coding import _code_width, _pack_codes, packed_size
+from privfl.algorithms.bit_coding import _pack_codes, packed_size
 from privfl.algorithms.compression import (
     _MAGNITUDE_BITS,
     RANDOM_BITS,
@@ -43,10 +43,10 @@ def quantize_rows(
     decoded: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
     """Stochastic quantization of each row of ``rows`` (``[n, dim]``, float32 or
-    float64) to ``bits`` bits a coordinate (:func:`~privfl.algorithms.compression.
-    qsgd_levels`), rotated first where there are ``signs``
-    (:func:`~privfl.algorithms.hadamard.random_signs` of ``dim``), with row ``r``'s
-    random bits drawn from ``seeds[r]``.
+    float64) to ``bits`` bits a coordinate, 2 to 16
+    (:func:`~privfl.algorithms.compression.qsgd_levels`), rotated first where there are
+    ``signs`` (:func:`~privfl.algorithms.hadamard.random_signs` of ``dim``), with row
+    ``r``'s random bits drawn from ``seeds[r]``.
 
     The scale is each row's largest magnitude where ``from_largest``
     (:func:`~privfl.algorithms.compression.max_quantize`), else its L2 norm
@@ -56,6 +56,8 @@ def quantize_rows(
     and where ``decoded`` asks, :func:`decode_rows` of them (float32 ``[n, dim]``; None
     otherwise).
     """
+    if not 2 <= bits <= 16:  # levels << RANDOM_BITS must fit a uint32
+        raise ValueError(f"codes of {bits} bits: quantize_rows takes 2 to 16")
     values = np.ascontiguousarray(rows.detach().numpy())
     if len(seeds) != len(values):
         raise ValueError(f"{len(seeds)} seeds for {len(values)} rows")
@@ -69,7 +71,6 @@ def quantize_rows(
         scales = np.empty(count, values.dtype)
     else:
         scales = torch.linalg.vector_norm(torch.from_numpy(coded), dim=1).numpy()
-    _code_width(bits)
     packed = np.empty((count, packed_size(coded.shape[1], bits)), np.uint8)
     out = np.empty((count, dim) if decoded else (0, dim), np.float32)
     _quantize_rows(

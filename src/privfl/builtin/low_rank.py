@@ -21,10 +21,11 @@ itself) but keeps only a share ``k / d1`` of it on average. Both have rank at mo
 ``k``.
 
 **Choosing the rank.** The unbiased estimate's error grows as ``d1 / k``. On real
-MNIST (``bench/compression.py``: 100 IID clients, 10 a round) rank 0.1 sent 10x fewer
-bytes for 0.4 to 0.9 (2NN, two runs) and 0.3 (CNN) points of accuracy, but at rank
-0.02 (2NN) and 0.05 (CNN) training diverged; the plain projection is stable but learns
-more slowly (rank 0.25 cost the 2NN 2.9 points), since it keeps only ``k / d1`` of an
+MNIST (``bench/compression.py``'s workload: 100 IID clients, 10 a round) rank 0.1
+sent 10x fewer bytes for 0.2 to 0.9 points of accuracy (2NN, 50 rounds, the bench's
+seed and three others) and 0.1 to 0.3 (CNN, 20 rounds), but at rank 0.02 (2NN) and
+0.05 (CNN) training diverged; the plain projection is stable but learns more slowly
+(rank 0.25 cost the 2NN 2.9 to 3.1 points), since it keeps only ``k / d1`` of an
 update on average.
 
 **Which matrices.** Every parameter of two or more dimensions is a matrix of
