@@ -52,13 +52,13 @@ from privfl.compressors import Compressor, StackedCompressor
 from privfl.errors import ConfigError
 
 SHAPES = "one compressor, or a sparsifier then a value coder"
+"""The stacks :func:`check_stack` accepts, in words."""
 KEPT_CODERS = 16
 """Copies of a value coder for other lengths that :meth:`ValueCoder.with_dimension`
 keeps."""
 _NO_VALUES = torch.zeros(0)
 """What :meth:`ValueCoder.encode_values` decodes from an empty vector (shared: it is
 never changed)."""
-"""The stacks :func:`check_stack` accepts, in words."""
 
 
 class Kept(NamedTuple):
