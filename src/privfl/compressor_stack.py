@@ -197,7 +197,7 @@ class ValueCoder(Compressor):
     def with_dimension(self, dimension: int) -> ValueCoder:
         """A copy of this coder set up for vectors of ``dimension`` coordinates, kept
         for the next call with the same length and root seed (a copy took 0.005-0.014
-        ms, as much as coding a client's kept values; at most :data:`KEPT_CODERS` are
+        ms, as much as coding a client's kept values; at most ``KEPT_CODERS`` are
         kept, since a random mask's length differs client by client). Like this coder
         itself, a copy is shared by every thread that codes with it: coding changes
         nothing in it."""

@@ -20,7 +20,7 @@ def pack_bits(values: torch.Tensor, bits: int) -> bytes:
     """Pack non-negative integers below ``2**bits`` into ``ceil(count * bits / 8)`` bytes,
     least significant bit first: code ``i`` holds bits ``i * bits`` to ``(i + 1) * bits - 1``.
 
-    One compiled pass (:func:`_pack_codes`): codes of 1, 2, 4 or 8 bits fill a byte
+    One compiled pass (``_pack_codes``): codes of 1, 2, 4 or 8 bits fill a byte
     ``8 / bits`` at a time (numpy's shift-ors over padded words took 0.044 ms for the
     2NN's 199,232 two-bit codes, this 0.012); other widths go through a 64-bit
     accumulator, four bytes at a time (0.14 ms for 199,232 three-bit codes, where
@@ -172,7 +172,7 @@ def pack_index_set(indices: torch.Tensor, dim: int) -> bytes:
     The gaps of a random set of 3-5% of the coordinates cost 5.8-6.6 bits per index,
     within 2% of the entropy bound ``log2(C(dim, k)) / k``, where absolute indices cost
     18 bits on the 2NN (on its top 5% in training: 6.0, where a bz2-compressed bitmap
-    took 5.8 bits and several times as long). One compiled call (:func:`_index_set`).
+    took 5.8 bits and several times as long). One compiled call (``_index_set``).
 
     :raises ValueError: for indices that are not increasing coordinates below ``dim``.
     """
