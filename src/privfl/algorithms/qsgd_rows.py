@@ -46,7 +46,9 @@ def quantize_rows(
     float64) to ``bits`` bits a coordinate, 2 to 16
     (:func:`~privfl.algorithms.compression.qsgd_levels`), rotated first where there are
     ``signs`` (:func:`~privfl.algorithms.hadamard.random_signs` of ``dim``), with row
-    ``r``'s random bits drawn from ``seeds[r]``.
+    ``r``'s random bits drawn from ``seeds[r]`` (those of
+    :func:`~privfl.algorithms.compression.random_bits` on a little-endian machine,
+    which reads SplitMix64's words as little-endian 16-bit draws on any machine).
 
     The scale is each row's largest magnitude where ``from_largest``
     (:func:`~privfl.algorithms.compression.max_quantize`), else its L2 norm
