@@ -13,9 +13,10 @@ projection onto that space. The client computes only the sketch ``C = A^T H``
 orthonormalizes it and solves ``R^T B = C`` (:func:`coefficients`), since ``A^T H =
 R^T Q^T H``. So the client does no QR decomposition (two per client of the 2NN, 0.17
 of its 0.58 ms of encoding), and the server one triangular solve of ``k x k`` more than
-the decomposition it does anyway. The columns of a Gaussian matrix span a uniformly
-random ``k``-dimensional
-subspace, so ``P = Q Q^T`` is the projection onto a uniformly random subspace and
+the decomposition it does anyway.
+
+The columns of a Gaussian matrix span a uniformly random ``k``-dimensional subspace,
+so ``P = Q Q^T`` is the projection onto a uniformly random subspace and
 ``E[P] = (k / d1) I`` (by symmetry: ``E[P]`` commutes with every rotation, so it is a
 multiple of ``I``, and its trace is ``k``). Hence:
 
