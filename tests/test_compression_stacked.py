@@ -1,7 +1,8 @@
 """Encoding a stack of clients at once: each client's bytes are those it sends alone.
 
 Also the fast paths under the encoders (bit packing, top-k by selection, seeded
-random bits), each against the plain definition its bytes depend on.
+random bits, qsgd's rows in one compiled call), each against the plain definition its
+bytes depend on.
 """
 
 from __future__ import annotations

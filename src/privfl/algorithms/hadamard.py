@@ -219,7 +219,7 @@ def random_signs(dim: int, seed: int) -> torch.Tensor:
     :data:`SIGN_STREAMS` latest seeds, at the longest length asked so far plus an
     eighth. Do not modify the tensor (it is a view of the cached stream).
     """
-    padded = _padded(dim)
+    padded = _block_array(dim)[1]
     with _STREAMS_LOCK:
         stream = _STREAMS.pop(seed, None)
         if stream is None or len(stream) < padded:
@@ -231,9 +231,13 @@ def random_signs(dim: int, seed: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _padded(dim: int) -> int:
-    """The padded length of ``dim`` coordinates: the sum of their Hadamard blocks."""
-    return sum(hadamard_blocks(dim))
+def _block_array(dim: int) -> tuple[np.ndarray, int]:
+    """:func:`hadamard_blocks` of ``dim`` as a uint64 array, as the compiled transform
+    takes them (read-only: it is shared), and the padded length, their sum; kept for
+    the latest 64 lengths, since every client's encoding asks."""
+    blocks = np.asarray(hadamard_blocks(dim), dtype=np.uint64)
+    blocks.flags.writeable = False
+    return blocks, int(blocks.sum())
 
 
 SIGN_STREAMS = 4

@@ -15,7 +15,6 @@ scales and decoded values are bit for bit those of the functions they compose.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numba
@@ -30,7 +29,7 @@ from privfl.algorithms.compression import (
     _round_codes,
     _splitmix64,
 )
-from privfl.algorithms.hadamard import _transform_rows, hadamard_blocks
+from privfl.algorithms.hadamard import _block_array, _transform_rows
 
 
 def quantize_rows(
@@ -64,10 +63,11 @@ def quantize_rows(
     if len(seeds) != len(values):
         raise ValueError(f"{len(seeds)} seeds for {len(values)} rows")
     count, dim = values.shape
-    blocks, flips = _rotation(dim, signs, values.dtype)
+    blocks, padded = _block_array(dim)
+    flips = _flips(signs, padded, values.dtype)
     coded = values
     if flips.size:
-        coded = np.empty((count, _blocks(dim)[1]), values.dtype)
+        coded = np.empty((count, padded), values.dtype)
         _transform_rows(values, flips, coded, blocks)
     if from_largest:
         scales = np.empty(count, values.dtype)
@@ -98,7 +98,8 @@ def decode_rows(
     :func:`~privfl.algorithms.hadamard.unrotate` where there are ``signs``. The server
     decodes with this, and :func:`quantize_rows` computes the same, so error feedback
     keeps exactly what the server did not get."""
-    blocks, flips = _rotation(dim, signs, np.dtype(np.float32))
+    blocks, padded = _block_array(dim)
+    flips = _flips(signs, padded, np.dtype(np.float32))
     out = np.empty((len(codes), dim), np.float32)
     _decode_rows(
         np.ascontiguousarray(codes.numpy()),
@@ -111,30 +112,17 @@ def decode_rows(
     return torch.from_numpy(out)
 
 
-def _rotation(
-    dim: int, signs: torch.Tensor | None, dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray]:
-    """The Hadamard blocks of ``dim`` (uint64) and the signs as ``dtype`` (empty
-    without a rotation).
+def _flips(signs: torch.Tensor | None, padded: int, dtype: np.dtype) -> np.ndarray:
+    """The rotation's ``signs`` as ``dtype`` (empty without a rotation).
 
-    :raises ValueError: for fewer ``signs`` than the padded length.
+    :raises ValueError: for fewer signs than the ``padded`` length.
     """
-    blocks, padded = _blocks(dim)
     if signs is None:
-        return blocks, np.empty(0, dtype)
+        return np.empty(0, dtype)
     flips = signs.numpy()
     if len(flips) < padded:
         raise ValueError(f"{len(flips)} signs for a rotation of {padded} coordinates")
-    return blocks, flips.astype(dtype, copy=False)
-
-
-@functools.lru_cache(maxsize=64)
-def _blocks(dim: int) -> tuple[np.ndarray, int]:
-    """:func:`~privfl.algorithms.hadamard.hadamard_blocks` of ``dim`` as a uint64 array
-    (read-only: it is shared), and their sum."""
-    blocks = np.asarray(hadamard_blocks(dim), dtype=np.uint64)
-    blocks.flags.writeable = False
-    return blocks, int(blocks.sum())
+    return flips.astype(dtype, copy=False)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
